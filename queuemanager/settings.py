@@ -1,0 +1,251 @@
+"""Settings for the StreamForge Queue Manager.
+
+Everything an operator may change comes from the environment (or an optional `.env` beside
+manage.py); `.env.example` documents every variable. Integrations switch on by their settings:
+Kafka when KAFKA_BOOTSTRAP_SERVERS is set, the ArangoDB mirror when ARANGO_URL is set.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from queuemanager.env import (
+    database_from_url,
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+    env_url,
+    load_dotenv_file,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+load_dotenv_file(BASE_DIR / ".env")
+
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-local-development-key-only-used-with-DEBUG=1"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "queues",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "queuemanager.urls"
+WSGI_APPLICATION = "queuemanager.wsgi.application"
+ASGI_APPLICATION = "queuemanager.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_database_url = env_str("DATABASE_URL")
+if not _database_url:
+    raise ImproperlyConfigured(
+        "DATABASE_URL must be set (postgresql://user:password@host:5432/dbname); "
+        "`make run` and `make test` start an embedded PostgreSQL and set it for you"
+    )
+DATABASES = {"default": database_from_url("DATABASE_URL", _database_url)}
+DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+DATABASES["default"]["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if env_bool("STATIC_MANIFEST", not DEBUG)  # needs `collectstatic`, as the image runs
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --- Security (production defaults; `manage.py check --deploy` passes with DEBUG off) ---
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- REST API ---
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": env_int("API_PAGE_SIZE", 50, minimum=1),
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "queues.api.errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "StreamForge Queue Manager API",
+    "DESCRIPTION": (
+        "Start, stop and monitor StreamForge pipelines (queues). A queue is one pipeline run made of "
+        "steps; each step runs as one Kubernetes Job. Authenticate with a session (log in to the admin) "
+        "or with `Authorization: Token <key>`."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Celery (Redis broker) ---
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 60, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 90, minimum=1)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 5.0, minimum=0.5)
+CELERY_BEAT_SCHEDULE = {
+    # Level-triggered: compares every launched step with what the launcher sees, whatever events were lost.
+    "reconcile": {
+        "task": "jobs.tasks.reconcile",
+        "schedule": RECONCILE_INTERVAL_SECONDS,
+        "options": {"expires": RECONCILE_INTERVAL_SECONDS * 2},
+    },
+}
+
+# --- Pipeline behaviour (DESIGN §5) ---
+JOB_LAUNCHER = env_choice("JOB_LAUNCHER", "local", ("local", "kubernetes"))
+STOP_GRACE_SECONDS = env_float("STOP_GRACE_SECONDS", 30.0, minimum=0)
+DRAIN_IDLE_SECONDS = env_float("DRAIN_IDLE_SECONDS", 30.0, minimum=0)
+FAILURE_POLICY = env_choice("FAILURE_POLICY", "stop_queue", ("stop_queue", "continue"))
+LAUNCH_MAX_ATTEMPTS = env_int("LAUNCH_MAX_ATTEMPTS", 5, minimum=1)
+LAUNCH_RETRY_BACKOFF_SECONDS = env_float("LAUNCH_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
+STEP_LOG_TAIL_BYTES = env_int("STEP_LOG_TAIL_BYTES", 64 * 1024, minimum=1024)
+LOCAL_LAUNCHER_DIR = Path(env_str("LOCAL_LAUNCHER_DIR", str(BASE_DIR / ".data" / "steps")))
+# How simulated workers reach the manager when Kafka is off (POST /api/telemetry/).
+MANAGER_BASE_URL = env_url("MANAGER_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
+TELEMETRY_TOKEN = env_str("TELEMETRY_TOKEN")
+
+# --- Kubernetes ---
+K8S_NAMESPACE = env_str("K8S_NAMESPACE", "streamforge")
+KUBECONFIG = env_path("KUBECONFIG")
+K8S_API_URL = env_url("K8S_API_URL", schemes=("http", "https"))
+K8S_API_TOKEN = env_str("K8S_API_TOKEN")
+K8S_CREDENTIALS_SECRET = env_str("K8S_CREDENTIALS_SECRET", "streamforge-credentials")
+K8S_CA_CONFIGMAP = env_str("K8S_CA_CONFIGMAP")
+K8S_IMAGE_REGISTRY = env_str("K8S_IMAGE_REGISTRY", "registry.local/streamforge")
+K8S_IMAGE_TAG = env_str("K8S_IMAGE_TAG", "latest")
+K8S_DELETE_ORPHANS = env_bool("K8S_DELETE_ORPHANS", False)
+K8S_MANAGER_ID = env_str("K8S_MANAGER_ID", "queue-manager")
+
+# --- Kafka (on when KAFKA_BOOTSTRAP_SERVERS is set) ---
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS")
+KAFKA_USER = env_str("KAFKA_USER")
+KAFKA_PASSWORD = env_str("KAFKA_PASSWORD")
+CA_PATH = env_path("CA_PATH")
+QUEUE_CONTROL_TOPIC = env_str("QUEUE_CONTROL_TOPIC", "queue-control")
+QUEUE_EVENTS_TOPIC = env_str("QUEUE_EVENTS_TOPIC", "queue-events")
+QUEUE_CONTROL_DLQ_TOPIC = env_str("QUEUE_CONTROL_DLQ_TOPIC", f"{QUEUE_CONTROL_TOPIC}-dlq")
+QUEUE_EVENTS_DLQ_TOPIC = env_str("QUEUE_EVENTS_DLQ_TOPIC", f"{QUEUE_EVENTS_TOPIC}-dlq")
+KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "queue-manager")
+KAFKA_ENABLED = bool(KAFKA_BOOTSTRAP_SERVERS)
+if KAFKA_USER and not KAFKA_PASSWORD:
+    raise ImproperlyConfigured("KAFKA_PASSWORD must be set when KAFKA_USER is set")
+
+# --- ArangoDB mirror (on when ARANGO_URL is set) ---
+ARANGO_URL = env_url("ARANGO_URL", schemes=("http", "https"))
+ARANGO_DB = env_str("ARANGO_DB", "streamforge")
+ARANGO_USER = env_str("ARANGO_USER", "root")
+ARANGO_PASSWORD = env_str("ARANGO_PASSWORD")
+ARANGO_ENABLED = bool(ARANGO_URL)
+
+# --- Logging: JSON in production, readable locally ---
+LOG_FORMAT = env_choice("LOG_FORMAT", "text" if DEBUG else "json", ("text", "json"))
+LOG_LEVEL = env_choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

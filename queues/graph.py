@@ -1,0 +1,138 @@
+"""Dependency inference between the steps of one pipeline (DESIGN §5 rules 1–3).
+
+1. Same topic: a producer (loader) waits until the consumer (connector) of its topic is *ready*.
+2. Data: a reader waits for the writer of its collection: *success* if the writer is batch,
+   *ready* if it is streaming.
+3. `depends_on` adds explicit edges with the same kind rule. Inputs nobody writes are warnings.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from queues.contract import StepSpec
+
+READY = "ready"
+SUCCESS = "success"
+
+
+@dataclass
+class Edge:
+    upstream: int  # step index
+    downstream: int
+    kind: str  # READY or SUCCESS
+    reasons: list[str]
+
+
+def infer_edges(steps: list[StepSpec], key: str = "requests") -> tuple[list[Edge], list[str], list[tuple[str, str]]]:
+    """Return (edges, warnings, problems); a problem is (field path, message) and makes the payload invalid."""
+    edges: dict[tuple[int, int], Edge] = {}
+    warnings: list[str] = []
+    problems: list[tuple[str, str]] = []
+
+    def add(upstream: StepSpec, downstream: StepSpec, kind: str, reason: str) -> None:
+        edge = edges.get((upstream.index, downstream.index))
+        if edge is None:
+            edges[(upstream.index, downstream.index)] = Edge(upstream.index, downstream.index, kind, [reason])
+        else:
+            if kind == SUCCESS:
+                edge.kind = SUCCESS
+            if reason not in edge.reasons:
+                edge.reasons.append(reason)
+
+    def upstream_kind(upstream: StepSpec) -> str:
+        return READY if upstream.streaming else SUCCESS
+
+    # Rule 1: group topic users by topic key (an explicit topic, else the shared default of the type).
+    by_topic: dict[str, dict[str, list[StepSpec]]] = defaultdict(lambda: defaultdict(list))
+    for step in steps:
+        role = step.target_spec.topic_role
+        if role:
+            by_topic[step.kafka_topic or f"type:{step.type}"][role].append(step)
+    for topic, roles in by_topic.items():
+        for producer in roles.get("producer", []):
+            for consumer in roles.get("consumer", []):
+                add(consumer, producer, READY, f"topic {topic.removeprefix('type:')}")
+
+    # Rule 2: collections.
+    writers: dict[str, list[StepSpec]] = defaultdict(list)
+    for step in steps:
+        for collection in step.writes():
+            writers[collection].append(step)
+    for step in steps:
+        for collection in step.reads():
+            sources = [w for w in writers.get(collection, []) if w.index != step.index]
+            if not sources:
+                warnings.append(
+                    f"{key}[{step.index}] ({step.name}) reads {collection!r}, which no step of this queue "
+                    f"writes; it is assumed to exist already."
+                )
+            for writer in sources:
+                add(writer, step, upstream_kind(writer), f"collection {collection}")
+
+    # Rule 3: explicit edges.
+    by_name = {step.name: step for step in steps}
+    for step in steps:
+        for name in step.depends_on:
+            upstream = by_name.get(name)
+            if upstream is None:
+                problems.append((f"{key}[{step.index}].depends_on", f"No step named {name!r} in this queue."))
+            elif upstream.index == step.index:
+                problems.append((f"{key}[{step.index}].depends_on", "A step cannot depend on itself."))
+            else:
+                add(upstream, step, upstream_kind(upstream), "depends_on")
+
+    if not problems:
+        cycle = find_cycle(len(steps), edges.values())
+        if cycle:
+            names = " → ".join(steps[i].name for i in cycle)
+            problems.append((key, f"Dependency cycle: {names}."))
+    return sorted(edges.values(), key=lambda e: (e.downstream, e.upstream)), warnings, problems
+
+
+def find_cycle(count: int, edges) -> list[int] | None:
+    """A cycle as a list of indexes (first repeated at the end), or None."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for edge in edges:
+        children[edge.upstream].append(edge.downstream)
+    state = [0] * count  # 0 new, 1 on stack, 2 done
+    stack: list[int] = []
+
+    def visit(node: int) -> list[int] | None:
+        state[node] = 1
+        stack.append(node)
+        for child in children[node]:
+            if state[child] == 1:
+                return stack[stack.index(child):] + [child]
+            if state[child] == 0:
+                found = visit(child)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in range(count):
+        if state[node] == 0:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def topological_order(count: int, edges) -> list[int]:
+    """Indexes in an order where every upstream precedes its downstreams (stable by index)."""
+    parents: dict[int, set[int]] = defaultdict(set)
+    for edge in edges:
+        parents[edge.downstream].add(edge.upstream)
+    done: list[int] = []
+    remaining = list(range(count))
+    while remaining:
+        ready = [i for i in remaining if parents[i] <= set(done)]
+        if not ready:  # a cycle; validation prevents this
+            return done + remaining
+        done.append(ready[0])
+        remaining.remove(ready[0])
+    return done

@@ -1,0 +1,261 @@
+"""Queues (pipeline runs), their steps (QueueRequest), the edges between steps and telemetry."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class QueueStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+QueueStatus.ACTIVE = (QueueStatus.PENDING, QueueStatus.RUNNING, QueueStatus.STOPPING)
+QueueStatus.TERMINAL = (QueueStatus.SUCCEEDED, QueueStatus.FAILED, QueueStatus.STOPPED)
+
+
+class StepState(models.TextChoices):
+    WAITING = "waiting"
+    LAUNCHING = "launching"
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    LOST = "lost"
+
+
+# Grouped constants: where a step is in its life.
+StepState.NOT_STARTED = (StepState.WAITING,)
+StepState.LAUNCHED = (StepState.LAUNCHING, StepState.PENDING, StepState.RUNNING, StepState.STOPPING)
+StepState.TERMINAL = (StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.LOST)
+StepState.FAILED_STATES = (StepState.FAILED, StepState.LOST)
+StepState.RETRYABLE = (StepState.FAILED, StepState.STOPPED, StepState.LOST)
+
+
+class DependencyKind(models.TextChoices):
+    READY = "ready", "ready (upstream running)"
+    SUCCESS = "success", "success (upstream succeeded)"
+
+
+class QueueQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(status__in=QueueStatus.ACTIVE)
+
+
+class Queue(models.Model):
+    queue_id = models.CharField(max_length=40, unique=True)
+    symbol = models.CharField(max_length=20, db_index=True)
+    time_range_start = models.DateField(null=True, blank=True)
+    time_range_end = models.DateField(null=True, blank=True)
+    status = models.CharField(max_length=16, choices=QueueStatus.choices, default=QueueStatus.PENDING, db_index=True)
+    payload = models.JSONField(help_text="The payload as submitted.")
+    canonical_payload = models.JSONField(help_text="The payload normalised, for idempotent resubmission.")
+    warnings = models.JSONField(default=list, blank=True)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source = models.CharField(max_length=16, default="api", help_text="api, admin or kafka")
+    message = models.TextField(blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = QueueQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            ("start_queue", "Can start queues"),
+            ("stop_queue", "Can stop queues and steps"),
+        ]
+
+    def __str__(self) -> str:
+        return self.queue_id
+
+    @property
+    def time_range(self) -> str | None:
+        if self.time_range_start and self.time_range_end:
+            return f"{self.time_range_start.isoformat()}:{self.time_range_end.isoformat()}"
+        return None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in QueueStatus.ACTIVE
+
+    def derive_status(self, step_states: list[str]) -> str:
+        """The queue's status from its steps' states — the one place this rule lives."""
+        if any(s in StepState.FAILED_STATES for s in step_states):
+            return QueueStatus.FAILED
+        if self.stop_requested_at:
+            return QueueStatus.STOPPING if any(s in StepState.LAUNCHED for s in step_states) else QueueStatus.STOPPED
+        if step_states and all(s == StepState.SUCCEEDED for s in step_states):
+            return QueueStatus.SUCCEEDED
+        if any(s != StepState.WAITING for s in step_states):
+            return QueueStatus.RUNNING
+        return QueueStatus.PENDING
+
+
+class StepQuerySet(models.QuerySet):
+    def launched(self):
+        return self.filter(state__in=StepState.LAUNCHED)
+
+    def waiting(self):
+        return self.filter(state=StepState.WAITING)
+
+
+class QueueRequest(models.Model):
+    """One step of a queue: one entry of `requests`, run as one Job."""
+
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveIntegerField(help_text="Index in the submitted requests list.")
+    name = models.CharField(max_length=50)
+    target = models.CharField(max_length=32, db_index=True)
+    type = models.CharField(max_length=40)
+    streaming = models.BooleanField(default=False)
+    params = models.JSONField(help_text="The request as submitted.")
+    interval = models.CharField(max_length=8, blank=True)
+    image = models.CharField(max_length=255, blank=True)
+    job_name = models.CharField(max_length=63, unique=True)
+    telemetry_id = models.CharField(max_length=100)
+    kafka_topic = models.CharField(max_length=249, blank=True)
+    collection_name = models.CharField(max_length=128, blank=True)
+    collection_inputs = models.JSONField(default=list, blank=True)
+    collection_output = models.CharField(max_length=128, blank=True)
+    model_output = models.CharField(max_length=128, blank=True)
+    graph_collection = models.CharField(max_length=128, blank=True)
+    inference_interval = models.CharField(max_length=8, blank=True)
+    source = models.CharField(max_length=128, blank=True)
+
+    state = models.CharField(max_length=16, choices=StepState.choices, default=StepState.WAITING, db_index=True)
+    reported_status = models.CharField(max_length=32, blank=True, help_text="Last status the worker reported.")
+    records_written = models.BigIntegerField(default=0)
+    extra = models.JSONField(default=dict, blank=True, help_text="Last `extra` the worker reported (e.g. epoch, loss).")
+    message = models.TextField(blank=True)
+    launch_attempts = models.PositiveIntegerField(default=0)
+    launcher_handle = models.JSONField(default=dict, blank=True)
+    logs = models.TextField(blank=True, help_text="Tail of the step's logs, kept when it ends.")
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    drain_requested_at = models.DateTimeField(null=True, blank=True)
+    launched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_event_at = models.DateTimeField(null=True, blank=True)
+    last_progress_at = models.DateTimeField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = StepQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["queue", "position"]
+        verbose_name = "step"
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "name"], name="unique_step_name_per_queue"),
+            models.UniqueConstraint(fields=["queue", "telemetry_id"], name="unique_telemetry_id_per_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue.queue_id}/{self.name}"
+
+    @property
+    def number(self) -> int:
+        return self.position + 1
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in StepState.TERMINAL
+
+    @property
+    def is_ready(self) -> bool:
+        """Met for a *ready* edge: running, or already done successfully."""
+        return self.state in (StepState.RUNNING, StepState.SUCCEEDED) or (
+            self.state == StepState.STOPPING and self.started_at is not None
+        )
+
+    def transition(self, to: str, *, from_states=None, **fields) -> bool:
+        """Compare-and-set state change; returns False if another actor moved the step first."""
+        allowed = from_states if from_states is not None else [s for s in StepState.values if s != to]
+        now = timezone.now()
+        values = {"state": to, "state_changed_at": now, "updated_at": now, **fields}
+        if to in StepState.TERMINAL:
+            values.setdefault("finished_at", now)
+        previous = self.state
+        changed = QueueRequest.objects.filter(pk=self.pk, state__in=allowed).update(**values) == 1
+        if changed:
+            for key, value in values.items():
+                setattr(self, key, value)
+            from queues.signals import step_state_changed
+
+            step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
+        return changed
+
+    def reads(self) -> list[str]:
+        from queues.catalogue import TARGETS
+
+        return [c for f in TARGETS[self.target].reads for c in _as_list(getattr(self, f))]
+
+    def writes(self) -> list[str]:
+        from queues.catalogue import TARGETS
+
+        return [c for f in TARGETS[self.target].writes for c in _as_list(getattr(self, f))]
+
+
+def _as_list(value) -> list[str]:
+    return list(value) if isinstance(value, list) else [value] if value else []
+
+
+class StepDependency(models.Model):
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="edges")
+    upstream = models.ForeignKey(QueueRequest, on_delete=models.CASCADE, related_name="downstream_edges")
+    downstream = models.ForeignKey(QueueRequest, on_delete=models.CASCADE, related_name="upstream_edges")
+    kind = models.CharField(max_length=8, choices=DependencyKind.choices)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = "dependency"
+        verbose_name_plural = "dependencies"
+        constraints = [models.UniqueConstraint(fields=["upstream", "downstream"], name="unique_step_edge")]
+        ordering = ["downstream__position", "upstream__position"]
+
+    def __str__(self) -> str:
+        return f"{self.downstream.name} waits for {self.upstream.name} ({self.kind})"
+
+    @property
+    def is_met(self) -> bool:
+        if self.kind == DependencyKind.SUCCESS:
+            return self.upstream.state == StepState.SUCCEEDED
+        return self.upstream.is_ready
+
+
+class TelemetryEvent(models.Model):
+    """A telemetry event from a worker, as received (DESIGN §6), deduplicated by `event_key`."""
+
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="events")
+    step = models.ForeignKey(QueueRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    event_key = models.CharField(max_length=64, unique=True, help_text="Hash of the event, for idempotent ingestion.")
+    status = models.CharField(max_length=32, db_index=True)
+    producer = models.CharField(max_length=100, blank=True)
+    records_written = models.BigIntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+    payload = models.JSONField()
+    source = models.CharField(max_length=16, default="http", help_text="http or kafka")
+    sent_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["queue", "-received_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.producer}: {self.status}"

@@ -1,0 +1,226 @@
+"""Queue workflows shared by the API, the admin and the Kafka consumer.
+
+Keyword-only functions named `<entity>_<action>`. They validate, write the database in one
+transaction and hand execution to Celery on commit; they never call the cluster themselves.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from queues import naming
+from queues.contract import PipelineSpec, canonical_json, parse_payload
+from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState
+
+logger = logging.getLogger(__name__)
+
+
+class QueueConflict(Exception):
+    """A queue with this queue_id exists with a different payload."""
+
+    def __init__(self, queue_id: str):
+        super().__init__(f"Queue {queue_id!r} already exists with a different payload.")
+        self.queue_id = queue_id
+
+
+class StepNotFound(Exception):
+    pass
+
+
+def queue_create(*, payload: dict, queue_id: str | None = None, user=None, source: str = "api") -> tuple[Queue, bool]:
+    """Validate and create a queue with its steps and edges; returns (queue, created).
+
+    Idempotent on a client-supplied queue_id: the same payload returns the existing queue,
+    another payload raises QueueConflict. Raises contract.PayloadError on invalid input.
+    """
+    spec = parse_payload(payload, queue_id=queue_id)
+    if spec.queue_id:
+        existing = _existing_same_payload(spec)
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            queue = _create_from_spec(spec, payload=payload, user=user, source=source)
+    except IntegrityError:
+        # Two submissions of the same client queue_id raced; the loser resolves like a resubmission.
+        existing = _existing_same_payload(spec) if spec.queue_id else None
+        if existing is None:
+            raise
+        return existing, False
+    logger.info("queue created", extra={"queue_id": queue.queue_id, "steps": len(spec.steps), "source": source})
+    _advance_on_commit(queue)
+    return queue, True
+
+
+def _existing_same_payload(spec: PipelineSpec) -> Queue | None:
+    existing = Queue.objects.filter(queue_id=spec.queue_id).first()
+    if existing is None:
+        return None
+    if canonical_json(existing.canonical_payload) != canonical_json(spec.canonical):
+        raise QueueConflict(spec.queue_id)
+    return existing
+
+
+def _create_from_spec(spec: PipelineSpec, *, payload: dict, user, source: str) -> Queue:
+    queue_id = spec.queue_id or naming.generate_queue_id(spec.symbol, spec.steps[0].type, spec.start)
+    queue = Queue.objects.create(
+        queue_id=queue_id,
+        symbol=spec.symbol,
+        time_range_start=spec.start,
+        time_range_end=spec.end,
+        payload=payload,
+        canonical_payload=spec.canonical,
+        warnings=spec.warnings,
+        submitted_by=user if getattr(user, "is_authenticated", False) else None,
+        source=source,
+    )
+    used_ids: set[str] = set()
+    steps = []
+    for step in spec.steps:
+        telemetry_id = naming.telemetry_producer_id(step.target, step.type)
+        if telemetry_id in used_ids:
+            telemetry_id = naming.telemetry_producer_id(step.target, f"{step.type}-{step.number}")
+        used_ids.add(telemetry_id)
+        steps.append(
+            QueueRequest(
+                queue=queue,
+                position=step.index,
+                name=step.name,
+                target=step.target,
+                type=step.type,
+                streaming=step.streaming,
+                params=step.request,
+                interval=step.interval or "",
+                image=step.image or "",
+                job_name=naming.job_name(queue_id, step.target, step.number),
+                telemetry_id=telemetry_id,
+                kafka_topic=spec.topic_for(step, queue_id) or "",
+                collection_name=step.collection_name or "",
+                collection_inputs=step.collection_inputs,
+                collection_output=step.collection_output or "",
+                model_output=step.model_output or "",
+                graph_collection=step.graph_collection or "",
+                inference_interval=step.inference_interval or "",
+                source=step.source or "",
+            )
+        )
+    created = QueueRequest.objects.bulk_create(steps)
+    StepDependency.objects.bulk_create(
+        StepDependency(
+            queue=queue,
+            upstream=created[edge.upstream],
+            downstream=created[edge.downstream],
+            kind=edge.kind,
+            reason="; ".join(edge.reasons),
+        )
+        for edge in spec.edges
+    )
+    return queue
+
+
+def queue_stop(*, queue: Queue, user=None, reason: str = "") -> Queue:
+    """Stop a queue (DESIGN §5 rule 6): cancel waiting steps, stop launched ones. Idempotent."""
+    with transaction.atomic():
+        queue = Queue.objects.select_for_update().get(pk=queue.pk)
+        if queue.status in QueueStatus.TERMINAL or queue.stop_requested_at:
+            return queue
+        who = getattr(user, "username", None) or "system"
+        queue.stop_requested_at = timezone.now()
+        queue.message = reason or f"Stop requested by {who}."
+        queue.save(update_fields=["stop_requested_at", "message", "updated_at"])
+        for step in queue.steps.exclude(state__in=StepState.TERMINAL):
+            _step_request_stop(step, reason=queue.message)
+        queue_refresh_status(queue=queue)
+    logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})
+    _advance_on_commit(queue)
+    return queue
+
+
+def step_stop(*, step: QueueRequest, user=None, reason: str = "") -> QueueRequest:
+    """Stop one step (graceful, then forced after the grace period). Idempotent."""
+    who = getattr(user, "username", None) or "system"
+    with transaction.atomic():
+        step = QueueRequest.objects.select_for_update().select_related("queue").get(pk=step.pk)
+        if not step.is_terminal and not step.stop_requested_at:
+            _step_request_stop(step, reason=reason or f"Stop requested by {who}.")
+            queue_refresh_status(queue=step.queue)
+    _advance_on_commit(step.queue)
+    return step
+
+
+def _step_request_stop(step: QueueRequest, *, reason: str) -> None:
+    now = timezone.now()
+    if step.state == StepState.WAITING:
+        step.transition(StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}", stop_requested_at=now)
+        return
+    if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING:
+        step.transition(StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now)
+        from jobs.tasks import step_stop_task
+
+        step_stop_task.delay_on_commit(step.pk)
+
+
+def queue_retry(*, queue: Queue, user=None) -> int:
+    """Put failed, stopped and lost steps back to waiting and run the queue again; returns how many."""
+    with transaction.atomic():
+        queue = Queue.objects.select_for_update().get(pk=queue.pk)
+        if queue.status not in QueueStatus.TERMINAL and not queue.steps.filter(state__in=StepState.RETRYABLE).exists():
+            return 0
+        count = 0
+        for step in queue.steps.filter(state__in=StepState.RETRYABLE):
+            count += step.transition(
+                StepState.WAITING,
+                from_states=StepState.RETRYABLE,
+                message=f"Retry requested by {getattr(user, 'username', None) or 'system'}.",
+                stop_requested_at=None,
+                drain_requested_at=None,
+                finished_at=None,
+                launched_at=None,
+                started_at=None,
+                launch_attempts=0,
+                launcher_handle={},
+                reported_status="",
+                records_written=0,
+            )
+        if count:
+            queue.stop_requested_at = None
+            queue.finished_at = None
+            queue.message = ""
+            queue.save(update_fields=["stop_requested_at", "finished_at", "message", "updated_at"])
+            queue_refresh_status(queue=queue)
+    if count:
+        _advance_on_commit(queue)
+    return count
+
+
+def queue_refresh_status(*, queue: Queue) -> str:
+    """Recompute and store the queue's status from its steps (the only writer of Queue.status)."""
+    states = list(queue.steps.values_list("state", flat=True))
+    status = queue.derive_status(states)
+    now = timezone.now()
+    fields: dict = {"status": status}
+    if status != QueueStatus.PENDING and queue.started_at is None:
+        fields["started_at"] = now
+    if status in QueueStatus.TERMINAL:
+        fields["finished_at"] = queue.finished_at or now
+    else:
+        fields["finished_at"] = None
+    changed = any(getattr(queue, k) != v for k, v in fields.items())
+    if changed:
+        Queue.objects.filter(pk=queue.pk).update(updated_at=now, **fields)
+        previous = queue.status
+        for key, value in fields.items():
+            setattr(queue, key, value)
+        if previous != status:
+            from queues.signals import queue_status_changed
+
+            queue_status_changed.send(sender=Queue, queue=queue, previous=previous, status=status)
+    return status
+
+
+def _advance_on_commit(queue: Queue) -> None:
+    from jobs.tasks import queue_advance
+
+    queue_advance.delay_on_commit(queue.pk)

@@ -1,0 +1,7 @@
+"""Signals for cross-cutting concerns (metrics, the ArangoDB mirror); never business rules."""
+from django.dispatch import Signal
+
+# Sent after a queue's status changed: kwargs queue, previous, status.
+queue_status_changed = Signal()
+# Sent after a step's state changed: kwargs step, previous, state.
+step_state_changed = Signal()
