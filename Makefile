@@ -1,0 +1,39 @@
+# Two commands on a fresh clone (only python3 needed): `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: run test bench lint install clean-data
+
+# Created only when missing; an existing .venv is reused.
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Reinstall only when a requirements file changed since the last install.
+$(STAMP): $(wildcard requirements*.txt) | $(PY)
+	$(VENV)/bin/pip install -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m devtools.run_local
+
+# -p tests.servers loads the server plugin before pytest-django reads the
+# settings, so DATABASE_URL/REDIS_URL exist in time (see tests/servers.py).
+test: $(STAMP)
+	$(PY) -m pytest -p tests.servers $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
+
+# Byte-compiles everything; uses ruff too when it is installed.
+lint: $(STAMP)
+	$(PY) -m compileall -q devtools tests $(wildcard queuemanager queues jobs benchmarks)
+	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; fi
+
+# Local PostgreSQL data, secret key and admin password (make run recreates them).
+clean-data:
+	rm -rf .data
