@@ -21,10 +21,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m devtools.run_local
 
-# -p tests.servers loads the server plugin before pytest-django reads the
+# pytest.ini loads tests.servers before pytest-django reads the
 # settings, so DATABASE_URL/REDIS_URL exist in time (see tests/servers.py).
 test: $(STAMP)
-	$(PY) -m pytest -p tests.servers $(ARGS)
+	$(PY) -m pytest $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-pytest_plugins = ["tests.servers", "tests.fixtures"]
+pytest_plugins = ["tests.fixtures"]
 
 # Settings for the test process; each may be overridden from the environment.
 TEST_ENV = {
