@@ -1,0 +1,822 @@
+"""In-process ArangoDB HTTP emulator for tests (no ArangoDB server can be installed here).
+
+It speaks enough of ArangoDB's REST API over real HTTP for the real ``python-arango`` client:
+
+* ``/_db/<name>/...`` prefixes, HTTP basic auth (401 / errorNum 401 on bad credentials),
+  ``GET /_api/version``, databases (list / create / delete), collections (list / create / get /
+  count / truncate / delete), indexes (``persistent`` plus the ``hash``/``skiplist`` aliases, with
+  "ensure" semantics; unique ones are enforced), documents (insert single and array with
+  ``overwrite``/``overwriteMode``/``keepNull``/``mergeObjects``/``returnNew``/``returnOld``/
+  ``silent``; get / head / update / replace / delete by key with ``If-Match``), ``POST /_api/import``
+  (type array, ``onDuplicate``, ``complete``, ``overwrite``, ``details``), named graphs (gharial:
+  create / get / list / delete, vertex and edge insert), and the cursor API with batches.
+* Every write gets a fresh ``_rev``.  Errors use ArangoDB's envelope
+  ``{"error": true, "errorNum": N, "errorMessage": "...", "code": HTTP}``.
+
+Supported AQL subset (anything else -> HTTP 400, errorNum 1501, message says so)::
+
+    FOR d IN @@col | collname          FOR v[, e[, p]] IN [min[..max]] OUTBOUND|INBOUND|ANY start
+                                                          GRAPH 'name' | @graph
+    followed by any sequence of  FILTER cond [AND cond]...   and   LIMIT [offset,] count
+    then                         RETURN [DISTINCT] operand
+
+    cond     := operand (== | != | IN | NOT IN) operand
+    operand  := var | var.attr.attr... | @bind | 'string' | "string" | number | true | false | null
+
+``start`` is a bind value / string literal holding a document id (or a document with ``_id``).
+Traversals use ArangoDB's defaults: depth-first, ``uniqueEdges: path``, ``uniqueVertices: none``,
+min..max default 1..1; ``p`` is ``{"vertices": [...], "edges": [...]}``.  Equality is AQL's
+(type-strict, deep).  Not supported: SORT, COLLECT, LET, OR, <, >, functions, sub-queries, object
+literals, array indexing, writes in AQL, anonymous-graph (edge collection list) traversals,
+JWT auth, bulk update/replace/delete, JSONL imports, other index types (answered with 501).
+Result order of scans/traversals is insertion order, which real ArangoDB does not guarantee.
+"""
+import base64
+import copy
+import itertools
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254}$")
+_ID_RE = re.compile(r"^([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254})$")
+
+
+class ArangoError(Exception):
+    def __init__(self, code, num, msg, **extra):
+        super().__init__(msg)
+        self.code, self.num, self.msg, self.extra = code, num, msg, extra
+
+    def body(self):
+        return {"error": True, "errorNum": self.num, "errorMessage": self.msg, "code": self.code, **self.extra}
+
+
+def _unsupported(detail):
+    return ArangoError(400, 1501, f"AQL: syntax error, unexpected or unsupported construct {detail}: the test "
+                                  "emulator supports only a small AQL subset (see tests/emulators/arango.py)")
+
+
+def _flag(params, name, default=False):
+    value = params.get(name)
+    return default if value is None else value.lower() in ("1", "true", "yes", "on")
+
+
+def _rank(v):
+    return 0 if v is None else 1 if isinstance(v, bool) else 2 if isinstance(v, (int, float)) \
+        else 3 if isinstance(v, str) else 4 if isinstance(v, list) else 5
+
+
+def aql_equal(a, b):
+    if _rank(a) != _rank(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(aql_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(aql_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _attr(value, path):
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def _merge(old, patch, keep_null, merge_objects, top=True):
+    out = dict(old)
+    for k, v in patch.items():
+        if top and k in ("_key", "_id", "_rev"):
+            continue
+        if v is None and not keep_null:
+            out.pop(k, None)
+        elif merge_objects and isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, keep_null, merge_objects, top=False)
+        else:
+            out[k] = v
+    return out
+
+
+class _Collection:
+    def __init__(self, cid, name, ctype):
+        self.id, self.name, self.type = cid, name, ctype
+        self.docs = {}
+        self.indexes = [{"id": f"{name}/0", "type": "primary", "name": "primary", "fields": ["_key"],
+                         "unique": True, "sparse": False}]
+        if ctype == 3:
+            self.indexes.append({"id": f"{name}/2", "type": "edge", "name": "edge", "fields": ["_from", "_to"],
+                                 "unique": False, "sparse": False})
+
+    def info(self):
+        return {"id": self.id, "name": self.name, "isSystem": self.name.startswith("_"), "type": self.type,
+                "status": 3, "globallyUniqueId": f"emu{self.id}"}
+
+
+# ---------------------------------------------------------------- AQL subset parser
+_TOKEN_RE = re.compile(r"""(?P<ws>\s+|//[^\n]*|/\*.*?\*/)|(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    |(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<bind>@@?[A-Za-z_][A-Za-z0-9_]*)
+    |(?P<name>[A-Za-z_][A-Za-z0-9_]*|`[^`]+`)|(?P<op>\.\.|==|!=|<=|>=|[<>,.(){}\[\]:*+\-/%!=?])""", re.S | re.X)
+_DIRECTIONS = ("OUTBOUND", "INBOUND", "ANY")
+
+
+class _AqlParser:
+    def __init__(self, text, bind_vars):
+        self.toks, pos = [], 0
+        while pos < len(text):
+            m = _TOKEN_RE.match(text, pos)
+            if not m:
+                raise _unsupported(f"near '{text[pos:pos + 30]}'")
+            pos = m.end()
+            if m.lastgroup == "str":
+                escapes = {"n": "\n", "t": "\t", "r": "\r"}
+                text_value = re.sub(r"\\(.)", lambda e: escapes.get(e.group(1), e.group(1)),
+                                    m.group()[1:-1], flags=re.S)
+                self.toks.append(("str", text_value))
+            elif m.lastgroup != "ws":
+                self.toks.append((m.lastgroup, m.group().strip("`")))
+        self.i, self.binds, self.used = 0, bind_vars, set()
+
+    def peek(self, offset=0):
+        return self.toks[self.i + offset] if self.i + offset < len(self.toks) else ("end", "")
+
+    def is_kw(self, *words, offset=0):
+        kind, val = self.peek(offset)
+        return kind == "name" and val.upper() in words
+
+    def take(self):
+        tok = self.peek()
+        if tok[0] == "end":
+            raise _unsupported("(unexpected end of query)")
+        self.i += 1
+        return tok
+
+    def expect(self, *words):
+        kind, val = self.take()
+        if not ((kind == "name" and val.upper() in words) or (kind == "op" and val in words)):
+            raise _unsupported(f"near '{val}' (expected {' or '.join(words)})")
+        return val
+
+    def bind(self, name):
+        if name not in self.binds:
+            raise ArangoError(400, 1551, f"AQL: no value specified for declared bind parameter '{name}'")
+        self.used.add(name)
+        return self.binds[name]
+
+    def int_value(self):
+        kind, val = self.take()
+        value = self.bind(val[1:]) if kind == "bind" else None if kind == "name" and val.lower() == "null" \
+            else int(val) if kind == "num" and val.lstrip("-").isdigit() else "bad"
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _unsupported(f"near '{val}' (expected a non-negative integer)")
+        return value
+
+    def operand(self, variables):
+        kind, val = self.take()
+        if kind == "name" and val in variables:
+            path = []
+            while self.peek() == ("op", "."):
+                self.take()
+                k, attr = self.take()
+                if k != "name":
+                    raise _unsupported(f"near '.{attr}'")
+                path.append(attr)
+            return ("var", val, path)
+        if kind in ("str", "num"):
+            return ("const", val if kind == "str" else json.loads(val))
+        if kind == "bind" and not val.startswith("@@"):
+            return ("const", self.bind(val[1:]))
+        if kind == "name" and val.lower() in ("true", "false", "null"):
+            return ("const", {"true": True, "false": False, "null": None}[val.lower()])
+        raise _unsupported(f"near '{val}'")
+
+    def parse(self):
+        self.expect("FOR")
+        variables = [self.variable()]
+        while self.peek() == ("op", ","):
+            self.take()
+            variables.append(self.variable())
+        self.expect("IN")
+        traversal = self.is_kw(*_DIRECTIONS) or (self.peek()[0] in ("num", "bind") and (
+            self.peek(1) == ("op", "..") or self.is_kw(*_DIRECTIONS, offset=1)))
+        if traversal:
+            low = high = 1
+            if not self.is_kw(*_DIRECTIONS):
+                low = high = self.int_value()
+                if self.peek() == ("op", ".."):
+                    self.take()
+                    high = self.int_value()
+            direction = self.expect(*_DIRECTIONS).upper()
+            start = self.operand(())[1]
+            self.expect("GRAPH")
+            kind, val = self.take()
+            graph = val if kind == "str" else self.bind(val[1:]) if kind == "bind" and val[1] != "@" else None
+            if not isinstance(graph, str) or len(variables) > 3 or None in (low, high):
+                raise _unsupported("in traversal (use: FOR v[, e[, p]] IN min..max DIRECTION start GRAPH 'name')")
+            source = ("traversal", low, high, direction, start, graph)
+        else:
+            kind, val = self.take()
+            name = self.bind(val[1:]) if kind == "bind" and val.startswith("@@") else val if kind == "name" else None
+            if not isinstance(name, str) or len(variables) != 1:
+                raise _unsupported(f"near '{val}' (expected a collection name or @@bind)")
+            source = ("collection", name)
+        ops = []
+        while self.is_kw("FILTER", "LIMIT"):
+            if self.take()[1].upper() == "LIMIT":
+                first = self.int_value()
+                if self.peek() == ("op", ","):
+                    self.take()
+                    ops.append(("limit", first or 0, self.int_value()))
+                else:
+                    ops.append(("limit", 0, first))
+                continue
+            conds = [self.condition(variables)]
+            while self.is_kw("AND"):
+                self.take()
+                conds.append(self.condition(variables))
+            ops.append(("filter", conds))
+        self.expect("RETURN")
+        distinct = self.is_kw("DISTINCT")
+        if distinct:
+            self.take()
+        ret = self.operand(variables)
+        if self.peek()[0] != "end":
+            raise _unsupported(f"near '{self.peek()[1]}'")
+        unused = set(self.binds) - self.used
+        if unused:
+            raise ArangoError(400, 1552, f"AQL: bind parameter '{sorted(unused)[0]}' was not declared in the query")
+        return {"vars": variables, "source": source, "ops": ops, "distinct": distinct, "ret": ret}
+
+    def variable(self):
+        kind, val = self.take()
+        if kind != "name" or val.upper() in _DIRECTIONS + ("FOR", "IN", "FILTER", "LIMIT", "RETURN", "GRAPH"):
+            raise _unsupported(f"near '{val}' (expected a variable name)")
+        return val
+
+    def condition(self, variables):
+        left = self.operand(variables)
+        if self.is_kw("NOT") and self.is_kw("IN", offset=1):
+            self.i += 2
+            return (left, "NOT IN", self.operand(variables))
+        kind, val = self.take()
+        if (kind, val) not in (("op", "=="), ("op", "!=")) and not (kind == "name" and val.upper() == "IN"):
+            raise _unsupported(f"near '{val}' (only ==, !=, IN, NOT IN and AND are supported in FILTER)")
+        return (left, val.upper(), self.operand(variables))
+
+
+def _eval(operand, row):
+    return _attr(row[operand[1]], operand[2]) if operand[0] == "var" else operand[1]
+
+
+def _holds(cond, row):
+    left, op, right = _eval(cond[0], row), cond[1], _eval(cond[2], row)
+    if op in ("IN", "NOT IN"):
+        found = isinstance(right, list) and any(aql_equal(left, x) for x in right)
+        return found if op == "IN" else not found
+    return aql_equal(left, right) == (op == "==")
+
+
+# ---------------------------------------------------------------- the emulator
+class ArangoEmulator:
+    def __init__(self, username="root", password="", version="3.11.0"):
+        self.users = {username: password}
+        self.version = version
+        self.requests = []  # request log: dicts with method, path, params, db, status
+        self._lock = threading.RLock()
+        self._dbs = {"_system": {"collections": {}, "graphs": {}}}
+        self._ids = itertools.count(1000)
+        self._cursors = {}
+        self._server = self._thread = None
+        self.port = 0
+
+    # lifecycle -------------------------------------------------------------
+    def start(self):
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"  # one request per connection: go_down() cuts everyone off
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                emulator._serve(self)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def go_down(self):
+        """Outage: close the listening socket, so new connections are refused."""
+        self.stop()
+
+    def come_back(self):
+        """End of outage: listen on the same port again; data survives, open cursors do not."""
+        with self._lock:
+            self._cursors.clear()
+        self.start()
+
+    @property
+    def is_up(self):
+        return self._server is not None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # inspection for tests --------------------------------------------------
+    def documents(self, db, collection):
+        with self._lock:
+            return copy.deepcopy(self._coll(db, collection).docs)
+
+    def indexes(self, db, collection):
+        with self._lock:
+            return copy.deepcopy(self._coll(db, collection).indexes)
+
+    def databases(self):
+        with self._lock:
+            return sorted(self._dbs)
+
+    # HTTP plumbing ---------------------------------------------------------
+    def _serve(self, h):
+        url = urlsplit(h.path)
+        params = dict(parse_qsl(url.query, keep_blank_values=True))
+        parts = [unquote(p) for p in url.path.split("/") if p]
+        db = "_system"
+        if len(parts) >= 2 and parts[0] == "_db":
+            db, parts = parts[1], parts[2:]
+        status, body = 500, None
+        try:
+            raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
+            try:
+                data = json.loads(raw) if raw.strip() else None
+            except ValueError as exc:
+                raise ArangoError(400, 600, f"VPackError error: {exc}")
+            if not self._authorized(h.headers.get("Authorization", "")):
+                raise ArangoError(401, 401, "not authorized to execute this request")
+            with self._lock:
+                if db not in self._dbs:
+                    raise ArangoError(404, 1228, "database not found")
+                status, body = self._route(h.command, parts, params, data, db, h.headers)
+        except ArangoError as err:
+            status, body = err.code, err.body()
+        except Exception as exc:  # a bug in the emulator must be loud, not a hang
+            status, body = 500, ArangoError(500, 4, f"emulator internal error: {exc!r}").body()
+        self.requests.append({"method": h.command, "path": url.path, "params": params, "db": db,
+                              "status": status})
+        payload = b"" if h.command == "HEAD" else json.dumps(body).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json; charset=utf-8")
+        h.send_header("Content-Length", str(len(payload)))
+        h.send_header("Connection", "close")
+        if isinstance(body, dict) and "_rev" in body:
+            h.send_header("Etag", f'"{body["_rev"]}"')
+        if status == 401:
+            h.send_header("Www-Authenticate", 'Basic, realm="ArangoDB"')
+        h.end_headers()
+        h.wfile.write(payload)
+
+    def _authorized(self, header):
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        return user in self.users and self.users[user] == password
+
+    def _route(self, method, parts, params, data, db, headers):
+        path = "/" + "/".join(parts)
+        if parts[:1] != ["_api"] or len(parts) < 2:
+            raise ArangoError(404, 404, f"unknown path '{path}'")
+        area, rest = parts[1], parts[2:]
+        handler = getattr(self, f"_api_{area}", None)
+        result = handler(method, rest, params, data, db, headers) if handler else None
+        if result is None:
+            raise ArangoError(405 if handler else 404, 405 if handler else 404,
+                              f"{'method not supported' if handler else 'unknown path'} {method} '{path}'")
+        return result
+
+    # helpers ---------------------------------------------------------------
+    def _coll(self, db, name):
+        coll = self._dbs[db]["collections"].get(name)
+        if coll is None:
+            raise ArangoError(404, 1203, f"collection or view not found: {name}")
+        return coll
+
+    def _new_rev(self):
+        return f"_rev{next(self._ids):x}"
+
+    def _lookup(self, db, doc_id):
+        m = _ID_RE.match(doc_id) if isinstance(doc_id, str) else None
+        coll = m and self._dbs[db]["collections"].get(m.group(1))
+        return coll.docs.get(m.group(2)) if coll else None
+
+    def _write(self, coll, docs, doc, mode, keep_null=True, merge_objects=True):
+        """Insert ``doc`` into ``docs`` (coll.docs or a scratch copy). Returns (new, old, written)."""
+        if not isinstance(doc, dict):
+            raise ArangoError(400, 1227, "invalid document type")
+        key = doc.get("_key")
+        if key is None:
+            key = str(next(self._ids))
+        elif not isinstance(key, str) or not _KEY_RE.match(key):
+            raise ArangoError(400, 1221, "illegal document key")
+        old = docs.get(key)
+        if old is not None and mode == "conflict":
+            raise ArangoError(409, 1210, "unique constraint violated - in index primary of type primary over "
+                                         f"'_key'; conflicting key: {key}", _key=key)
+        if old is not None and mode == "ignore":
+            return old, old, False
+        new = _merge(old, doc, keep_null, merge_objects) if old is not None and mode == "update" else \
+            {k: v for k, v in doc.items() if k not in ("_id", "_rev")}
+        new.update(_key=key, _id=f"{coll.name}/{key}", _rev=self._new_rev())
+        if coll.type == 3 and not all(isinstance(new.get(a), str) and _ID_RE.match(new[a]) for a in ("_from", "_to")):
+            raise ArangoError(400, 1233, "edge attribute missing or invalid")
+        self._check_unique(coll.indexes, docs, new)
+        docs[key] = new
+        return new, old, True
+
+    @staticmethod
+    def _check_unique(indexes, docs, new):
+        for index in indexes:
+            if index["type"] != "persistent" or not index["unique"]:
+                continue
+            values = [_attr(new, f.split(".")) for f in index["fields"]]
+            if index["sparse"] and None in values:
+                continue
+            for other in docs.values():
+                theirs = [_attr(other, f.split(".")) for f in index["fields"]]
+                if other["_key"] != new["_key"] and aql_equal(theirs, values):
+                    raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of type "
+                                                 f"persistent over {index['fields']}; conflicting key: {other['_key']}",
+                                      _key=new["_key"])
+
+    @staticmethod
+    def _meta(new, old, written, params):
+        meta = {k: new[k] for k in ("_id", "_key", "_rev")}
+        if old is not None and written:
+            meta["_oldRev"] = old["_rev"]
+        if _flag(params, "returnNew") and written:
+            meta["new"] = new
+        if _flag(params, "returnOld") and old is not None and written:
+            meta["old"] = old
+        return meta
+
+    # REST areas ------------------------------------------------------------
+    def _api_version(self, method, rest, params, data, db, headers):
+        if method == "GET" and not rest:
+            body = {"server": "arango", "version": self.version, "license": "community"}
+            if _flag(params, "details"):
+                body["details"] = {"mode": "server", "role": "SINGLE", "emulator": "true"}
+            return 200, body
+
+    def _api_database(self, method, rest, params, data, db, headers):
+        ok = {"error": False, "code": 200, "result": True}
+        if method == "GET" and rest == ["user"] or (method == "GET" and not rest and db == "_system"):
+            return 200, {"error": False, "code": 200, "result": sorted(self._dbs)}
+        if method == "GET" and rest == ["current"]:
+            return 200, {"error": False, "code": 200, "result": {"name": db, "id": "1", "isSystem": db == "_system"}}
+        if db != "_system" and (method in ("POST", "DELETE") or not rest):
+            raise ArangoError(403, 1230, "operation only allowed in system database")
+        if method == "POST" and not rest:
+            name = (data or {}).get("name")
+            if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", name):
+                raise ArangoError(400, 1229, "database name invalid")
+            if name in self._dbs:
+                raise ArangoError(409, 1207, "duplicate database name")
+            self._dbs[name] = {"collections": {}, "graphs": {}}
+            return 201, {**ok, "code": 201}
+        if method == "DELETE" and len(rest) == 1:
+            if rest[0] not in self._dbs or rest[0] == "_system":
+                raise ArangoError(404, 1228, "database not found")
+            del self._dbs[rest[0]]
+            return 200, ok
+
+    def _create_collection(self, db, name, ctype):
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]{0,255}$", name):
+            raise ArangoError(400, 1208, "illegal name")
+        if name in self._dbs[db]["collections"]:
+            raise ArangoError(409, 1207, f"duplicate name: {name}")
+        coll = self._dbs[db]["collections"][name] = _Collection(str(next(self._ids)), name, ctype)
+        return coll
+
+    def _api_collection(self, method, rest, params, data, db, headers):
+        cols = self._dbs[db]["collections"]
+        if not rest:
+            if method == "GET":
+                return 200, {"error": False, "code": 200, "result": [c.info() for c in cols.values()]}
+            if method == "POST":
+                data = data or {}
+                coll = self._create_collection(db, data.get("name"), 3 if data.get("type") == 3 else 2)
+                return 200, {"error": False, "code": 200, **coll.info(), "waitForSync": False}
+            return None
+        coll = self._coll(db, rest[0])
+        sub = rest[1] if len(rest) > 1 else None
+        if method == "GET" and sub in (None, "properties", "count"):
+            body = {"error": False, "code": 200, **coll.info(), "waitForSync": False, "keyOptions":
+                    {"type": "traditional", "allowUserKeys": True}}
+            if sub == "count":
+                body["count"] = len(coll.docs)
+            return 200, body
+        if method == "PUT" and sub == "truncate":
+            coll.docs = {}
+            return 200, {"error": False, "code": 200, **coll.info()}
+        if method == "DELETE" and sub is None:
+            del cols[coll.name]
+            return 200, {"error": False, "code": 200, "id": coll.id}
+
+    def _api_index(self, method, rest, params, data, db, headers):
+        if method == "GET" and not rest:
+            coll = self._coll(db, params.get("collection", ""))
+            return 200, {"error": False, "code": 200, "indexes": coll.indexes,
+                         "identifiers": {i["id"]: i for i in coll.indexes}}
+        if method == "POST" and not rest:
+            coll, data = self._coll(db, params.get("collection", "")), data or {}
+            if data.get("type") not in ("persistent", "hash", "skiplist"):
+                raise ArangoError(501, 9, f"index type {data.get('type')!r} is not implemented by the test emulator")
+            fields = data.get("fields")
+            if not isinstance(fields, list) or not fields or not all(isinstance(f, str) for f in fields):
+                raise ArangoError(400, 10, "index fields must be a non-empty array of strings")
+            spec = {"type": "persistent", "fields": fields, "unique": bool(data.get("unique", False)),
+                    "sparse": bool(data.get("sparse", False))}
+            for index in coll.indexes:
+                if all(index.get(k) == v for k, v in spec.items()):
+                    return 200, {**index, "isNewlyCreated": False, "error": False, "code": 200}
+            iid = next(self._ids)
+            index = {"id": f"{coll.name}/{iid}", "name": data.get("name") or f"idx_{iid}", **spec}
+            if index["unique"]:
+                scratch = {}
+                for doc in coll.docs.values():
+                    self._check_unique([index], scratch, doc)
+                    scratch[doc["_key"]] = doc
+            coll.indexes.append(index)
+            return 201, {**index, "isNewlyCreated": True, "error": False, "code": 201}
+        if method == "DELETE" and len(rest) == 2:
+            coll = self._coll(db, rest[0])
+            keep = [i for i in coll.indexes if i["id"] != f"{rest[0]}/{rest[1]}" or i["type"] in ("primary", "edge")]
+            if len(keep) == len(coll.indexes):
+                raise ArangoError(404, 1212, "index not found")
+            coll.indexes = keep
+            return 200, {"error": False, "code": 200, "id": f"{rest[0]}/{rest[1]}"}
+
+    def _api_document(self, method, rest, params, data, db, headers):
+        coll = self._coll(db, rest[0]) if rest else None
+        wrote = 201 if _flag(params, "waitForSync") else 202
+        keep_null, merge = _flag(params, "keepNull", True), _flag(params, "mergeObjects", True)
+        if method == "POST" and len(rest) == 1:
+            mode = params.get("overwriteMode") or ("replace" if _flag(params, "overwrite") else "conflict")
+            if mode not in ("conflict", "ignore", "replace", "update"):
+                raise ArangoError(400, 10, f"invalid overwriteMode: {mode}")
+            silent = _flag(params, "silent")
+
+            def insert(doc):
+                return self._meta(*self._write(coll, coll.docs, doc, mode, keep_null, merge), params)
+            if not isinstance(data, list):
+                return wrote, {} if silent else insert(data)
+            out = []
+            for doc in data:  # bulk: no atomicity, per-document errors in place
+                try:
+                    meta = insert(doc)
+                    if not silent:
+                        out.append(meta)
+                except ArangoError as err:
+                    out.append({"error": True, "errorNum": err.num, "errorMessage": err.msg})
+            return wrote, out
+        if len(rest) != 2 or method not in ("GET", "HEAD", "PATCH", "PUT", "DELETE"):
+            return None
+        key = rest[1]
+        current = coll.docs.get(key)
+        if current is None:
+            raise ArangoError(404, 1202, "document not found")
+        body_rev = data.get("_rev") if isinstance(data, dict) and not _flag(params, "ignoreRevs", True) else None
+        for rev in ((headers.get("If-Match") or "").strip('"'), body_rev):
+            if rev and rev != current["_rev"]:
+                raise ArangoError(412, 1200, "conflict, _rev values do not match",
+                                  **{k: current[k] for k in ("_id", "_key", "_rev")})
+        if method in ("GET", "HEAD"):
+            return 200, current
+        if method == "DELETE":
+            del coll.docs[key]
+            meta = {k: current[k] for k in ("_id", "_key", "_rev")}
+            if _flag(params, "returnOld"):
+                meta["old"] = current
+            return (200 if wrote == 201 else 202), meta
+        if not isinstance(data, dict):
+            raise ArangoError(400, 1227, "invalid document type")
+        mode = "update" if method == "PATCH" else "replace"
+        new, old, _ = self._write(coll, coll.docs, {**data, "_key": key}, mode, keep_null, merge)
+        return wrote, self._meta(new, old, True, params)
+
+    def _api_import(self, method, rest, params, data, db, headers):
+        if method != "POST" or rest:
+            return None
+        coll = self._coll(db, params.get("collection", ""))
+        if params.get("type", "auto") not in ("array", "list", "auto") or not isinstance(data, list):
+            raise ArangoError(501, 9, "the test emulator only imports a JSON array of documents (type=array)")
+        on_dup = params.get("onDuplicate", "error")
+        if on_dup not in ("error", "update", "replace", "ignore"):
+            raise ArangoError(400, 10, f"invalid onDuplicate: {on_dup}")
+        docs = {} if _flag(params, "overwrite") else dict(coll.docs)  # scratch copy: applied at the end
+        counts, details = {"created": 0, "errors": 0, "empty": 0, "updated": 0, "ignored": 0}, []
+        for pos, doc in enumerate(data):
+            if isinstance(doc, dict) and coll.type == 3:
+                for attr, prefix in (("_from", params.get("fromPrefix")), ("_to", params.get("toPrefix"))):
+                    if prefix and isinstance(doc.get(attr), str) and "/" not in doc[attr]:
+                        doc[attr] = f"{prefix}/{doc[attr]}"
+            exists = isinstance(doc, dict) and doc.get("_key") in docs
+            if exists and on_dup == "ignore":
+                counts["ignored"] += 1
+                continue
+            try:
+                self._write(coll, docs, doc, "conflict" if on_dup == "error" else on_dup)
+            except ArangoError as err:
+                if _flag(params, "complete"):
+                    raise  # complete=true: nothing is imported
+                counts["errors"] += 1
+                details.append(f"at position {pos}: creating document failed with error '{err.msg}', "
+                               f"offending document: {json.dumps(doc)}")
+                continue
+            counts["updated" if exists else "created"] += 1
+        coll.docs = docs
+        body = {"error": False, **counts}
+        if _flag(params, "details"):
+            body["details"] = details
+        return 201, body
+
+    # AQL cursors -------------------------------------------------------------
+    def _api_cursor(self, method, rest, params, data, db, headers):
+        if method == "POST" and not rest:
+            data = data if isinstance(data, dict) else {}
+            if not isinstance(data.get("query"), str) or not data["query"].strip():
+                raise ArangoError(400, 1502, "query is empty")
+            batch = data.get("batchSize") or 1000
+            if not isinstance(batch, int) or batch < 1:
+                raise ArangoError(400, 10, "batchSize must be a positive integer")
+            rows = json.loads(json.dumps(self._run_aql(db, data["query"], data.get("bindVars") or {})))
+            cursor = {"id": str(next(self._ids)), "rows": rows, "batch": batch,
+                      "count": len(rows) if data.get("count") else None}
+            return 201, self._next_batch(cursor, 201)
+        cursor = self._cursors.get(rest[0]) if len(rest) == 1 else None
+        if method in ("PUT", "POST", "DELETE") and len(rest) == 1 and cursor is None:
+            raise ArangoError(404, 1600, "cursor not found")
+        if method in ("PUT", "POST") and cursor:
+            return 200, {"id": cursor["id"], **self._next_batch(cursor, 200)}
+        if method == "DELETE" and cursor:
+            del self._cursors[rest[0]]
+            return 202, {"id": rest[0], "error": False, "code": 202}
+
+    def _next_batch(self, cursor, code):
+        batch, cursor["rows"] = cursor["rows"][:cursor["batch"]], cursor["rows"][cursor["batch"]:]
+        body = {"result": batch, "hasMore": bool(cursor["rows"]), "cached": False, "error": False, "code": code,
+                "extra": {"warnings": [], "stats": {"writesExecuted": 0, "writesIgnored": 0}}}
+        if cursor["count"] is not None:
+            body["count"] = cursor["count"]
+        if body["hasMore"]:
+            body["id"] = cursor["id"]
+            self._cursors[cursor["id"]] = cursor
+        else:
+            self._cursors.pop(cursor["id"], None)
+        return body
+
+    def _run_aql(self, db, query, bind_vars):
+        plan = _AqlParser(query, bind_vars).parse()
+        source = plan["source"]
+        if source[0] == "collection":
+            if source[1] not in self._dbs[db]["collections"]:
+                raise ArangoError(404, 1203, f"AQL: collection or view not found: {source[1]} (while parsing)")
+            rows = [{plan["vars"][0]: d} for d in self._dbs[db]["collections"][source[1]].docs.values()]
+        else:
+            _, low, high, direction, start, name = source
+            graph = self._dbs[db]["graphs"].get(name)
+            if graph is None:
+                raise ArangoError(404, 1924, f"graph '{name}' not found")
+            rows = self._traverse(db, graph, start, low, high, direction, plan["vars"])
+        for op in plan["ops"]:
+            if op[0] == "filter":
+                rows = [r for r in rows if all(_holds(c, r) for c in op[1])]
+            else:
+                rows = rows[op[1]:] if op[2] is None else rows[op[1]:op[1] + op[2]]
+        out = []
+        for row in rows:
+            value = _eval(plan["ret"], row)
+            if not plan["distinct"] or not any(aql_equal(value, seen) for seen in out):
+                out.append(value)
+        return out
+
+    def _traverse(self, db, graph, start, low, high, direction, names):
+        first = self._lookup(db, start.get("_id") if isinstance(start, dict) else start)
+        if first is None:
+            return []  # ArangoDB: warning "vertex not found" and an empty result
+        cols = self._dbs[db]["collections"]
+        edge_cols = [cols[d["collection"]] for d in graph["edgeDefinitions"] if d["collection"] in cols]
+        rows = []
+
+        def walk(vertex_id, vertices, edges):
+            if len(edges) >= low:
+                values = (vertices[-1], edges[-1] if edges else None, {"vertices": vertices, "edges": edges})
+                rows.append(dict(zip(names, values)))
+            if len(edges) == high:
+                return
+            on_path = {e["_id"] for e in edges}
+            for coll in edge_cols:
+                for edge in list(coll.docs.values()):
+                    if edge["_id"] in on_path:
+                        continue  # uniqueEdges: "path"
+                    if direction != "INBOUND" and edge["_from"] == vertex_id:
+                        nxt = edge["_to"]
+                    elif direction != "OUTBOUND" and edge["_to"] == vertex_id:
+                        nxt = edge["_from"]
+                    else:
+                        continue
+                    walk(nxt, vertices + [self._lookup(db, nxt)], edges + [edge])
+
+        walk(first["_id"], [first], [])
+        return rows
+
+    # named graphs (gharial) --------------------------------------------------
+    def _api_gharial(self, method, rest, params, data, db, headers):
+        graphs, cols = self._dbs[db]["graphs"], self._dbs[db]["collections"]
+        if not rest and method == "GET":
+            return 200, {"error": False, "code": 200, "graphs": list(graphs.values())}
+        if not rest and method == "POST":
+            data = data if isinstance(data, dict) else {}
+            name, defs = data.get("name"), data.get("edgeDefinitions") or []
+            orphans = data.get("orphanCollections") or []
+            if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", name):
+                raise ArangoError(400, 10, "invalid graph name")
+            if name in graphs:
+                raise ArangoError(409, 1925, "graph already exists")
+            if not all(isinstance(d, dict) and isinstance(d.get("collection"), str) and isinstance(d.get("from"), list)
+                       and isinstance(d.get("to"), list) for d in defs):
+                raise ArangoError(400, 1923, "malformed edge definition")
+            wanted = [(d["collection"], 3) for d in defs] + [(v, 2) for d in defs for v in d["from"] + d["to"]]
+            for cname, ctype in wanted + [(o, 2) for o in orphans]:
+                if cname in cols and cols[cname].type != ctype:
+                    raise ArangoError(400, 1237, f"collection type invalid: {cname}")
+            for cname, ctype in wanted + [(o, 2) for o in orphans]:
+                if cname not in cols:
+                    self._create_collection(db, cname, ctype)
+            graphs[name] = {"_key": name, "_id": f"_graphs/{name}", "_rev": self._new_rev(), "name": name,
+                            "edgeDefinitions": [{"collection": d["collection"], "from": sorted(d["from"]),
+                                                 "to": sorted(d["to"])} for d in defs],
+                            "orphanCollections": list(orphans), "numberOfShards": 1, "replicationFactor": 1,
+                            "isSmart": False, "isDisjoint": False, "isSatellite": False}
+            return 202, {"error": False, "code": 202, "graph": graphs[name]}
+        graph = graphs.get(rest[0]) if rest else None
+        if graph is None:
+            raise ArangoError(404, 1924, f"graph '{rest[0] if rest else ''}' not found")
+        defs = graph["edgeDefinitions"]
+        vertex_names = sorted({v for d in defs for v in d["from"] + d["to"]} | set(graph["orphanCollections"]))
+        if len(rest) == 1 and method == "GET":
+            return 200, {"error": False, "code": 200, "graph": graph}
+        if len(rest) == 1 and method == "DELETE":
+            del graphs[rest[0]]
+            if _flag(params, "dropCollections"):
+                in_use = {c for g in graphs.values() for d in g["edgeDefinitions"] for c in [d["collection"],
+                          *d["from"], *d["to"]]} | {o for g in graphs.values() for o in g["orphanCollections"]}
+                for cname in set(vertex_names) | {d["collection"] for d in defs}:
+                    if cname not in in_use:
+                        cols.pop(cname, None)
+            return 202, {"error": False, "code": 202, "removed": True}
+        kind = rest[1] if len(rest) > 1 else None
+        names = vertex_names if kind == "vertex" else [d["collection"] for d in defs]
+        if len(rest) == 2 and method == "GET" and kind in ("vertex", "edge"):
+            return 200, {"error": False, "code": 200, "collections": names}
+        if len(rest) == 3 and method == "POST" and kind in ("vertex", "edge"):
+            if rest[2] not in names:
+                raise ArangoError(404, 1203, f"collection or view not found: {rest[2]}")
+            coll = self._coll(db, rest[2])
+            for d in defs if kind == "edge" and isinstance(data, dict) else []:
+                if d["collection"] != rest[2]:
+                    continue
+                for attr, allowed in (("_from", d["from"]), ("_to", d["to"])):
+                    m = _ID_RE.match(data.get(attr)) if isinstance(data.get(attr), str) else None
+                    if not m:
+                        raise ArangoError(400, 1233, "edge attribute missing or invalid")
+                    if m.group(1) not in allowed:
+                        raise ArangoError(400, 1906, f"invalid edge between {data['_from']} and {data['_to']}")
+                    if self._lookup(db, data[attr]) is None:
+                        raise ArangoError(404, 1202, "document not found")
+            new, _, _ = self._write(coll, coll.docs, data, "conflict")
+            body = {"error": False, "code": 202, kind: {k: new[k] for k in ("_id", "_key", "_rev")}}
+            if _flag(params, "returnNew"):
+                body["new"] = new
+            return 202, body
