@@ -1,0 +1,674 @@
+"""An in-memory Kubernetes API emulator over real HTTP, for the launcher tests.
+
+    with KubeCluster() as cluster:
+        batch = kubernetes.client.BatchV1Api(cluster.api_client())
+        batch.create_namespaced_job("default", manifest)
+        JobController(cluster).mark_succeeded("my-job")
+
+Serves batch/v1 Jobs and core/v1 Pods (namespaced and all-namespaces lists with labelSelector,
+create, get, merge/strategic-merge patch, /status, delete with propagationPolicy, delete-collection,
+pods/log) plus discovery. Watch, fieldSelector, replace and JSON patch are rejected, not ignored.
+No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the
+test thread. A few API-server validations are applied (names, label syntax, Job restartPolicy,
+immutable pod template) because real clusters enforce them.
+"""
+import copy
+import datetime
+import http.server
+import itertools
+import json
+import re
+import secrets
+import socket
+import threading
+import uuid
+from urllib.parse import parse_qsl, urlsplit
+
+import kubernetes
+
+SERVER_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated", "gitCommit": "0" * 40,
+                  "gitTreeState": "clean", "buildDate": "2024-04-17T00:00:00Z", "goVersion": "go1.22.2",
+                  "compiler": "gc", "platform": "linux/amd64"}
+# plural -> (group, version, kind, URL prefix)
+RESOURCES = {"jobs": ("batch", "v1", "Job", "/apis/batch/v1"), "pods": ("", "v1", "Pod", "/api/v1")}
+JOB_NAME_LABELS = ("job-name", "batch.kubernetes.io/job-name")
+_PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/batch/v1)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
+                   r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+            409: "Conflict", 410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid",
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
+# Strategic-merge-patch merge keys of the lists our objects carry; other lists are replaced.
+_MERGE_KEYS = {"conditions": "type", "containers": "name", "initContainers": "name", "env": "name",
+               "volumes": "name", "volumeMounts": "name", "ownerReferences": "uid"}
+_NO_RESOURCE = "the server could not find the requested resource"
+
+
+def now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def status_body(code, reason, message, details=None):
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+    return {**body, "details": details} if details else body
+
+
+class ApiError(Exception):
+    """Raised inside the emulator; rendered as a Kubernetes ``Status`` response."""
+
+    def __init__(self, code, message, reason=None, details=None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details
+        self.reason = reason or _REASONS.get(code, "Unknown")
+
+    def body(self):
+        return status_body(self.code, self.reason, self.message, self.details)
+
+
+def _full_name(plural):
+    group = RESOURCES[plural][0]
+    return f"{plural}.{group}" if group else plural
+
+
+def not_found(plural, name):
+    return ApiError(404, f'{_full_name(plural)} "{name}" not found', "NotFound",
+                    {"name": name, "group": RESOURCES[plural][0], "kind": plural})
+
+
+# --------------------------------------------------------------------------- selectors
+
+_REQ = re.compile(r"\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9][-A-Za-z0-9_./]*)\s*"
+                  r"(?:(?P<op>==|!=|=)\s*(?P<val>[-A-Za-z0-9_.]*)"
+                  r"|\s(?P<setop>in|notin)\s*\((?P<set>[^)]*)\))?\s*(?:,|$)")
+
+
+def parse_label_selector(text):
+    """``a=b,c==d,e!=f,g in (x,y),h notin (z),i,!j`` -> predicate on a labels dict (400 if malformed)."""
+    preds, pos, text = [], 0, (text or "").strip()
+    while pos < len(text):
+        m = _REQ.match(text, pos)
+        if not m or m.end() == pos or (m["neg"] and (m["op"] or m["setop"])):
+            raise ApiError(400, f"unable to parse requirement: found {text[pos:]!r}")
+        pos = m.end()
+        key, op, val = m["key"], m["op"], m["val"]
+        if m["setop"]:
+            values = {v.strip() for v in m["set"].split(",") if v.strip()}
+            if not values:
+                raise ApiError(400, f"for 'in', 'notin' operators, values set can't be empty: {key}")
+            preds.append(lambda lb, k=key, vs=values, inside=m["setop"] == "in": (lb.get(k) in vs) == inside)
+        elif op:
+            preds.append(lambda lb, k=key, v=val, eq=op != "!=": (lb.get(k) == v) == eq)
+        else:
+            preds.append(lambda lb, k=key, present=not m["neg"]: (k in lb) == present)
+    return lambda labels: all(p(labels or {}) for p in preds)
+
+
+# --------------------------------------------------------------------------- patches
+
+def merge_patch(target, patch, strategic=False):
+    """RFC 7386 merge patch; ``strategic`` also merges the known lists by their key."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue  # strategic-merge directives are not emulated
+        if value is None:
+            result.pop(key, None)
+        elif strategic and key in _MERGE_KEYS and isinstance(value, list) and isinstance(result.get(key), list):
+            mk = _MERGE_KEYS[key]
+            merged = {item.get(mk): item for item in result[key]}
+            for item in value:
+                merged[item.get(mk)] = merge_patch(merged.get(item.get(mk), {}), item, True)
+            result[key] = list(merged.values())
+        else:
+            result[key] = merge_patch(result.get(key), value, strategic)
+    return result
+
+
+# --------------------------------------------------------------------------- the store
+
+class KubeStore:
+    """Thread-safe objects keyed by (plural, namespace, name), and pod logs. Reads return copies."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.objects, self.logs = {}, {}
+        self._rv = itertools.count(1000)
+
+    def get(self, plural, namespace, name):
+        with self.lock:
+            return copy.deepcopy(self.objects.get((plural, namespace, name)))
+
+    def put(self, plural, obj):
+        """Insert or overwrite with a new resourceVersion; returns a copy of what is stored."""
+        with self.lock:
+            obj = copy.deepcopy(obj)
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+            return copy.deepcopy(obj)
+
+    def resource_version(self):
+        with self.lock:
+            return str(max([int(o["metadata"]["resourceVersion"]) for o in self.objects.values()] or [999]))
+
+    def list(self, plural, namespace=None, label_selector=None):
+        labels_ok = parse_label_selector(label_selector)
+        with self.lock:
+            return [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items())
+                    if p == plural and namespace in (None, ns) and labels_ok(o["metadata"].get("labels"))]
+
+    def pods_of_job(self, job):
+        """Pods owned by the Job (ownerReferences uid) or carrying its job-name label."""
+        meta = job["metadata"]
+        with self.lock:
+            return [o for (p, ns, _), o in self.objects.items() if p == "pods" and ns == meta["namespace"]
+                    and (any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences", []))
+                         or any(o["metadata"].get("labels", {}).get(k) == meta["name"] for k in JOB_NAME_LABELS))]
+
+    def delete(self, plural, namespace, name, propagation=None):
+        """Delete as API server + garbage collector do. batch/v1 Jobs default to Orphan: pods stay."""
+        with self.lock:
+            obj = self.objects.pop((plural, namespace, name), None)
+            if obj is None:
+                raise not_found(plural, name)
+            if plural == "pods":
+                self.logs.pop((namespace, name), None)
+            if plural == "jobs":
+                for pod in self.pods_of_job(obj):
+                    if propagation in ("Background", "Foreground"):
+                        self.delete("pods", namespace, pod["metadata"]["name"])
+                    else:
+                        pod["metadata"].pop("ownerReferences", None)
+                        self.put("pods", pod)
+            return obj
+
+
+# --------------------------------------------------------------------------- validation & defaults
+
+def _label_problems(labels, field):
+    problems = []
+    for key, value in (labels or {}).items():
+        prefix, _, label_name = key.rpartition("/")
+        if (prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix))) \
+                or len(label_name) > 63 or not _LABEL_NAME.match(label_name):
+            problems.append((field, f"Invalid value: {key!r}: invalid label key"))
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+            problems.append((field, f"Invalid value: {value!r}: a valid label must be 63 characters or less "
+                                    "and consist of alphanumerics, '-', '_' or '.'"))
+    return problems
+
+
+def validate(plural, obj):
+    """The subset of API-server validation a launcher can trip over; raises 422 Invalid."""
+    name, spec = obj["metadata"].get("name", ""), obj.get("spec", {})
+    pattern, limit = (_DNS_LABEL, 63) if plural == "jobs" else (_DNS_SUBDOMAIN, 253)
+    causes = [] if pattern.match(name) and len(name) <= limit else [
+        ("metadata.name", f"Invalid value: {name!r}: must be a lowercase RFC 1123 name of at most {limit} chars")]
+    causes += _label_problems(obj["metadata"].get("labels"), "metadata.labels")
+    pod_spec = spec.get("template", {}).get("spec", {}) if plural == "jobs" else spec
+    if plural == "jobs":
+        causes += _label_problems(spec.get("template", {}).get("metadata", {}).get("labels"),
+                                  "spec.template.metadata.labels")
+        if pod_spec.get("restartPolicy") not in ("Never", "OnFailure"):
+            causes.append(("spec.template.spec.restartPolicy", f"Unsupported value: "
+                           f"{pod_spec.get('restartPolicy')!r}: supported values: \"OnFailure\", \"Never\""))
+    if not pod_spec.get("containers"):
+        causes.append(("spec.containers", "Required value"))
+    causes += [(f"spec.containers[{i}].image", "Required value")
+               for i, c in enumerate(pod_spec.get("containers") or []) if not c.get("image")]
+    if causes:
+        group, _, kind, _ = RESOURCES[plural]
+        raise ApiError(422, f'{kind}.{group or "core"} "{name}" is invalid: ' + "; ".join(
+            f"{f}: {m}" for f, m in causes), "Invalid", {"name": name, "group": group, "kind": kind, "causes": [
+                {"field": f, "message": m, "reason": "FieldValueInvalid"} for f, m in causes]})
+
+
+def apply_defaults(plural, obj, namespace):
+    """What the API server fills in on create (metadata, Job spec defaults, Job selector labels)."""
+    meta = obj.setdefault("metadata", {})
+    if not meta.get("name") and meta.get("generateName"):
+        meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+    meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
+    group, version, kind, _ = RESOURCES[plural]
+    obj["apiVersion"], obj["kind"] = f"{group}/{version}" if group else version, kind
+    spec = obj.setdefault("spec", {})
+    if plural == "jobs":
+        for key, value in (("parallelism", 1), ("completions", 1), ("backoffLimit", 6), ("suspend", False),
+                           ("completionMode", "NonIndexed"), ("podReplacementPolicy", "TerminatingOrFailed")):
+            spec.setdefault(key, value)
+        spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": meta["uid"]}})
+        tmeta = spec.setdefault("template", {}).setdefault("metadata", {})
+        tmeta["labels"] = {**(tmeta.get("labels") or {}), "controller-uid": meta["uid"],
+                           "batch.kubernetes.io/controller-uid": meta["uid"],
+                           **{k: meta["name"] for k in JOB_NAME_LABELS}}
+        obj["status"] = {}
+    else:
+        spec.setdefault("restartPolicy", "Always")
+        obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
+    return obj
+
+
+# --------------------------------------------------------------------------- HTTP server
+
+def _api_resources(plural, group_version):
+    kind = RESOURCES[plural][2]
+    res = [{"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update"]},
+           {"name": f"{plural}/status", "singularName": "", "namespaced": True, "kind": kind,
+            "verbs": ["get", "patch", "update"]}]
+    if plural == "pods":
+        res.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": res}
+
+
+_BATCH_GROUP = {"name": "batch", "versions": [{"groupVersion": "batch/v1", "version": "v1"}],
+                "preferredVersion": {"groupVersion": "batch/v1", "version": "v1"}}
+_STATIC = {
+    "/version": SERVER_VERSION,
+    "/api": {"kind": "APIVersions", "versions": ["v1"],
+             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": [_BATCH_GROUP]},
+    "/apis/batch": {"kind": "APIGroup", "apiVersion": "v1", **_BATCH_GROUP},
+    "/api/v1": _api_resources("pods", "v1"),
+    "/apis/batch/v1": _api_resources("jobs", "batch/v1"),
+}
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as urllib3 pools connections
+    cluster = None  # set on a per-cluster subclass
+
+    def log_message(self, *args):
+        pass
+
+    def setup(self):
+        super().setup()  # headers and body are separate writes: avoid the 40 ms delayed-ACK stall
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _send(self, code, body, headers=None):
+        text = isinstance(body, str)
+        data = body.encode() if text else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "text/plain" if text else "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _dispatch(self):
+        url = urlsplit(self.path)
+        path, query = url.path.rstrip("/") or "/", dict(parse_qsl(url.query, keep_blank_values=True))
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        cluster = self.cluster
+        cluster.requests.append((self.command, path, query))
+        fault = cluster._take_fault(self.command, path)
+        if fault is not None:
+            code, body = fault
+            body = status_body(code, _REASONS.get(code, "Unknown"), f"injected failure ({code})") \
+                if body is None else body
+            return self._send(code, body, {"Retry-After": "1"} if code in (429, 503) else None)
+        if cluster.token and self.headers.get("Authorization") != f"Bearer {cluster.token}":
+            return self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
+        try:
+            body = json.loads(raw) if raw else None
+            code, payload = cluster._route(self.command, path, query, body, self.headers.get("Content-Type", ""))
+        except ValueError as exc:
+            code, payload = 400, status_body(400, "BadRequest", f"invalid request: {exc}")
+        except ApiError as exc:
+            code, payload = exc.code, exc.body()
+        except Exception as exc:  # an emulator bug must surface as a 500, not a hung client
+            code, payload = 500, status_body(500, "InternalError", f"emulator error: {exc!r}")
+        self._send(code, payload)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections must not block shutdown
+
+
+class KubeCluster:
+    """Context manager: the emulated API server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, token="emulator-token"):
+        self.token = token  # requests must carry "Bearer <token>" (None: no auth)
+        self.store = KubeStore()
+        self.requests = []  # (method, path, query dict), in arrival order, injected failures included
+        self.url = None
+        self._faults, self._faults_lock, self._clients = [], threading.Lock(), []
+        self._server = self._thread = None
+
+    def start(self):
+        self._server = _Server(("127.0.0.1", 0), type("Handler", (_Handler,), {"cluster": self}))
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
+                                        name="kube-emulator")
+        self._thread.start()
+        return self
+
+    def stop(self):
+        for api_client in self._clients:
+            api_client.close()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # client side
+    def configuration(self):
+        config = kubernetes.client.Configuration()
+        config.host = self.url
+        if self.token:
+            config.api_key, config.api_key_prefix = {"authorization": self.token}, {"authorization": "Bearer"}
+        return config
+
+    def api_client(self):
+        """A ``kubernetes.client.ApiClient`` for this cluster, closed when the cluster stops."""
+        self._clients.append(kubernetes.client.ApiClient(self.configuration()))
+        return self._clients[-1]
+
+    def write_kubeconfig(self, path, namespace="default"):
+        """A kubeconfig for ``kubernetes.config.load_kube_config(path)`` (JSON is valid YAML)."""
+        cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+               "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+               "users": [{"name": "emulator", "user": {"token": self.token} if self.token else {}}],
+               "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator",
+                                                             "namespace": namespace}}]}
+        with open(path, "w") as fh:
+            json.dump(cfg, fh)
+        return str(path)
+
+    # fault injection and the request log
+    def fail_next(self, method, path_regex, status, times=1, body=None):
+        """The next ``times`` requests matching METHOD ('*' for any) and ``re.search(path_regex, path)``
+        get ``status`` with ``body`` (dict as JSON, str as text; default: a Kubernetes Status)."""
+        with self._faults_lock:
+            self._faults.append({"method": method.upper(), "path": re.compile(path_regex), "status": status,
+                                 "left": times, "body": body})
+
+    def _take_fault(self, method, path):
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault["left"] > 0 and fault["method"] in ("*", method) and fault["path"].search(path):
+                    fault["left"] -= 1
+                    return fault["status"], fault["body"]
+        return None
+
+    def clear_faults(self):
+        with self._faults_lock:
+            self._faults.clear()
+
+    def requests_matching(self, method, path_regex):
+        return [r for r in self.requests if r[0] == method.upper() and re.search(path_regex, r[1])]
+
+    # routing
+    def _route(self, method, path, query, body, content_type):
+        if path in _STATIC or path == "/":
+            if method != "GET":
+                raise ApiError(405, f"method {method} not allowed on {path}")
+            return 200, _STATIC.get(path) or {"paths": sorted(_STATIC)}
+        m = _PATH.match(path)
+        if not m or m["plural"] not in RESOURCES or RESOURCES[m["plural"]][3] != m["prefix"] \
+                or m["sub"] not in (None, "status", "log") or (m["sub"] == "log" and m["plural"] != "pods") \
+                or (m["name"] and not m["ns"]):
+            raise ApiError(404, _NO_RESOURCE)
+        if query.get("watch") in ("true", "1") or query.get("fieldSelector"):
+            raise ApiError(400, "watch and fieldSelector are not emulated")
+        plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
+        if name is None:
+            return self._collection(method, plural, ns, query, body)
+        if sub == "log":
+            if method != "GET":
+                raise ApiError(405, f"method {method} not allowed on pods/log")
+            return 200, self._read_log(ns, name, query)
+        return self._item(method, plural, ns, name, sub, query, body, content_type)
+
+    def _collection(self, method, plural, ns, query, body):
+        store = self.store
+        if method == "GET":
+            items = store.list(plural, ns, query.get("labelSelector"))
+            return 200, {"kind": f"{RESOURCES[plural][2]}List", "apiVersion": "/".join(filter(None, RESOURCES[
+                plural][:2])), "metadata": {"resourceVersion": store.resource_version()}, "items": items}
+        if ns is None:
+            raise ApiError(405, f"{method} needs a namespace")
+        if method == "POST":
+            if (body or {}).get("metadata", {}).get("namespace") not in (None, ns):
+                raise ApiError(400, "the namespace of the provided object does not match the namespace sent "
+                                    "on the request")
+            obj = apply_defaults(plural, copy.deepcopy(body or {}), ns)
+            validate(plural, obj)
+            with store.lock:
+                name = obj["metadata"]["name"]
+                if store.get(plural, ns, name) is not None:
+                    raise ApiError(409, f'{_full_name(plural)} "{name}" already exists', "AlreadyExists",
+                                   {"name": name, "group": RESOURCES[plural][0], "kind": plural})
+                return 201, obj if query.get("dryRun") == "All" else store.put(plural, obj)
+        if method == "DELETE":
+            propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
+            with store.lock:
+                for obj in store.list(plural, ns, query.get("labelSelector")):
+                    store.delete(plural, ns, obj["metadata"]["name"], propagation)
+            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        raise ApiError(405, f"method {method} not allowed on a collection")
+
+    def _item(self, method, plural, ns, name, sub, query, body, content_type):
+        with self.store.lock:
+            current = self.store.get(plural, ns, name)
+            if current is None:
+                raise not_found(plural, name)
+            if method == "GET":
+                return 200, current
+            if method == "DELETE" and sub is None:
+                propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
+                deleted = self.store.delete(plural, ns, name, propagation)
+                return 200, deleted if plural == "pods" else {  # pods return the object, jobs a Status
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": name, "group": "batch", "kind": plural, "uid": deleted["metadata"]["uid"]}}
+            if method == "PATCH" and "merge-patch" in content_type:
+                updated = merge_patch(current, body, strategic="strategic" in content_type)
+                return 200, self._save_update(plural, current, updated, status_only=sub == "status")
+            if method == "PATCH":  # JSON patch (a list body) and apply-patch are not emulated
+                raise ApiError(415, f"the emulator does not support {content_type} patches")
+            raise ApiError(405, f"method {method} not emulated (replace is not supported)")
+
+    def _save_update(self, plural, current, updated, status_only):
+        """Status-subresource rules: the main resource ignores status, /status ignores everything else."""
+        if status_only:
+            return self.store.put(plural, {**current, "status": updated.get("status", {})})
+        result = {**updated, "status": current.get("status", {})}
+        meta = result.setdefault("metadata", {})
+        meta.update({k: current["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")})
+        meta["generation"] = current["metadata"]["generation"] + (result.get("spec") != current.get("spec"))
+        if plural == "jobs" and result.get("spec", {}).get("template") != current["spec"]["template"]:
+            raise ApiError(422, f'Job.batch "{meta["name"]}" is invalid: spec.template: field is immutable')
+        validate(plural, result)
+        return self.store.put(plural, result)
+
+    def _read_log(self, ns, name, query):
+        pod = self.store.get("pods", ns, name)
+        if pod is None:
+            raise not_found("pods", name)
+        containers = [c["name"] for c in pod["spec"].get("containers", [])]
+        container = query.get("container") or (containers[0] if len(containers) == 1 else None)
+        if container not in containers:
+            raise ApiError(400, f"a valid container name must be specified for pod {name}: one of {containers}")
+        with self.store.lock:
+            text = self.store.logs.get((ns, name))
+        for cs in pod.get("status", {}).get("containerStatuses", []) if text is None else []:
+            waiting = cs.get("state", {}).get("waiting")
+            if cs.get("name") == container and waiting:
+                raise ApiError(400, f'container "{container}" in pod "{name}" is waiting to start: '
+                                    f'{waiting.get("reason", "ContainerCreating")}')
+        text = text or ""
+        if "tailLines" in query:
+            tail = int(query["tailLines"])
+            text = "".join(text.splitlines(keepends=True)[-tail:]) if tail > 0 else ""
+        return text
+
+
+# --------------------------------------------------------------------------- Job controller
+
+_FAIL_MESSAGES = {"BackoffLimitExceeded": "Job has reached the specified backoff limit",
+                  "DeadlineExceeded": "Job was active longer than specified deadline"}
+_EXIT_CODES = {"OOMKilled": 137, "Error": 1, "Completed": 0, "ContainerCannotRun": 128}
+_POD_LEVEL_REASONS = {"Evicted", "DeadlineExceeded"}  # set on pod status, not on a container
+
+
+def _cond(type_, status, reason=None, message=None):
+    cond = {"type": type_, "status": status, "lastProbeTime": None, "lastTransitionTime": now_iso()}
+    return {**cond, **({"reason": reason} if reason else {}), **({"message": message} if message else {})}
+
+
+def pod_status(containers, phase, reason=None, container_state=None, message=None):
+    """A realistic pod ``status``. ``reason``: Unschedulable, ImagePullBackOff, ErrImagePull,
+    CreateContainerConfigError (Pending); CrashLoopBackOff (Running); OOMKilled, Error, Evicted,
+    DeadlineExceeded (Failed). ``container_state`` overrides every container's ``state``."""
+    ts = now_iso()
+    if phase == "Pending" and reason == "Unschedulable":
+        return {"phase": "Pending", "qosClass": "Burstable", "conditions": [_cond(
+            "PodScheduled", "False", "Unschedulable", message or "0/3 nodes are available: 3 Insufficient cpu. "
+            "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")]}
+    status = {"phase": phase, "hostIP": "10.0.0.10", "podIP": "10.244.0.17", "startTime": ts, "qosClass": "Burstable"}
+    extra = {"message": message} if message else {}
+    if container_state is not None:
+        state = container_state
+    elif phase == "Pending":
+        state = {"waiting": {"reason": reason or "ContainerCreating", **extra}}
+    elif phase == "Running" and reason:
+        state = {"waiting": {"reason": reason, "message": message or "back-off 10s restarting failed container"}}
+    elif phase == "Running":
+        state = {"running": {"startedAt": ts}}
+    elif phase == "Failed" and reason in _POD_LEVEL_REASONS:
+        status.update(reason=reason, message=message or f"Pod was terminated: {reason}")
+        state = {"terminated": {"reason": "Error", "exitCode": 143, "startedAt": ts, "finishedAt": ts}}
+    else:
+        why = reason or ("Completed" if phase == "Succeeded" else "Error")
+        state = {"terminated": {"reason": why, "exitCode": _EXIT_CODES.get(why, 1), "startedAt": ts,
+                                "finishedAt": ts, **extra}}
+    ready = "running" in state
+    crash = state.get("waiting", {}).get("reason") == "CrashLoopBackOff"
+    status["containerStatuses"] = [{
+        "name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": ready, "started": ready,
+        "restartCount": 3 if crash else 0, "state": copy.deepcopy(state),
+        "lastState": {"terminated": {"reason": "Error", "exitCode": 1, "startedAt": ts, "finishedAt": ts}}
+        if crash else {}} for c in containers]
+    not_ready = "PodCompleted" if phase in ("Succeeded", "Failed") else None if ready else "ContainersNotReady"
+    status["conditions"] = [_cond("PodScheduled", "True"), _cond("Initialized", "True"),
+                            _cond("ContainersReady", str(ready), not_ready), _cond("Ready", str(ready), not_ready)]
+    return status
+
+
+class JobController:
+    """Plays the Job controller, kubelet and TTL controller on the emulator's store (no HTTP).
+
+    ``job``/``pod`` arguments take a name, a dict or a client model (V1Job/V1Pod). Returns are dicts."""
+
+    def __init__(self, cluster, namespace="default"):
+        self.store, self.namespace = cluster.store, namespace
+
+    @staticmethod
+    def _name(obj):
+        return obj if isinstance(obj, str) else obj["metadata"]["name"] if isinstance(obj, dict) \
+            else obj.metadata.name
+
+    def _get(self, plural, obj):
+        found = self.store.get(plural, self.namespace, self._name(obj))
+        if found is None:
+            raise KeyError(f"no {plural} {self._name(obj)!r} in namespace {self.namespace!r}")
+        return found
+
+    def job(self, job):
+        return self._get("jobs", job)
+
+    def pod(self, pod):
+        return self._get("pods", pod)
+
+    def jobs(self, label_selector=None):
+        return self.store.list("jobs", self.namespace, label_selector)
+
+    def pods(self, job=None, label_selector=None):
+        pods = self.store.list("pods", self.namespace, label_selector)
+        return pods if job is None else [p for p in pods if p["metadata"]["labels"].get("job-name") == self._name(job)]
+
+    def create_pod_for(self, job, phase="Pending", reason=None, container_state=None, message=None):
+        """Create a pod as the Job controller would, with the status the kubelet would report."""
+        meta, template = (job := self.job(job))["metadata"], job["spec"]["template"]
+        spec = copy.deepcopy(template.get("spec", {}))
+        if reason != "Unschedulable":
+            spec["nodeName"] = "emulated-node-1"
+        labels = {**template.get("metadata", {}).get("labels", {}), "controller-uid": meta["uid"],
+                  "batch.kubernetes.io/controller-uid": meta["uid"], **{k: meta["name"] for k in JOB_NAME_LABELS}}
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
+        return self.store.put("pods", {"apiVersion": "v1", "kind": "Pod", "spec": spec, "metadata": {
+            "name": f"{meta['name']}-{secrets.token_hex(3)[:5]}", "namespace": self.namespace,
+            "uid": str(uuid.uuid4()), "creationTimestamp": now_iso(), "generation": 1, "labels": labels,
+            "annotations": dict(template.get("metadata", {}).get("annotations", {})), "ownerReferences": [owner]},
+            "status": pod_status(spec.get("containers", []), phase, reason, container_state, message)})
+
+    def set_pod_phase(self, pod, phase, reason=None, container_state=None, message=None):
+        with self.store.lock:
+            pod = self.pod(pod)
+            pod["status"] = pod_status(pod["spec"].get("containers", []), phase, reason, container_state, message)
+            return self.store.put("pods", pod)
+
+    def set_pod_log(self, pod, text):
+        with self.store.lock:
+            self.store.logs[(self.namespace, self.pod(pod)["metadata"]["name"])] = text
+
+    def set_job_status(self, job, **status):
+        """Merge raw fields into the Job's status (escape hatch for odd states)."""
+        with self.store.lock:
+            job = self.job(job)
+            job["status"] = merge_patch(job["status"], status)
+            return self.store.put("jobs", job)
+
+    def _finish(self, job, phase, pod_reason, with_pods, status):
+        """Move the job's unfinished pods to ``phase`` (create one if it has none in any of the two),
+        then set the Job status with the count of its pods in ``phase``."""
+        with self.store.lock:
+            if with_pods:
+                live = [p for p in self.pods(job) if p["status"].get("phase") in ("Pending", "Running", None)]
+                for pod in live:
+                    self.set_pod_phase(pod, phase, pod_reason)
+                if not live and not any(p["status"].get("phase") == phase for p in self.pods(job)):
+                    self.create_pod_for(job, phase, pod_reason)
+            count = sum(1 for p in self.pods(job) if p["status"].get("phase") == phase) or 1
+            current = self.job(job)
+            current["status"] = {"startTime": current["status"].get("startTime") or now_iso(), "ready": 0,
+                                 "terminating": 0, "uncountedTerminatedPods": {}, **status(count)}
+            return self.store.put("jobs", current)
+
+    def mark_running(self, job, with_pods=True):
+        return self._finish(job, "Running", None, with_pods, lambda n: {"active": n, "ready": n})
+
+    def mark_succeeded(self, job, with_pods=True):
+        message = "Reached expected number of succeeded pods"
+        return self._finish(job, "Succeeded", None, with_pods, lambda n: {
+            "succeeded": n, "completionTime": now_iso(),
+            "conditions": [_cond("SuccessCriteriaMet", "True", "CompletionsReached", message),
+                           _cond("Complete", "True", "CompletionsReached", message)]})
+
+    def mark_failed(self, job, reason="BackoffLimitExceeded", message=None, with_pods=True):
+        message = message or _FAIL_MESSAGES.get(reason, reason)
+        pod_reason = "DeadlineExceeded" if reason == "DeadlineExceeded" else None
+        return self._finish(job, "Failed", pod_reason, with_pods, lambda n: {
+            "failed": n, "conditions": [_cond("FailureTarget", "True", reason, message),
+                                        _cond("Failed", "True", reason, message)]})
+
+    def delete_job(self, job):
+        """Remove the Job and its pods, as the TTL-after-finished controller does."""
+        return self.store.delete("jobs", self.namespace, self._name(job), "Background")

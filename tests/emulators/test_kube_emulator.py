@@ -1,0 +1,348 @@
+"""Tests of the Kubernetes emulator, through the real sync ``kubernetes`` client over HTTP."""
+import json
+import threading
+
+import kubernetes
+import kubernetes_validate
+import pytest
+from kubernetes.client import ApiException, BatchV1Api, CoreV1Api
+
+from tests.emulators.kube import JobController, KubeCluster, parse_label_selector
+
+NS = "default"
+
+
+def job_manifest(name, labels=None, command=("python", "-m", "worker")):
+    labels = {"app.kubernetes.io/managed-by": "streamforge-queue-manager", **(labels or {})}
+    manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "backoffLimit": 2,
+            "ttlSecondsAfterFinished": 600,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "worker",
+                        "image": "streamforge/worker:1.0",
+                        "command": list(command),
+                        "env": [{"name": "QUEUE_ID", "value": "q1"},
+                                {"name": "KAFKA_PASSWORD", "valueFrom": {
+                                    "secretKeyRef": {"name": "kafka", "key": "password"}}}],
+                    }],
+                },
+            },
+        },
+    }
+    kubernetes_validate.validate(manifest, "1.30", strict=True)
+    return manifest
+
+
+@pytest.fixture
+def cluster():
+    with KubeCluster() as c:
+        yield c
+
+
+@pytest.fixture
+def batch(cluster):
+    return BatchV1Api(cluster.api_client())
+
+
+@pytest.fixture
+def core(cluster):
+    return CoreV1Api(cluster.api_client())
+
+
+@pytest.fixture
+def ctl(cluster):
+    return JobController(cluster, NS)
+
+
+def test_create_get_and_defaults(batch):
+    created = batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
+    assert isinstance(created, kubernetes.client.V1Job)
+    assert created.metadata.uid and created.metadata.resource_version and created.metadata.creation_timestamp
+    assert created.spec.template.metadata.labels["job-name"] == "etl-1"
+    assert created.spec.template.metadata.labels["batch.kubernetes.io/controller-uid"] == created.metadata.uid
+    assert created.spec.backoff_limit == 2 and created.spec.completions == 1
+    fetched = batch.read_namespaced_job("etl-1", NS)
+    assert fetched.metadata.uid == created.metadata.uid
+    assert fetched.spec.template.spec.containers[0].env[1].value_from.secret_key_ref.name == "kafka"
+
+
+def test_duplicate_is_409_already_exists(batch):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    with pytest.raises(ApiException) as err:
+        batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    assert err.value.status == 409
+    status = json.loads(err.value.body)
+    assert status["kind"] == "Status" and status["reason"] == "AlreadyExists" and status["code"] == 409
+    assert status["message"] == 'jobs.batch "etl-1" already exists' and status["details"]["name"] == "etl-1"
+
+
+def test_missing_is_404_and_invalid_is_422(batch):
+    with pytest.raises(ApiException) as err:
+        batch.read_namespaced_job("nope", NS)
+    assert err.value.status == 404
+    bad = job_manifest("etl-1", {"target": "too/many/slashes"})
+    with pytest.raises(ApiException) as err:
+        batch.create_namespaced_job(NS, bad)
+    assert err.value.status == 422 and "Invalid" in err.value.body
+    always = job_manifest("etl-2")
+    always["spec"]["template"]["spec"]["restartPolicy"] = "Always"
+    with pytest.raises(ApiException) as err:
+        batch.create_namespaced_job(NS, always)
+    assert err.value.status == 422
+
+
+@pytest.mark.parametrize("selector, expected", [
+    ("queue-id=q1", {"a", "b"}),
+    ("queue-id==q1", {"a", "b"}),
+    ("queue-id!=q1", {"c"}),
+    ("queue-id in (q1, q3)", {"a", "b"}),
+    ("queue-id notin (q1)", {"c"}),
+    ("queue-id=q1,step=load", {"a"}),
+    ("step", {"a", "c"}),
+    ("!step", {"b"}),
+    ("queue-id=q9", set()),
+    ("wrong-label=q1", set()),
+])
+def test_list_with_label_selector(batch, selector, expected):
+    batch.create_namespaced_job(NS, job_manifest("a", {"queue-id": "q1", "step": "load"}))
+    batch.create_namespaced_job(NS, job_manifest("b", {"queue-id": "q1"}))
+    batch.create_namespaced_job(NS, job_manifest("c", {"queue-id": "q2", "step": "load"}))
+    found = batch.list_namespaced_job(NS, label_selector=selector)
+    assert {j.metadata.name for j in found.items} == expected
+    assert found.metadata.resource_version
+
+
+def test_bad_selector_is_400(batch):
+    with pytest.raises(ApiException) as err:
+        batch.list_namespaced_job(NS, label_selector="a in b")
+    assert err.value.status == 400
+
+
+def test_namespaced_and_all_namespaces_list(batch, core):
+    batch.create_namespaced_job(NS, job_manifest("a", {"queue-id": "q1"}))
+    other = job_manifest("a", {"queue-id": "q1"})
+    other["metadata"]["namespace"] = "other"
+    batch.create_namespaced_job("other", other)
+    assert len(batch.list_namespaced_job(NS).items) == 1
+    everywhere = batch.list_job_for_all_namespaces(label_selector="queue-id=q1")
+    assert sorted(j.metadata.namespace for j in everywhere.items) == ["default", "other"]
+    assert core.list_pod_for_all_namespaces().items == []
+
+
+def test_delete_with_propagation_removes_pods(batch, core, ctl):
+    batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
+    batch.create_namespaced_job(NS, job_manifest("etl-2", {"queue-id": "q1"}))
+    ctl.create_pod_for("etl-1", "Running")
+    ctl.create_pod_for("etl-2", "Running")
+    batch.delete_namespaced_job("etl-1", NS, propagation_policy="Background")
+    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(NS).items] == ["etl-2"]
+    with pytest.raises(ApiException) as err:
+        batch.read_namespaced_job("etl-1", NS)
+    assert err.value.status == 404
+    # Foreground, passed in the DeleteOptions body, does the same.
+    batch.delete_namespaced_job("etl-2", NS, body=kubernetes.client.V1DeleteOptions(
+        propagation_policy="Foreground"))
+    assert core.list_namespaced_pod(NS).items == []
+
+
+def test_delete_without_propagation_orphans_pods(batch, core, ctl):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    ctl.create_pod_for("etl-1", "Running")
+    batch.delete_namespaced_job("etl-1", NS)
+    pods = core.list_namespaced_pod(NS, label_selector="job-name=etl-1").items
+    assert len(pods) == 1 and not pods[0].metadata.owner_references
+
+
+def test_delete_collection_by_label(batch, core, ctl):
+    for name, queue in (("a", "q1"), ("b", "q1"), ("c", "q2")):
+        batch.create_namespaced_job(NS, job_manifest(name, {"queue-id": queue}))
+        ctl.create_pod_for(name, "Running")
+    batch.delete_collection_namespaced_job(NS, label_selector="queue-id=q1", propagation_policy="Background")
+    assert [j.metadata.name for j in batch.list_namespaced_job(NS).items] == ["c"]
+    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(NS).items] == ["c"]
+    core.delete_collection_namespaced_pod(NS, label_selector="queue-id=q2")
+    assert core.list_namespaced_pod(NS).items == []
+
+
+@pytest.mark.parametrize("status", [500, 429, 503, 409])
+def test_fail_next(cluster, batch, status):
+    cluster.fail_next("POST", r"/namespaces/default/jobs$", status, times=2)
+    for _ in range(2):
+        with pytest.raises(ApiException) as err:
+            batch.create_namespaced_job(NS, job_manifest("etl-1"))
+        assert err.value.status == status
+    assert batch.create_namespaced_job(NS, job_manifest("etl-1")).metadata.name == "etl-1"
+    posts = cluster.requests_matching("POST", "/jobs$")
+    assert len(posts) == 3 and posts[0][2] == {}
+    assert ("GET", "/apis/batch/v1/namespaces/default/jobs", {"labelSelector": "a=b"}) not in cluster.requests
+    batch.list_namespaced_job(NS, label_selector="a=b")
+    assert ("GET", "/apis/batch/v1/namespaces/default/jobs", {"labelSelector": "a=b"}) in cluster.requests
+
+
+def test_fail_next_custom_body_and_wildcard(cluster, batch):
+    cluster.fail_next("*", r"/jobs", 500, body={"kind": "Status", "code": 500, "message": "etcd timeout"})
+    with pytest.raises(ApiException) as err:
+        batch.list_namespaced_job(NS)
+    assert err.value.status == 500 and "etcd timeout" in err.value.body
+    assert batch.list_namespaced_job(NS).items == []
+
+
+def test_controller_moves_job_through_phases(batch, core, ctl):
+    batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
+    pod = ctl.create_pod_for("etl-1", "Pending", reason="ImagePullBackOff")
+    assert pod["metadata"]["labels"]["queue-id"] == "q1"
+    read = core.read_namespaced_pod(pod["metadata"]["name"], NS)
+    assert read.status.container_statuses[0].state.waiting.reason == "ImagePullBackOff"
+    assert read.metadata.owner_references[0].kind == "Job"
+
+    job = ctl.mark_running("etl-1")
+    assert job["status"]["active"] == 1
+    v1 = batch.read_namespaced_job("etl-1", NS)
+    assert v1.status.active == 1 and v1.status.start_time is not None and not v1.status.conditions
+    assert core.read_namespaced_pod(pod["metadata"]["name"], NS).status.phase == "Running"
+
+    ctl.mark_succeeded("etl-1")
+    v1 = batch.read_namespaced_job("etl-1", NS)
+    assert v1.status.succeeded == 1 and not v1.status.active and v1.status.completion_time is not None
+    assert {c.type for c in v1.status.conditions} == {"Complete", "SuccessCriteriaMet"}
+    assert core.read_namespaced_pod(pod["metadata"]["name"], NS).status.phase == "Succeeded"
+
+    ctl.delete_job("etl-1")  # the TTL controller
+    assert batch.list_namespaced_job(NS).items == [] and ctl.pods() == []
+
+
+@pytest.mark.parametrize("reason, message", [
+    ("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+    ("DeadlineExceeded", "Job was active longer than specified deadline"),
+])
+def test_controller_failures(batch, ctl, reason, message):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    ctl.mark_failed("etl-1", reason=reason)
+    v1 = batch.read_namespaced_job("etl-1", NS)
+    failed = [c for c in v1.status.conditions if c.type == "Failed"][0]
+    assert failed.status == "True" and failed.reason == reason and failed.message == message
+    assert v1.status.failed == 1 and ctl.pods("etl-1")[0]["status"]["phase"] == "Failed"
+
+
+def test_retries_then_backoff_limit(batch, ctl):
+    created = batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    ctl.create_pod_for(created, "Failed", reason="OOMKilled")  # a V1Job works as well as a name
+    ctl.create_pod_for(created, "Failed", reason="OOMKilled")
+    ctl.mark_failed(created)
+    assert batch.read_namespaced_job("etl-1", NS).status.failed == 2 and len(ctl.pods(created)) == 2
+
+
+@pytest.mark.parametrize("phase, reason, check", [
+    ("Pending", "Unschedulable", lambda s: s.conditions[0].reason == "Unschedulable"
+        and s.conditions[0].status == "False" and not s.container_statuses),
+    ("Running", "CrashLoopBackOff", lambda s: s.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"
+        and s.container_statuses[0].restart_count > 0),
+    ("Failed", "OOMKilled", lambda s: s.container_statuses[0].state.terminated.reason == "OOMKilled"
+        and s.container_statuses[0].state.terminated.exit_code == 137),
+    ("Succeeded", None, lambda s: s.container_statuses[0].state.terminated.exit_code == 0),
+])
+def test_pod_failure_modes(batch, core, ctl, phase, reason, check):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    pod = ctl.create_pod_for("etl-1", phase, reason=reason)
+    status = core.read_namespaced_pod(pod["metadata"]["name"], NS).status
+    assert status.phase == phase and check(status)
+
+
+def test_pod_log_with_tail_lines(batch, core, ctl):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    pending = ctl.create_pod_for("etl-1", "Pending")
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_pod_log(pending["metadata"]["name"], NS)
+    assert err.value.status == 400 and "waiting to start" in err.value.body
+    pod = ctl.create_pod_for("etl-1", "Failed")
+    ctl.set_pod_log(pod, "line 1\nline 2\nTraceback: boom\n")
+    name = pod["metadata"]["name"]
+    assert core.read_namespaced_pod_log(name, NS) == "line 1\nline 2\nTraceback: boom\n"
+    assert core.read_namespaced_pod_log(name, NS, tail_lines=2, container="worker") == "line 2\nTraceback: boom\n"
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_pod_log("missing", NS)
+    assert err.value.status == 404
+
+
+def test_status_subresource_patch(batch):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    before = batch.read_namespaced_job("etl-1", NS).metadata.resource_version
+    patched = batch.patch_namespaced_job_status("etl-1", NS, {"status": {"active": 1}, "spec": {"parallelism": 5}})
+    assert patched.status.active == 1 and patched.spec.parallelism == 1
+    assert patched.metadata.resource_version != before
+    # A patch of the main resource ignores status; labels merge.
+    patched = batch.patch_namespaced_job("etl-1", NS, {"metadata": {"labels": {"stopping": "true"}},
+                                                         "status": {"active": 7}})
+    assert patched.metadata.labels["stopping"] == "true" and patched.status.active == 1
+    conditions = [{"type": "Complete", "status": "True"}]
+    batch.patch_namespaced_job_status("etl-1", NS, {"status": {"conditions": conditions}})
+    patched = batch.patch_namespaced_job_status("etl-1", NS, {"status": {"conditions": [
+        {"type": "SuccessCriteriaMet", "status": "True"}]}})  # strategic merge: merged by type
+    assert {c.type for c in patched.status.conditions} == {"Complete", "SuccessCriteriaMet"}
+    with pytest.raises(ApiException) as err:  # the pod template of a Job is immutable
+        batch.patch_namespaced_job("etl-1", NS, {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}})
+    assert err.value.status == 422
+
+
+def test_unemulated_features_are_rejected_not_ignored(batch, core):
+    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+    with pytest.raises(ApiException) as err:  # a list body is sent as a JSON patch
+        batch.patch_namespaced_job("etl-1", NS, [{"op": "add", "path": "/spec/suspend", "value": True}])
+    assert err.value.status == 415
+    with pytest.raises(ApiException) as err:
+        core.list_namespaced_pod(NS, field_selector="status.phase=Running")
+    assert err.value.status == 400
+
+
+def test_discovery_version_and_auth(cluster):
+    api_client = cluster.api_client()
+    assert kubernetes.client.VersionApi(api_client).get_code().minor == "30"
+    groups = kubernetes.client.ApisApi(api_client).get_api_versions()
+    assert [g.name for g in groups.groups] == ["batch"]
+    assert any(r.name == "jobs" for r in BatchV1Api(api_client).get_api_resources().resources)
+    assert any(r.name == "pods/log" for r in CoreV1Api(api_client).get_api_resources().resources)
+    anonymous = kubernetes.client.Configuration()
+    anonymous.host = cluster.url
+    with pytest.raises(ApiException) as err:
+        BatchV1Api(kubernetes.client.ApiClient(anonymous)).list_namespaced_job(NS)
+    assert err.value.status == 401
+
+
+def test_kubeconfig(cluster, tmp_path):
+    path = cluster.write_kubeconfig(tmp_path / "kubeconfig")
+    api_client = kubernetes.config.new_client_from_config(config_file=path)
+    assert BatchV1Api(api_client).list_namespaced_job(NS).items == []
+    api_client.close()
+
+
+def test_concurrent_clients(cluster):
+    errors = []
+
+    def create(i):
+        try:
+            BatchV1Api(cluster.api_client()).create_namespaced_job(NS, job_manifest(f"job-{i}", {"n": str(i)}))
+        except Exception as exc:  # collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(JobController(cluster).jobs()) == 20
+    versions = {j["metadata"]["resourceVersion"] for j in JobController(cluster).jobs()}
+    assert len(versions) == 20
+
+
+def test_label_selector_parser_directly():
+    match = parse_label_selector("a in (x,y),b!=z,!c,d")
+    assert match({"a": "x", "d": ""}) and not match({"a": "x", "d": "", "c": "1"})
+    assert not match({"a": "w", "d": ""}) and not match({"a": "x"})
