@@ -1,0 +1,73 @@
+"""Routes of the original service, kept for existing clients (deprecated in the schema).
+
+Same authentication and permissions as /api/; same bodies and responses as their /api/ twins.
+"""
+from __future__ import annotations
+
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import JSONParser
+from rest_framework.views import APIView
+
+from queues.api import schema
+from queues.api.filters import QueueFilter
+from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
+from queues.api.serializers import QueueDetailSerializer, QueueSerializer
+from queues.api.views import CREATE_SCHEMA, create_queue_response, list_queryset, stop_queue_response
+from queues.models import Queue
+
+LEGACY = {"deprecated": True, "tags": ["legacy"]}
+
+
+class LegacyStartPipelineView(APIView):
+    permission_classes = [HasQueuePermission]
+    required_permission = START_QUEUE
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        summary="Start a queue (deprecated: use POST /api/queues/)",
+        operation_id="legacy_start_pipeline",
+        **CREATE_SCHEMA,
+        **LEGACY,
+    )
+    def post(self, request):
+        return create_queue_response(request)
+
+
+class LegacyStopView(APIView):
+    permission_classes = [HasQueuePermission]
+    required_permission = STOP_QUEUE
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        summary="Stop a queue (deprecated: use POST /api/queues/{queue_id}/stop/)",
+        operation_id="legacy_stop",
+        request=schema.StopRequestDoc,
+        responses={
+            202: QueueDetailSerializer,
+            400: OpenApiResponse(description="`queue_id` missing."),
+            404: schema.DetailDoc,
+        },
+        **LEGACY,
+    )
+    def post(self, request):
+        queue_id = request.data.get("queue_id") if isinstance(request.data, dict) else None
+        if not isinstance(queue_id, str) or not queue_id:
+            raise ValidationError({"queue_id": ["This field is required."]})
+        return stop_queue_response(request, get_object_or_404(Queue, queue_id=queue_id))
+
+
+class LegacyListView(generics.ListAPIView):
+    permission_classes = [HasQueuePermission]
+    required_permission = VIEW_QUEUE
+    serializer_class = QueueSerializer
+    filterset_class = QueueFilter
+
+    def get_queryset(self):
+        return list_queryset()
+
+    @extend_schema(summary="List queues (deprecated: use GET /api/queues/)", operation_id="legacy_list", **LEGACY)
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)

@@ -1,0 +1,32 @@
+"""One permission class for the whole API: every view names the Django permission it needs.
+
+A view (or a ViewSet @action, via its kwargs) sets `required_permission`; a ViewSet may map its
+standard actions in `permission_by_action`. Anonymous users never get past authentication.
+"""
+from __future__ import annotations
+
+from rest_framework.permissions import BasePermission
+
+VIEW_QUEUE = "queues.view_queue"
+START_QUEUE = "queues.start_queue"
+STOP_QUEUE = "queues.stop_queue"
+
+
+def required_permission(view) -> str:
+    by_action = getattr(view, "permission_by_action", {})
+    action = getattr(view, "action", None)
+    if action in by_action:
+        return by_action[action]
+    return getattr(view, "required_permission", VIEW_QUEUE)
+
+
+class HasQueuePermission(BasePermission):
+    message = "You do not have the permission this operation needs."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        permission = required_permission(view)
+        self.message = f"This operation needs the permission {permission!r}."
+        return user.has_perm(permission)

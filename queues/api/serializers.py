@@ -1,0 +1,138 @@
+"""Serializers for reading queues, steps and edges (writes go through services.queue_create)."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from queues.models import Queue, QueueRequest, StepDependency, StepState
+
+
+class StepSerializer(serializers.ModelSerializer):
+    number = serializers.IntegerField(read_only=True, help_text="1-based position in `requests`.")
+    collections_read = serializers.SerializerMethodField()
+    collections_written = serializers.SerializerMethodField()
+    depends_on = serializers.SerializerMethodField()
+
+    class Meta:
+        model = QueueRequest
+        fields = [
+            "number",
+            "name",
+            "target",
+            "type",
+            "streaming",
+            "interval",
+            "image",
+            "job_name",
+            "telemetry_id",
+            "kafka_topic",
+            "collection_name",
+            "collection_inputs",
+            "collection_output",
+            "model_output",
+            "graph_collection",
+            "inference_interval",
+            "source",
+            "collections_read",
+            "collections_written",
+            "depends_on",
+            "state",
+            "reported_status",
+            "records_written",
+            "extra",
+            "message",
+            "launch_attempts",
+            "launched_at",
+            "started_at",
+            "finished_at",
+            "last_event_at",
+            "state_changed_at",
+        ]
+        read_only_fields = fields
+
+    def get_collections_read(self, step: QueueRequest) -> list[str]:
+        return step.reads()
+
+    def get_collections_written(self, step: QueueRequest) -> list[str]:
+        return step.writes()
+
+    def get_depends_on(self, step: QueueRequest) -> list[str]:
+        """Names of the steps this one waits for (details in the queue's `edges`)."""
+        return [edge.upstream.name for edge in step.upstream_edges.all()]
+
+
+class EdgeSerializer(serializers.ModelSerializer):
+    upstream = serializers.CharField(source="upstream.name", help_text="The step waited for.")
+    downstream = serializers.CharField(source="downstream.name", help_text="The step that waits.")
+    met = serializers.BooleanField(source="is_met", help_text="Whether the condition holds now.")
+
+    class Meta:
+        model = StepDependency
+        fields = ["upstream", "downstream", "kind", "reason", "met"]
+        read_only_fields = fields
+
+
+class ProgressSerializer(serializers.Serializer):
+    done = serializers.IntegerField(help_text="Steps that succeeded.")
+    total = serializers.IntegerField()
+
+
+def _progress(queue: Queue) -> dict:
+    total = getattr(queue, "steps_total", None)
+    done = getattr(queue, "steps_done", None)
+    if total is None or done is None:
+        states = [step.state for step in queue.steps.all()]
+        total, done = len(states), sum(1 for s in states if s == StepState.SUCCEEDED)
+    return {"done": done, "total": total}
+
+
+class QueueSerializer(serializers.ModelSerializer):
+    """A queue in lists: no steps, but their progress."""
+
+    time_range = serializers.CharField(read_only=True, allow_null=True)
+    submitted_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Queue
+        fields = [
+            "queue_id",
+            "symbol",
+            "time_range",
+            "status",
+            "progress",
+            "source",
+            "submitted_by",
+            "message",
+            "warnings",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "stop_requested_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(ProgressSerializer)
+    def get_progress(self, queue: Queue) -> dict:
+        return _progress(queue)
+
+
+class QueueDetailSerializer(QueueSerializer):
+    """A queue with its steps and the dependency edges between them."""
+
+    steps = StepSerializer(many=True, read_only=True)
+    edges = EdgeSerializer(many=True, read_only=True)
+    payload = serializers.JSONField(read_only=True, help_text="The payload as submitted.")
+
+    class Meta(QueueSerializer.Meta):
+        fields = QueueSerializer.Meta.fields + ["payload", "steps", "edges"]
+        read_only_fields = fields
+
+
+def queue_detail_queryset():
+    from django.db.models import Prefetch
+
+    return Queue.objects.select_related("submitted_by").prefetch_related(
+        Prefetch("steps", queryset=QueueRequest.objects.prefetch_related("upstream_edges__upstream")),
+        Prefetch("edges", queryset=StepDependency.objects.select_related("upstream", "downstream")),
+    )
