@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "queues",
     "jobs",
+    "mirror",
 ]
 
 MIDDLEWARE = [
@@ -231,6 +232,16 @@ ARANGO_DB = env_str("ARANGO_DB", "streamforge")
 ARANGO_USER = env_str("ARANGO_USER", "root")
 ARANGO_PASSWORD = env_str("ARANGO_PASSWORD")
 ARANGO_ENABLED = bool(ARANGO_URL)
+# Mirror drain (mirror app): beat runs it periodically so a backlog left by an outage drains
+# even when nothing changes; each change also enqueues it on commit.
+MIRROR_SYNC_INTERVAL_SECONDS = env_float("MIRROR_SYNC_INTERVAL_SECONDS", 30.0, minimum=1)
+MIRROR_BATCH_SIZE = env_int("MIRROR_BATCH_SIZE", 500, minimum=1)
+if ARANGO_ENABLED:
+    CELERY_BEAT_SCHEDULE["mirror-sync"] = {
+        "task": "mirror.tasks.mirror_sync",
+        "schedule": MIRROR_SYNC_INTERVAL_SECONDS,
+        "options": {"expires": MIRROR_SYNC_INTERVAL_SECONDS * 2},
+    }
 
 # --- Logging: JSON in production, readable locally ---
 LOG_FORMAT = env_choice("LOG_FORMAT", "text" if DEBUG else "json", ("text", "json"))
