@@ -1,0 +1,204 @@
+"""The operators' console for queues: list, read-only detail with steps and edges, stop, start."""
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from queues import services
+from queues.admin import display
+from queues.admin.start import start_queue_view
+from queues.models import Queue, QueueRequest, StepDependency, StepState
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class StepInline(ReadOnlyInline):
+    model = QueueRequest
+    verbose_name_plural = "steps"
+    fields = ["number", "step", "target", "type", "state_badge", "records_written", "message", "job_name"]
+    readonly_fields = fields
+    ordering = ["position"]
+
+    @admin.display(description="#")
+    def number(self, step: QueueRequest) -> int:
+        return step.number
+
+    @admin.display(description="step")
+    def step(self, step: QueueRequest):
+        url = reverse("admin:queues_queuerequest_change", args=[step.pk])
+        kind = "streaming" if step.streaming else "batch"
+        return format_html('<a href="{}"><strong>{}</strong></a><br><small>{}</small>', url, step.name, kind)
+
+    @admin.display(description="state")
+    def state_badge(self, step: QueueRequest):
+        return display.badge(step.state)
+
+
+class EdgeInline(ReadOnlyInline):
+    model = StepDependency
+    fk_name = "queue"
+    verbose_name = "dependency"
+    verbose_name_plural = "dependencies (the downstream step waits for the upstream step)"
+    fields = ["downstream_name", "waits_for", "upstream_name", "reason", "met"]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("upstream", "downstream")
+
+    @admin.display(description="downstream step")
+    def downstream_name(self, edge: StepDependency) -> str:
+        return edge.downstream.name
+
+    @admin.display(description="waits until")
+    def waits_for(self, edge: StepDependency):
+        return format_html("<strong>{}</strong> is {}", edge.upstream.name, "ready" if edge.kind == "ready" else "succeeded")
+
+    @admin.display(description="upstream step")
+    def upstream_name(self, edge: StepDependency) -> str:
+        return edge.upstream.name
+
+    @admin.display(description="met", boolean=True)
+    def met(self, edge: StepDependency) -> bool:
+        return edge.is_met
+
+
+@admin.register(Queue)
+class QueueAdmin(admin.ModelAdmin):
+    list_display = ["queue_id", "status_badge", "symbol", "time_range", "step_progress", "created_at", "submitted_by", "source"]
+    list_filter = ["status", "symbol", "source", "created_at"]
+    search_fields = ["queue_id", "symbol"]
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    actions = ["stop_selected"]
+    inlines = [StepInline, EdgeInline]
+    fieldsets = [
+        (None, {"fields": ["queue_id", "status_badge", "step_progress", "symbol", "time_range", "message"]}),
+        ("Submitted", {"fields": ["source", "submitted_by", "created_at", "started_at", "finished_at", "stop_requested_at"]}),
+        ("Warnings", {"fields": ["warnings_list"]}),
+        ("Payload", {"fields": ["payload_json"], "classes": ["collapse"]}),
+    ]
+    readonly_fields = [
+        "queue_id", "status_badge", "step_progress", "symbol", "time_range", "message", "source", "submitted_by",
+        "created_at", "started_at", "finished_at", "stop_requested_at", "warnings_list", "payload_json",
+    ]  # fmt: skip
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("submitted_by")
+            .annotate(
+                steps_total=Count("steps"),
+                steps_done=Count("steps", filter=Q(steps__state=StepState.SUCCEEDED)),
+            )
+        )
+
+    # Queues are created only through the start page or the API, and their data is derived.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        # Deleting an active queue would orphan its Jobs: stop it first.
+        if obj is not None and obj.is_active:
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def has_start_permission(self, request) -> bool:
+        return request.user.has_perm("queues.start_queue")
+
+    def has_stop_permission(self, request) -> bool:
+        return request.user.has_perm("queues.stop_queue")
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # bulk delete would also take active queues
+        return actions
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, queue: Queue):
+        return display.badge(queue.status)
+
+    @admin.display(description="steps")
+    def step_progress(self, queue: Queue):
+        done, total = getattr(queue, "steps_done", None), getattr(queue, "steps_total", None)
+        if done is None or total is None:
+            states = list(queue.steps.values_list("state", flat=True))
+            done, total = states.count(StepState.SUCCEEDED), len(states)
+        return display.progress(done, total)
+
+    @admin.display(description="time range")
+    def time_range(self, queue: Queue) -> str:
+        return queue.time_range or "— (streaming)"
+
+    @admin.display(description="warnings")
+    def warnings_list(self, queue: Queue):
+        if not queue.warnings:
+            return "None"
+        return format_html("<ul style='margin:0'>{}</ul>", format_html_join("", "<li>{}</li>", ((w,) for w in queue.warnings)))
+
+    @admin.display(description="payload as submitted")
+    def payload_json(self, queue: Queue):
+        return format_html("<pre style='margin:0'>{}</pre>", json.dumps(queue.payload, indent=2))
+
+    @admin.action(description="Stop selected queues", permissions=["stop"])
+    def stop_selected(self, request, queryset):
+        stopped = 0
+        for queue in queryset:
+            if queue.is_active and not queue.stop_requested_at:
+                services.queue_stop(queue=queue, user=request.user)
+                stopped += 1
+        skipped = queryset.count() - stopped
+        self.message_user(request, f"Stop requested for {stopped} queue(s).", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} queue(s) were already finished or stopping.", messages.WARNING)
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("start/", self.admin_site.admin_view(start_queue_view(self)), name="%s_%s_start" % info),
+            path("<path:object_id>/stop/", self.admin_site.admin_view(self.stop_one_view), name="%s_%s_stop" % info),
+        ] + super().get_urls()
+
+    def stop_one_view(self, request, object_id):
+        return require_POST(self._stop_one)(request, object_id)
+
+    def _stop_one(self, request, object_id):
+        queue = get_object_or_404(Queue, pk=object_id)
+        if not self.has_stop_permission(request):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied
+        services.queue_stop(queue=queue, user=request.user)
+        self.message_user(request, f"Stop requested for {queue.queue_id}.", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:queues_queue_change", args=[queue.pk]))
+
+    def changelist_view(self, request, extra_context=None):
+        extra = {"can_start": self.has_start_permission(request)}
+        return super().changelist_view(request, {**extra, **(extra_context or {})})
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra = {"can_stop": self.has_stop_permission(request)}
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
