@@ -1,0 +1,183 @@
+"""Reading the cluster for reconcile: Jobs and Pods by label → Observations, and orphans.
+
+Level-triggered: each pass lists everything this manager labelled (one list call for Jobs, one
+for Pods, whatever the number of steps) and maps what it sees, so a restarted manager converges
+to the cluster without having seen any event. The mapping functions take plain dicts (the API's
+JSON) so they are the same for `status()` of one step and for a whole snapshot.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from jobs.launchers.base import Observation, Phase
+from jobs.manifests import JOB_NAME_LABELS
+
+logger = logging.getLogger(__name__)
+
+# Container "waiting" reasons that mean trouble (ContainerCreating/PodInitializing are normal).
+WAITING_PROBLEMS = {
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+}
+
+
+@dataclass
+class Snapshot:
+    """Every labelled Job and Pod in the namespace at one moment."""
+
+    jobs: dict[str, dict] = field(default_factory=dict)  # by Job name
+    pods: list[dict] = field(default_factory=list)
+
+    def pods_of(self, job_name: str) -> list[dict]:
+        return [pod for pod in self.pods if pod_job_name(pod) == job_name]
+
+
+def pod_job_name(pod: dict) -> str:
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return next((labels[key] for key in JOB_NAME_LABELS if labels.get(key)), "")
+
+
+def _created(obj: dict) -> str:
+    return obj.get("metadata", {}).get("creationTimestamp") or ""
+
+
+def newest_first(pods: list[dict]) -> list[dict]:
+    return sorted(pods, key=lambda pod: (_created(pod), pod["metadata"]["name"]), reverse=True)
+
+
+def _condition(obj: dict, type_: str) -> dict | None:
+    for cond in obj.get("status", {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def pod_problem(pod: dict) -> tuple[str, str, int | None]:
+    """(reason, message, exit code) of what is wrong with a pod, ('', '', None) if nothing is."""
+    status = pod.get("status") or {}
+    scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+    if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        return "Unschedulable", scheduled.get("message", ""), None
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in WAITING_PROBLEMS:
+            # A crash loop is explained by how the container last died (often OOMKilled).
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            message = waiting.get("message", "")
+            if last.get("reason"):
+                message = f"last exit: {last['reason']} (code {last.get('exitCode')}); {message}".strip("; ")
+            return waiting["reason"], message, last.get("exitCode")
+        terminated = state.get("terminated") or {}
+        if terminated and terminated.get("exitCode", 0) != 0:
+            reason = terminated.get("reason") or "Error"
+            if status.get("reason"):  # pod-level (DeadlineExceeded, Evicted) explains more than "Error"
+                return status["reason"], status.get("message", ""), terminated.get("exitCode")
+            code = terminated.get("exitCode")
+            return reason, terminated.get("message") or f"exited with code {code}", code
+    if status.get("reason"):
+        return status["reason"], status.get("message", ""), None
+    return "", "", None
+
+
+def _exit_code(pods: list[dict]) -> int | None:
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (cs.get("state") or {}).get("terminated")
+            if terminated and "exitCode" in terminated:
+                return terminated["exitCode"]
+    return None
+
+
+def _reason(*parts: str) -> str:
+    seen: list[str] = []
+    for part in parts:
+        if part and part not in seen:
+            seen.append(part)
+    return "; ".join(seen)
+
+
+def observe_job(job: dict | None, pods: list[dict]) -> Observation:
+    """Map a Job and its pods to an Observation (phase + the most telling reason)."""
+    if job is None:
+        return Observation(Phase.MISSING, reason="Job not found in the cluster")
+    pods = newest_first(pods)
+    problems = [(pod["metadata"]["name"], *pod_problem(pod)) for pod in pods]
+    pod_reason, pod_message, pod_exit = next(((r, m, c) for _, r, m, c in problems if r), ("", "", None))
+    details = {
+        "job": job["metadata"]["name"],
+        "uid": job["metadata"].get("uid", ""),
+        "pods": [
+            {"name": name, "phase": (pod.get("status") or {}).get("phase", ""), "reason": reason}
+            for pod, (name, reason, _, _) in zip(pods, problems)
+        ],
+    }
+    exit_code = pod_exit if pod_exit is not None else _exit_code(pods)
+
+    done = _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet")
+    if done:
+        return Observation(Phase.SUCCEEDED, exit_code=exit_code or 0, details=details)
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if failed:
+        job_reason = failed.get("reason", "Failed")
+        details["message"] = _reason(pod_message, failed.get("message", ""))
+        return Observation(Phase.FAILED, reason=_reason(pod_reason, job_reason), exit_code=exit_code, details=details)
+
+    details["message"] = pod_message
+    newest = pods[0] if pods else None
+    newest_phase = (newest or {}).get("status", {}).get("phase", "")
+    if newest_phase == "Running" or (not pods and (job.get("status") or {}).get("active")):
+        return Observation(Phase.RUNNING, reason=pod_reason, exit_code=None, details=details)
+    return Observation(Phase.PENDING, reason=pod_reason, exit_code=None, details=details)
+
+
+# --------------------------------------------------------------------------- snapshot and orphans
+
+
+def cluster_snapshot(launcher) -> Snapshot:
+    """All Jobs and Pods carrying our managed-by label: one list call each (more only when paged)."""
+    jobs = launcher.list_labelled("jobs")
+    pods = launcher.list_labelled("pods")
+    return Snapshot(jobs={job["metadata"]["name"]: job for job in jobs}, pods=pods)
+
+
+def find_orphans(snapshot: Snapshot, known_job_names) -> list[str]:
+    """Labelled Jobs that no step in the database owns (e.g. the database was restored or reset)."""
+    known = set(known_job_names)
+    return sorted(name for name in snapshot.jobs if name not in known)
+
+
+def known_job_names(names) -> set[str]:
+    from queues.models import QueueRequest
+
+    return set(QueueRequest.objects.filter(job_name__in=list(names)).values_list("job_name", flat=True))
+
+
+def delete_orphans(launcher, orphans: list[str]) -> list[str]:
+    """Delete orphan Jobs with their pods; returns the names deleted."""
+    deleted = []
+    for name in orphans:
+        launcher.delete_job(name)
+        deleted.append(name)
+    return deleted
+
+
+def handle_orphans(launcher, snapshot: Snapshot) -> list[str]:
+    """Report orphans as warnings and, with K8S_DELETE_ORPHANS, delete them. Returns the orphans."""
+    orphans = find_orphans(snapshot, known_job_names(snapshot.jobs))
+    for name in orphans:
+        logger.warning(
+            "orphan Job: labelled by this manager but no step owns it",
+            extra={"job_name": name, "delete": settings.K8S_DELETE_ORPHANS},
+        )
+    if orphans and settings.K8S_DELETE_ORPHANS:
+        delete_orphans(launcher, orphans)
+    return orphans

@@ -1,0 +1,281 @@
+"""Runs each step as a Kubernetes Job, with the official `kubernetes` client.
+
+Idempotent by construction: the Job name is the step's stable `job_name`, so a duplicated launch
+task meets `409 AlreadyExists` and, if the existing Job carries this step's labels, treats it as
+"already launched". Transient API trouble (429, 5xx, timeouts, refused connections) is retried
+here with a short backoff and then surfaces as a transient LaunchError for the caller's own retry.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import kubernetes
+import urllib3
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from kubernetes.client.exceptions import ApiException
+
+from jobs import k8s_reconcile
+from jobs.launchers.base import LaunchError, Observation
+from jobs.manifests import (
+    LABEL_MANAGED_BY,
+    LABEL_QUEUE,
+    LABEL_STEP,
+    job_manifest,
+    manager_selector,
+    step_labels,
+    step_selector,
+)
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {0, 429, 500, 502, 503, 504}
+IN_CLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+LIST_PAGE = 500
+
+
+class KubernetesLauncher:
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        namespace: str,
+        attempts: int = 4,
+        backoff: float = 0.5,
+        max_delay: float = 5.0,
+        timeout: tuple[float, float] = (5.0, 30.0),
+    ):
+        self.api_client = api_client
+        self.namespace = namespace
+        self.batch = kubernetes.client.BatchV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.attempts, self.backoff, self.max_delay, self.timeout = attempts, backoff, max_delay, timeout
+
+    @classmethod
+    def from_settings(cls) -> KubernetesLauncher:
+        """Explicit K8S_API_URL (+ K8S_API_TOKEN) first, then KUBECONFIG, then in-cluster config."""
+        config = kubernetes.client.Configuration()
+        if settings.K8S_API_URL:
+            config.host = settings.K8S_API_URL.rstrip("/")
+            if settings.K8S_API_TOKEN:
+                config.api_key = {"authorization": settings.K8S_API_TOKEN}
+                config.api_key_prefix = {"authorization": "Bearer"}
+            if IN_CLUSTER_CA.exists():
+                config.ssl_ca_cert = str(IN_CLUSTER_CA)
+        elif settings.KUBECONFIG:
+            kubernetes.config.load_kube_config(config_file=str(settings.KUBECONFIG), client_configuration=config)
+        else:
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=config)
+            except kubernetes.config.ConfigException as exc:
+                raise ImproperlyConfigured(
+                    "JOB_LAUNCHER=kubernetes needs K8S_API_URL, KUBECONFIG or to run inside a cluster"
+                ) from exc
+        # Our own retry loop decides what is worth retrying; urllib3 retrying too would multiply waits.
+        config.retries = 1
+        api_client = kubernetes.client.ApiClient(config)
+        return cls(api_client, namespace=settings.K8S_NAMESPACE, backoff=settings.LAUNCH_RETRY_BACKOFF_SECONDS)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _request(self, fn, *args, **kwargs):
+        """Call the API, retrying transient failures; non-retryable ApiExceptions propagate as is."""
+        kwargs.setdefault("_request_timeout", self.timeout)
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status not in RETRYABLE_STATUS:
+                    raise
+                error, retry_after = f"HTTP {exc.status} {exc.reason}", _retry_after(exc)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                error, retry_after = f"{type(exc).__name__}: {exc}", None
+            if attempt == self.attempts:
+                raise LaunchError(f"Kubernetes API unavailable after {attempt} attempts: {error}")
+            delay = min(max(self.backoff * 2 ** (attempt - 1), retry_after or 0), self.max_delay)
+            logger.info("kubernetes API call failed, retrying", extra={"error": error, "delay": delay})
+            time.sleep(delay)
+
+    def _json(self, fn, *args, **kwargs) -> dict:
+        """Raw JSON of a response: no model round trip, the same dicts for every code path."""
+        response = self._request(fn, *args, _preload_content=False, **kwargs)
+        return json.loads(response.data or b"{}")
+
+    def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
+        """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
+        fn = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
+        items, token = [], None
+        while True:
+            kwargs = {"label_selector": selector or manager_selector(), "limit": LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            try:
+                page = self._json(fn, self.namespace, **kwargs)
+            except ApiException as exc:
+                raise _permanent(f"listing {kind}", exc) from exc
+            items += page.get("items") or []
+            token = (page.get("metadata") or {}).get("continue")
+            if not token:
+                return items
+
+    def _read_job(self, name: str) -> dict | None:
+        try:
+            return self._json(self.batch.read_namespaced_job, name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _permanent(f"reading Job {name}", exc) from exc
+
+    # ------------------------------------------------------------------ Launcher interface
+
+    def manifest(self, step) -> dict:
+        return job_manifest(step)
+
+    def launch(self, step) -> dict:
+        manifest = job_manifest(step)
+        try:
+            job = self._json(self.batch.create_namespaced_job, self.namespace, manifest)
+            created = True
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _permanent(f"creating Job {step.job_name}", exc) from exc
+            job, created = self._adopt_existing(step), False
+        logger.info("job launched" if created else "job already launched",
+                    extra={"job_name": step.job_name, "namespace": self.namespace})
+        return {
+            "launcher": self.name,
+            "namespace": self.namespace,
+            "job_name": step.job_name,
+            "uid": job["metadata"].get("uid", ""),
+            "created": created,
+        }
+
+    def _adopt_existing(self, step) -> dict:
+        """After 409: our own Job for this step means "already launched"; anything else is a clash."""
+        job = self._read_job(step.job_name)
+        if job is None:
+            raise LaunchError(f"Job {step.job_name} existed and vanished while launching; retry")
+        labels = job["metadata"].get("labels") or {}
+        expected = step_labels(step)
+        if any(labels.get(key) != expected[key] for key in (LABEL_MANAGED_BY, LABEL_QUEUE, LABEL_STEP)):
+            raise LaunchError(
+                f"a Job named {step.job_name} exists in {self.namespace} but was not created for this step",
+                permanent=True,
+            )
+        if job["metadata"].get("deletionTimestamp"):
+            raise LaunchError(f"the previous Job {step.job_name} is still being deleted; retry")
+        return job
+
+    def status(self, step) -> Observation:
+        job = self._read_job(step.job_name)
+        if job is None:
+            return k8s_reconcile.observe_job(None, [])
+        pods = self.list_labelled("pods", f"job-name={step.job_name}")
+        return k8s_reconcile.observe_job(job, pods)
+
+    def observe_many(self, steps, *, handle_orphans: bool = True) -> dict[int, Observation]:
+        """Observe many steps from one snapshot (2 list calls), reporting orphans on the way."""
+        snapshot = k8s_reconcile.cluster_snapshot(self)
+        observations = {
+            step.pk: k8s_reconcile.observe_job(snapshot.jobs.get(step.job_name), snapshot.pods_of(step.job_name))
+            for step in steps
+        }
+        if handle_orphans:
+            try:
+                k8s_reconcile.handle_orphans(self, snapshot)
+            except LaunchError:
+                logger.exception("could not handle orphan Jobs this pass")
+        return observations
+
+    def stop(self, step, *, force: bool) -> None:
+        """Graceful stop is a Kafka command sent by the stop flow; force removes Job and pods."""
+        if not force:
+            return
+        names = {step.job_name} | {j["metadata"]["name"] for j in self.list_labelled("jobs", step_selector(step))}
+        for name in sorted(names):
+            self.delete_job(name)
+        self._delete_leftover_pods(step_selector(step))
+
+    def delete_job(self, name: str) -> None:
+        """Delete a Job; Background propagation makes the garbage collector remove all its pods."""
+        try:
+            self._request(self.batch.delete_namespaced_job, name, self.namespace, propagation_policy="Background")
+            logger.info("job deleted", extra={"job_name": name, "namespace": self.namespace})
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _permanent(f"deleting Job {name}", exc) from exc
+
+    def _delete_leftover_pods(self, selector: str) -> None:
+        """Pods with our step labels that no Job owns any more (a Job deleted with Orphan propagation).
+
+        Pods owned by a deleted Job are removed by the garbage collector; deleting them here too
+        would need `pods/delete`, which the least-privilege Role does not grant. Orphans need it, so
+        a 403 is reported rather than raised.
+        """
+        for pod in self.list_labelled("pods", selector):
+            meta = pod["metadata"]
+            owned = any(ref.get("kind") == "Job" for ref in meta.get("ownerReferences") or [])
+            if owned or meta.get("deletionTimestamp"):
+                continue
+            try:
+                self._request(self.core.delete_namespaced_pod, meta["name"], self.namespace)
+            except ApiException as exc:
+                if exc.status == 403:
+                    logger.warning("no permission to delete orphaned pod", extra={"pod": meta["name"]})
+                elif exc.status != 404:
+                    raise _permanent(f"deleting pod {meta['name']}", exc) from exc
+
+    def logs(self, step, *, tail_bytes: int) -> str:
+        """The tail of every pod's log of the step, oldest pod first, each headed by its name."""
+        pods = k8s_reconcile.newest_first(self.list_labelled("pods", f"job-name={step.job_name}"))
+        if not pods or tail_bytes <= 0:
+            return ""
+        share = max(tail_bytes // len(pods), 256)
+        parts = []
+        for pod in reversed(pods):
+            name = pod["metadata"]["name"]
+            parts.append(f"==> {name} <==\n{self._pod_log(name, share)}")
+        return _tail("\n".join(parts), tail_bytes)
+
+    def _pod_log(self, pod_name: str, tail_bytes: int) -> str:
+        # tailLines bounds the transfer; the exact byte tail is cut here (limitBytes counts from the start).
+        tail_lines = max(100, tail_bytes // 20)
+        try:
+            response = self._request(self.core.read_namespaced_pod_log, pod_name, self.namespace,
+                                     tail_lines=tail_lines, _preload_content=False)
+        except ApiException as exc:
+            if exc.status in (400, 404):  # container not started yet, or pod gone meanwhile
+                return f"(no log: {_status_message(exc)})\n"
+            raise _permanent(f"reading log of pod {pod_name}", exc) from exc
+        return _tail(response.data.decode("utf-8", errors="replace"), tail_bytes)
+
+
+def _tail(text: str, tail_bytes: int) -> str:
+    data = text.encode("utf-8")
+    if len(data) <= tail_bytes:
+        return text
+    return data[-tail_bytes:].decode("utf-8", errors="ignore")
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    try:
+        return float((exc.headers or {}).get("Retry-After"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _status_message(exc: ApiException) -> str:
+    try:
+        return json.loads(exc.body).get("message") or exc.reason
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)
+
+
+def _permanent(doing: str, exc: ApiException) -> LaunchError:
+    """A non-retryable API answer (400 bad manifest, 401/403 credentials or RBAC, 404, 409, 422)."""
+    return LaunchError(f"Kubernetes refused {doing}: HTTP {exc.status} {_status_message(exc)}", permanent=True)
