@@ -225,6 +225,12 @@ KAFKA_CONSUMER_GROUP = env_str("KAFKA_CONSUMER_GROUP", "queue-manager")
 KAFKA_ENABLED = bool(KAFKA_BOOTSTRAP_SERVERS)
 if KAFKA_USER and not KAFKA_PASSWORD:
     raise ImproperlyConfigured("KAFKA_PASSWORD must be set when KAFKA_USER is set")
+# Consumer tuning (kafkabus): small timeouts make a consumer join its group in seconds (tests, local).
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45000, minimum=1000)
+KAFKA_MAX_POLL_INTERVAL_MS = env_int("KAFKA_MAX_POLL_INTERVAL_MS", 300000, minimum=1000)
+KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 2000, minimum=1)
+KAFKA_DELIVERY_TIMEOUT_SECONDS = env_float("KAFKA_DELIVERY_TIMEOUT_SECONDS", 10.0, minimum=1)
+KAFKA_LAG_LOG_SECONDS = env_float("KAFKA_LAG_LOG_SECONDS", 30.0, minimum=1)
 
 # --- ArangoDB mirror (on when ARANGO_URL is set) ---
 ARANGO_URL = env_url("ARANGO_URL", schemes=("http", "https"))
@@ -260,3 +266,18 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+
+# --- Operations (ops/, issue #7): probes, metrics, log context and redaction ---
+INSTALLED_APPS += ["ops"]
+# Probes and scrapes are answered before host validation and the SSL redirect (see ops/middleware.py).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django_prometheus.middleware.PrometheusBeforeMiddleware") + 1, "ops.middleware.ProbeMiddleware"
+)
+LOGGING["filters"] = {
+    "log_context": {"()": "ops.logging.ContextFilter"},
+    "redact_secrets": {"()": "ops.logging.RedactingFilter"},
+}
+LOGGING["handlers"]["console"]["filters"] = ["log_context", "redact_secrets"]
+LOGGING["formatters"]["text"]["()"] = "ops.logging.ContextTextFormatter"
+# Keep Django's LOGGING (JSON, filters) in Celery processes instead of Celery's own handlers.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
