@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "queues",
     "jobs",
     "mirror",
+    "kafkabus",
 ]
 
 MIDDLEWARE = [
