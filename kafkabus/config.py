@@ -1,0 +1,76 @@
+"""Client configuration for confluent-kafka, from settings (DESIGN §6).
+
+SASL_SSL with SCRAM-SHA-512 when KAFKA_USER is set (the CA from CA_PATH when given), plaintext
+otherwise. Consumers never auto-store offsets: a batch's offsets are stored only after its
+database transaction committed (at-least-once), and the stored offsets are committed in the
+background and on close.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+
+# Marks what the manager itself publishes, so its own consumers skip it (no loops).
+ORIGIN = "queue-manager"
+COMMAND_ID_PREFIX = "qm-"
+
+
+def is_own_message(data: dict) -> bool:
+    command_id = data.get("command_id")
+    return data.get("origin") == ORIGIN or (isinstance(command_id, str) and command_id.startswith(COMMAND_ID_PREFIX))
+
+
+def common_config() -> dict:
+    if not settings.KAFKA_BOOTSTRAP_SERVERS:
+        raise RuntimeError("Kafka is not configured: set KAFKA_BOOTSTRAP_SERVERS")
+    config = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "client.id": ORIGIN,
+        # Keep retrying a broker that went away instead of giving up (a restart must be survived).
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 2000,
+    }
+    if settings.KAFKA_USER:
+        config.update(
+            {
+                "security.protocol": "SASL_SSL",
+                "sasl.mechanisms": "SCRAM-SHA-512",
+                "sasl.username": settings.KAFKA_USER,
+                "sasl.password": settings.KAFKA_PASSWORD,
+            }
+        )
+        if settings.CA_PATH:
+            config["ssl.ca.location"] = str(settings.CA_PATH)
+    else:
+        config["security.protocol"] = "PLAINTEXT"
+    return config
+
+
+def producer_config(**overrides) -> dict:
+    config = common_config()
+    config.update(
+        {
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(getattr(settings, "KAFKA_DELIVERY_TIMEOUT_SECONDS", 10) * 1000),
+        }
+    )
+    config.update(overrides)
+    return config
+
+
+def consumer_config(group: str | None = None, **overrides) -> dict:
+    config = common_config()
+    config.update(
+        {
+            "group.id": group or settings.KAFKA_CONSUMER_GROUP,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+            "auto.commit.interval.ms": 1000,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "session.timeout.ms": getattr(settings, "KAFKA_SESSION_TIMEOUT_MS", 45000),
+            "max.poll.interval.ms": getattr(settings, "KAFKA_MAX_POLL_INTERVAL_MS", 300000),
+        }
+    )
+    config.update(overrides)
+    return config
