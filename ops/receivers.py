@@ -1,0 +1,54 @@
+"""Signal receivers that turn domain changes into metrics, so callers need no metrics code.
+
+- a Queue row created        → streamforge_queues_started_total{source} (after commit)
+- queue_status_changed       → streamforge_queues_finished_total{outcome} on entering a terminal status
+- step_state_changed         → launch latency (launched_at → running) and stop latency
+                               (stop_requested_at → terminal)
+"""
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.db.models.signals import post_save
+from django.utils import timezone
+
+from ops import metrics
+
+logger = logging.getLogger(__name__)
+
+
+def on_queue_saved(sender, instance, created, raw=False, **kwargs) -> None:
+    if created and not raw:
+        source = instance.source
+        transaction.on_commit(lambda: metrics.count_queue_started(source))
+
+
+def on_queue_status_changed(sender, queue, previous, status, **kwargs) -> None:
+    from queues.models import QueueStatus
+
+    if status in QueueStatus.TERMINAL and previous not in QueueStatus.TERMINAL:
+        metrics.count_queue_finished(status)
+
+
+def on_step_state_changed(sender, step, previous, state, **kwargs) -> None:
+    from queues.models import StepState
+
+    now = timezone.now()
+    # Launch latency: the first time a launched step is seen running.
+    if state == StepState.RUNNING and previous in (StepState.LAUNCHING, StepState.PENDING) and step.launched_at:
+        started = step.started_at or now
+        metrics.observe_launch(step.target, (started - step.launched_at).total_seconds())
+    # Stop latency: a stop request that ended the step.
+    if state in StepState.TERMINAL and previous not in StepState.TERMINAL and step.stop_requested_at:
+        finished = step.finished_at or now
+        metrics.observe_stop((finished - step.stop_requested_at).total_seconds())
+
+
+def connect() -> None:
+    from queues.models import Queue
+    from queues.signals import queue_status_changed, step_state_changed
+
+    post_save.connect(on_queue_saved, sender=Queue, dispatch_uid="ops.metrics.queue_saved")
+    queue_status_changed.connect(on_queue_status_changed, dispatch_uid="ops.metrics.queue_status")
+    step_state_changed.connect(on_step_state_changed, dispatch_uid="ops.metrics.step_state")
