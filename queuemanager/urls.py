@@ -4,5 +4,6 @@ from django.urls import include, path
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("queues.api.urls")),
+    path("", include("ops.urls")),  # health probes; its /metrics wins over django_prometheus
     path("", include("django_prometheus.urls")),
 ]
