@@ -142,6 +142,7 @@ class QueueRequest(models.Model):
     extra = models.JSONField(default=dict, blank=True, help_text="Last `extra` the worker reported (e.g. epoch, loss).")
     message = models.TextField(blank=True)
     launch_attempts = models.PositiveIntegerField(default=0)
+    run = models.PositiveIntegerField(default=1, help_text="1 for the first run, +1 for each retry.")
     launcher_handle = models.JSONField(default=dict, blank=True)
     logs = models.TextField(blank=True, help_text="Tail of the step's logs, kept when it ends.")
     stop_requested_at = models.DateTimeField(null=True, blank=True)

@@ -49,9 +49,14 @@ def generate_queue_id(symbol: str, first_type: str, start: date | None) -> str:
     return f"{head[:room].rstrip('-')}-{suffix}"
 
 
-def job_name(queue_id: str, target: str, step_number: int) -> str:
-    """Stable Job name, unique per step: `{queue_id}-{target}-{n}`, hashed down to 63 chars."""
-    return _fit(f"{queue_id}-{target}-{step_number}", JOB_NAME_MAX)
+def job_name(queue_id: str, target: str, step_number: int, run: int = 1) -> str:
+    """Stable Job name, unique per step: `{queue_id}-{target}-{n}`, hashed down to 63 chars.
+
+    A retried step (run 2, 3, …) gets `-r{run}` so its new Job never collides with the old one,
+    which may still be in the cluster until its TTL expires.
+    """
+    name = f"{queue_id}-{target}-{step_number}"
+    return _fit(f"{name}-r{run}" if run > 1 else name, JOB_NAME_MAX)
 
 
 def default_step_name(target: str, type_name: str) -> str:

@@ -131,7 +131,7 @@ def queue_stop(*, queue: Queue, user=None, reason: str = "") -> Queue:
         queue.message = reason or f"Stop requested by {who}."
         queue.save(update_fields=["stop_requested_at", "message", "updated_at"])
         for step in queue.steps.exclude(state__in=StepState.TERMINAL):
-            _step_request_stop(step, reason=queue.message)
+            request_step_stop(step, reason=queue.message)
         queue_refresh_status(queue=queue)
     logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})
     _advance_on_commit(queue)
@@ -144,19 +144,24 @@ def step_stop(*, step: QueueRequest, user=None, reason: str = "") -> QueueReques
     with transaction.atomic():
         step = QueueRequest.objects.select_for_update().select_related("queue").get(pk=step.pk)
         if not step.is_terminal and not step.stop_requested_at:
-            _step_request_stop(step, reason=reason or f"Stop requested by {who}.")
+            request_step_stop(step, reason=reason or f"Stop requested by {who}.")
             queue_refresh_status(queue=step.queue)
     _advance_on_commit(step.queue)
     return step
 
 
-def _step_request_stop(step: QueueRequest, *, reason: str) -> None:
+def request_step_stop(step: QueueRequest, *, reason: str, drain: bool = False) -> None:
+    """Cancel a waiting step, or move a launched one to `stopping` and send it the stop command.
+
+    `drain` marks a consumer stopped because its producers are done: its end counts as success.
+    """
     now = timezone.now()
     if step.state == StepState.WAITING:
         step.transition(StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}", stop_requested_at=now)
         return
     if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING:
-        step.transition(StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now)
+        extra = {"drain_requested_at": now} if drain else {}
+        step.transition(StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now, **extra)
         from jobs.tasks import step_stop_task
 
         step_stop_task.delay_on_commit(step.pk)
@@ -170,6 +175,7 @@ def queue_retry(*, queue: Queue, user=None) -> int:
             return 0
         count = 0
         for step in queue.steps.filter(state__in=StepState.RETRYABLE):
+            run = step.run + 1
             count += step.transition(
                 StepState.WAITING,
                 from_states=StepState.RETRYABLE,
@@ -183,6 +189,8 @@ def queue_retry(*, queue: Queue, user=None) -> int:
                 launcher_handle={},
                 reported_status="",
                 records_written=0,
+                run=run,
+                job_name=naming.job_name(queue.queue_id, step.target, step.number, run),
             )
         if count:
             queue.stop_requested_at = None

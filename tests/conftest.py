@@ -1,31 +1,7 @@
 """Test configuration: real servers are started once per session (see tests/servers.py)."""
 from __future__ import annotations
 
-import os
-
 pytest_plugins = ["tests.fixtures"]
 
-# Settings for the test process; each may be overridden from the environment.
-TEST_ENV = {
-    "DJANGO_SETTINGS_MODULE": "queuemanager.settings",
-    "SECRET_KEY": "test-secret-key-not-for-production-0123456789abcdef",
-    "DEBUG": "0",
-    "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
-    "SECURE_SSL_REDIRECT": "0",
-    "STATIC_MANIFEST": "0",
-    "LOG_FORMAT": "text",
-    "TELEMETRY_TOKEN": "test-telemetry-token",
-    "STOP_GRACE_SECONDS": "3",
-    "DRAIN_IDLE_SECONDS": "5",
-    "RECONCILE_INTERVAL_SECONDS": "1",
-    "LAUNCH_RETRY_BACKOFF_SECONDS": "0.2",
-}
-
-
-def pytest_configure(config):
-    for key, value in TEST_ENV.items():
-        os.environ.setdefault(key, value)
-    # Django reads DATABASE_URL at import time; start PostgreSQL before pytest-django sets up.
-    from tests.servers import ensure_test_database_url
-
-    ensure_test_database_url()
+# The test environment (tests/environment.py) and the servers are set up by the tests.servers plugin,
+# which pytest.ini loads before pytest-django imports the settings.

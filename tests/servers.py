@@ -175,6 +175,9 @@ def pytest_load_initial_conftests(
     # Only runs when loaded early with ``-p tests.servers``; the wrapper runs
     # before pytest-django's hook, which loads the Django settings.
     if not _is_info_only(args):
+        from tests.environment import apply_test_env
+
+        apply_test_env()
         ensure_test_database_url()
         ensure_test_redis_url()
     return (yield)
