@@ -49,8 +49,15 @@ def _created(obj: dict) -> str:
     return obj.get("metadata", {}).get("creationTimestamp") or ""
 
 
+def _age_key(pod: dict) -> tuple:
+    # Timestamps have one-second resolution: among pods created in the same second, a finished pod
+    # is the older attempt (the Job controller replaces failed pods, it never runs two at once).
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    return (_created(pod), 0 if finished else 1, pod["metadata"]["name"])
+
+
 def newest_first(pods: list[dict]) -> list[dict]:
-    return sorted(pods, key=lambda pod: (_created(pod), pod["metadata"]["name"]), reverse=True)
+    return sorted(pods, key=_age_key, reverse=True)
 
 
 def _condition(obj: dict, type_: str) -> dict | None:
