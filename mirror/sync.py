@@ -1,0 +1,293 @@
+"""Drain the outbox into ArangoDB, and rebuild the whole mirror (services; the task and command call these).
+
+Ordering argument, why an older state never wins: a drain claims outbox rows and takes a fresh
+`version` from `mirror_version_seq` in one short transaction, and only then reads the rows' current
+state. Any change committed after that read bumps its outbox row's version, so the claimed row is not
+deleted and a later drain, whose version is larger, writes the newer state; the writer keeps the
+larger version per document. Network I/O happens outside transactions; a claim is a lease
+(`claimed_until`) so a crashed drain's rows come back.
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from mirror import arango
+from mirror import documents as d
+from mirror.models import EntityKind, MirrorOutbox, MirrorState
+from mirror.outbox import VERSION_SEQUENCE
+
+logger = logging.getLogger(__name__)
+
+LEASE = timedelta(minutes=5)
+MAX_BATCHES_PER_RUN = 20
+ERROR_BACKOFF_MAX_SECONDS = 300
+
+
+def next_version() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(%s)", [VERSION_SEQUENCE])
+        return cursor.fetchone()[0]
+
+
+# ---------------------------------------------------------------- building and writing documents
+@dataclass
+class Batch:
+    """Documents for one write, with which owner (outbox row id, or None in a resync) each came from."""
+
+    version: int
+    docs: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
+    owners: dict[tuple[str, str], set] = field(default_factory=lambda: defaultdict(set))
+    step_keys: list[str] = field(default_factory=list)
+
+    def add(self, collection: str, doc: dict, owner) -> None:
+        if (collection, doc["_key"]) not in self.owners:
+            self.docs[collection].append(doc)
+        self.owners[(collection, doc["_key"])].add(owner)
+
+    def add_queue(self, queue, owner=None) -> None:
+        self.add(d.QUEUES, d.queue_doc(queue, self.version), owner)
+
+    def add_step(self, step, owner=None) -> None:
+        queue_id = step.queue.queue_id
+        self.add(d.STEPS, d.step_doc(step, queue_id, self.version), owner)
+        self.step_keys.append(d.step_key(queue_id, step.name))
+        for name in step.reads() + step.writes():
+            self.add(d.COLLECTIONS, d.collection_doc(name), owner)
+        for collection, edges in d.step_edges(step, queue_id, self.version).items():
+            for edge in edges:
+                self.add(collection, edge, owner)
+
+    def add_event(self, event, owner=None) -> None:
+        step_name = event.step.name if event.step_id else None
+        self.add(d.TELEMETRY, d.telemetry_doc(event, event.queue.queue_id, step_name, self.version), owner)
+
+
+def write_batch(db, batch: Batch) -> dict:
+    """Write vertices, then edges; drop lineage edges the steps no longer have. Returns owner -> error."""
+    errors: dict = defaultdict(list)
+
+    def blame(collection, result):
+        for key, message in result.errors.items():
+            for owner in batch.owners[(collection, key)]:
+                errors[owner].append(message)
+
+    for collection in (d.QUEUES, d.STEPS, d.TELEMETRY):
+        blame(collection, arango.upsert_versioned(db, collection, batch.docs[collection]))
+    blame(d.COLLECTIONS, arango.insert_missing(db, d.COLLECTIONS, batch.docs[d.COLLECTIONS]))
+    for collection in d.EDGE_COLLECTIONS:
+        blame(collection, arango.upsert_versioned(db, collection, batch.docs[collection]))
+        wanted = {edge["_key"] for edge in batch.docs[collection]}
+        stale = [e["_key"] for e in arango.edges_of_steps(db, collection, batch.step_keys)
+                 if e["_key"] not in wanted and (e.get("version") or 0) < batch.version]
+        arango.delete_keys(db, collection, stale)
+    return {owner: "; ".join(messages) for owner, messages in errors.items()}
+
+
+def delete_entities(db, deleted: dict[str, list[str]]) -> None:
+    """Remove documents of entities gone from PostgreSQL (kind -> doc keys), with a step's edges."""
+    arango.delete_keys(db, d.QUEUES, deleted.get(EntityKind.QUEUE, []))
+    arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []))
+    step_keys = deleted.get(EntityKind.STEP, [])
+    arango.delete_keys(db, d.STEPS, step_keys)
+    for collection in d.EDGE_COLLECTIONS:
+        arango.delete_keys(db, collection, [e["_key"] for e in arango.edges_of_steps(db, collection, step_keys)])
+
+
+# ---------------------------------------------------------------- the drain
+@dataclass
+class DrainResult:
+    synced: int = 0
+    failed: int = 0
+    batches: int = 0
+
+
+def _claim(limit: int) -> tuple[int, list[MirrorOutbox]]:
+    with transaction.atomic():
+        now = timezone.now()
+        rows = list(
+            MirrorOutbox.objects.select_for_update(skip_locked=True)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("created_at", "id")[:limit]
+        )
+        if not rows:
+            return 0, []
+        MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=now + LEASE)
+        return next_version(), rows
+
+
+def _build(version: int, rows: list[MirrorOutbox]) -> tuple[Batch, dict[str, list[str]]]:
+    from queues.models import Queue, QueueRequest, TelemetryEvent
+
+    batch, deleted = Batch(version), defaultdict(list)
+    by_kind = defaultdict(dict)
+    for row in rows:
+        by_kind[row.kind][row.object_id] = row
+    queues = {q.pk: q for q in Queue.objects.filter(pk__in=list(by_kind[EntityKind.QUEUE]))}
+    steps = QueueRequest.objects.filter(
+        Q(pk__in=list(by_kind[EntityKind.STEP])) | Q(queue_id__in=list(queues))
+    ).select_related("queue")
+    events = {e.pk: e for e in TelemetryEvent.objects.filter(pk__in=list(by_kind[EntityKind.TELEMETRY]))
+              .select_related("queue", "step")}
+    for pk, queue in queues.items():
+        batch.add_queue(queue, by_kind[EntityKind.QUEUE][pk].pk)
+    found_steps = set()
+    for step in steps:
+        # Steps are written with their queue too: they are created by bulk_create, without signals.
+        row = by_kind[EntityKind.STEP].get(step.pk) or by_kind[EntityKind.QUEUE][step.queue_id]
+        batch.add_step(step, row.pk)
+        found_steps.add(step.pk)
+    for pk, event in events.items():
+        batch.add_event(event, by_kind[EntityKind.TELEMETRY][pk].pk)
+    found = {EntityKind.QUEUE: set(queues), EntityKind.STEP: found_steps, EntityKind.TELEMETRY: set(events)}
+    for row in rows:
+        if row.object_id not in found[row.kind]:
+            if row.doc_key:
+                deleted[row.kind].append(row.doc_key)
+            else:  # recorded by id only and gone since: nothing to address; arango_resync removes leftovers
+                logger.warning("mirror: %s %s vanished before it was mirrored", row.kind, row.object_id)
+    return batch, deleted
+
+
+def _finish(rows: list[MirrorOutbox], errors: dict) -> None:
+    ok = [r for r in rows if r.pk not in errors]
+    with connection.cursor() as cursor:
+        # Only rows whose version is still the claimed one: a newer change keeps its row.
+        cursor.execute(
+            f"DELETE FROM {MirrorOutbox._meta.db_table} AS o USING unnest(%s::bigint[], %s::bigint[]) AS c(id, v) "
+            "WHERE o.id = c.id AND o.version = c.v",
+            [[r.pk for r in ok], [r.version for r in ok]],
+        )
+    MirrorOutbox.objects.filter(pk__in=[r.pk for r in ok]).update(claimed_until=None)
+    now = timezone.now()
+    for row in rows:
+        if row.pk in errors:
+            delay = min(2 ** (row.attempts + 1), ERROR_BACKOFF_MAX_SECONDS)  # a bad document doesn't spin the loop
+            MirrorOutbox.objects.filter(pk=row.pk).update(
+                attempts=F("attempts") + 1, last_error=errors[row.pk][:4000], claimed_until=now + timedelta(seconds=delay)
+            )
+
+
+def _release(rows: list[MirrorOutbox]) -> None:
+    MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=None)
+
+
+def mirror_drain(*, batch_size: int | None = None, max_batches: int = MAX_BATCHES_PER_RUN) -> DrainResult:
+    """Sync pending changes to ArangoDB; raises arango.MirrorUnavailable (rows kept) when it is down."""
+    result = DrainResult()
+    if not settings.ARANGO_ENABLED:
+        return result
+    batch_size = batch_size or settings.MIRROR_BATCH_SIZE
+    try:
+        db = arango.connect()
+        while result.batches < max_batches:
+            version, rows = _claim(batch_size)
+            if not rows:
+                break
+            try:
+                batch, deleted = _build(version, rows)
+                with arango.unavailable_on_network_errors():
+                    errors = write_batch(db, batch)
+                    delete_entities(db, deleted)
+            except BaseException:
+                _release(rows)
+                raise
+            _finish(rows, errors)
+            result.batches += 1
+            result.failed += len(errors)
+            result.synced += len(rows) - len(errors)
+            if errors:
+                logger.warning("mirror: %d document(s) rejected by ArangoDB", len(errors),
+                               extra={"errors": list(errors.values())[:5]})
+    except Exception as exc:
+        _note(error=f"{type(exc).__name__}: {exc}")
+        raise
+    _note(synced=result.synced, error=_summary(result) if result.failed else None)
+    return result
+
+
+def _summary(result: DrainResult) -> str:
+    return f"{result.failed} document(s) rejected; see the outbox rows' last_error"
+
+
+def _note(*, synced: int | None = None, error: str | None = None) -> None:
+    now = timezone.now()
+    MirrorState.get()  # make sure the singleton exists
+    fields = {}
+    if synced is not None:
+        fields.update(last_success_at=now, last_synced=synced, total_synced=F("total_synced") + synced)
+    if error is not None:
+        fields.update(last_error_at=now, last_error=error[:4000])
+    MirrorState.objects.filter(pk=1).update(**fields)
+
+
+# ---------------------------------------------------------------- status and resync
+def mirror_status() -> dict:
+    """Numbers for the admin, metrics and health checks."""
+    state = MirrorState.objects.filter(pk=1).first() or MirrorState()
+    pending = MirrorOutbox.objects.all()
+    oldest = pending.order_by("created_at").values_list("created_at", flat=True).first()
+    return {
+        "enabled": bool(settings.ARANGO_ENABLED),
+        "backlog": pending.count(),
+        "failing": pending.exclude(last_error="").count(),
+        "oldest_pending_at": oldest,
+        "oldest_pending_age_seconds": (timezone.now() - oldest).total_seconds() if oldest else 0.0,
+        "last_success_at": state.last_success_at,
+        "last_error_at": state.last_error_at,
+        "last_error": state.last_error,
+        "total_synced": state.total_synced,
+    }
+
+
+def mirror_resync(*, truncate: bool = False, chunk_size: int = 500) -> dict[str, int]:
+    """Rebuild the mirror from PostgreSQL: write everything, remove documents PostgreSQL doesn't have."""
+    from queues.models import Queue, QueueRequest, TelemetryEvent
+
+    with arango.unavailable_on_network_errors():
+        db = arango.connect()
+        if truncate:
+            for name in d.VERTEX_COLLECTIONS + d.EDGE_COLLECTIONS:
+                db.collection(name).truncate()
+        version = next_version()  # taken before reading: any later change gets a larger version
+        seen: dict[str, set] = defaultdict(set)
+        errors: list[str] = []
+
+        def flush(batch: Batch) -> None:
+            errors.extend(write_batch(db, batch).values())
+            for (collection, key) in batch.owners:
+                seen[collection].add(key)
+
+        queue_ids = list(Queue.objects.order_by("pk").values_list("pk", flat=True))
+        for start in range(0, len(queue_ids), chunk_size):
+            batch = Batch(version)
+            for queue in Queue.objects.filter(pk__in=queue_ids[start:start + chunk_size]):
+                batch.add_queue(queue)
+            for step in QueueRequest.objects.filter(queue_id__in=queue_ids[start:start + chunk_size]).select_related("queue"):
+                batch.add_step(step)
+            flush(batch)
+        event_ids = list(TelemetryEvent.objects.order_by("pk").values_list("pk", flat=True))
+        for start in range(0, len(event_ids), chunk_size):
+            batch = Batch(version)
+            for event in TelemetryEvent.objects.filter(pk__in=event_ids[start:start + chunk_size]).select_related(
+                    "queue", "step"):
+                batch.add_event(event)
+            flush(batch)
+        removed = 0
+        for name in d.VERTEX_COLLECTIONS + d.EDGE_COLLECTIONS:
+            # Older than this resync and unknown to PostgreSQL; newer ones came from a concurrent drain.
+            orphans = [doc["_key"] for doc in arango.all_documents(db, name)
+                       if doc["_key"] not in seen[name] and (doc.get("version") or 0) < version]
+            removed += arango.delete_keys(db, name, orphans)
+    counts = {name: len(seen[name]) for name in d.VERTEX_COLLECTIONS + d.EDGE_COLLECTIONS}
+    counts.update(removed=removed, errors=len(errors))
+    if errors:
+        _note(error=f"resync: {errors[0]}")
+    return counts

@@ -1,0 +1,19 @@
+"""Celery interface of the mirror: one idempotent drain task (the work is in mirror.sync)."""
+from celery import shared_task
+
+from mirror.arango import MirrorUnavailable
+
+
+@shared_task(
+    autoretry_for=(MirrorUnavailable,),
+    retry_backoff=5,  # 5 s, 10 s, 20 s … capped below; beat also runs it, so giving up loses nothing
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=8,
+    ignore_result=True,
+)
+def mirror_sync() -> dict:
+    from mirror.sync import mirror_drain
+
+    result = mirror_drain()
+    return {"synced": result.synced, "failed": result.failed, "batches": result.batches}
