@@ -53,23 +53,17 @@ def check_broker() -> None:
 
 
 def kafka_client_config() -> dict:
-    config = {
-        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-        "socket.timeout.ms": int(CHECK_TIMEOUT_SECONDS * 1000),
-        "socket.connection.setup.timeout.ms": int(CHECK_TIMEOUT_SECONDS * 1000),
-        "log_level": 0,  # connection errors are reported in the answer, not as librdkafka log spam
-    }
-    if settings.KAFKA_USER:
-        config.update(
-            {
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanisms": "SCRAM-SHA-512",
-                "sasl.username": settings.KAFKA_USER,
-                "sasl.password": settings.KAFKA_PASSWORD,
-            }
-        )
-        if settings.CA_PATH:
-            config["ssl.ca.location"] = str(settings.CA_PATH)
+    # The same connection settings as the consumers (SASL_SSL/SCRAM when KAFKA_USER is set).
+    from kafkabus.config import common_config
+
+    config = common_config()
+    config.update(
+        {
+            "socket.timeout.ms": int(CHECK_TIMEOUT_SECONDS * 1000),
+            "socket.connection.setup.timeout.ms": int(CHECK_TIMEOUT_SECONDS * 1000),
+            "log_level": 0,  # connection errors are reported in the answer, not as librdkafka log spam
+        }
+    )
     return config
 
 
