@@ -21,8 +21,6 @@ from queues.services import queue_refresh_status, request_step_stop
 
 logger = logging.getLogger(__name__)
 
-# A step left in `launching` this long (its task lost, its worker killed) gets its launch re-sent.
-STUCK_LAUNCH_SECONDS = 30
 RECONCILE_LOCK_ID = 0x5F0E_0001  # pg advisory lock: one reconcile pass at a time, cluster-wide
 
 
@@ -185,7 +183,7 @@ def _reconcile_steps() -> dict:
     now = timezone.now()
     steps = list(QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue"))
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
-    stuck = [s for s in steps if s.state == StepState.LAUNCHING and now - s.state_changed_at > timedelta(seconds=STUCK_LAUNCH_SECONDS)]
+    stuck = [s for s in steps if s.state == StepState.LAUNCHING and now - s.state_changed_at > timedelta(seconds=settings.LAUNCH_STUCK_SECONDS)]
     if stuck:
         from jobs.tasks import step_launch as launch_task
 

@@ -18,7 +18,8 @@ Knobs (environment): SIMULATOR_TICK seconds between reports (0.5), SIMULATOR_TIC
 batch step (5), SIMULATOR_RECORDS records a loader writes (1000). Faults (SIMULATOR_FAULT, JSON):
 {"fail_after": N} report `error` after N ticks and exit 1; {"crash_after": N} die silently with
 exit 137 after N ticks; {"hang": true} ignore SIGTERM and never finish; {"slow": F} ticks F× longer;
-{"exit_code": N} with fail_after: the exit code to use.
+{"exit_code": N} with fail_after: the exit code to use; {"launch_delay": S} (read by the
+local launcher) waits S seconds after starting the process before the launch is recorded.
 """
 from __future__ import annotations
 

@@ -195,6 +195,8 @@ DRAIN_IDLE_SECONDS = env_float("DRAIN_IDLE_SECONDS", 30.0, minimum=0)
 FAILURE_POLICY = env_choice("FAILURE_POLICY", "stop_queue", ("stop_queue", "continue"))
 LAUNCH_MAX_ATTEMPTS = env_int("LAUNCH_MAX_ATTEMPTS", 5, minimum=1)
 LAUNCH_RETRY_BACKOFF_SECONDS = env_float("LAUNCH_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
+# A step still `launching` after this long (its task lost with a killed worker) is launched again.
+LAUNCH_STUCK_SECONDS = env_float("LAUNCH_STUCK_SECONDS", 30.0, minimum=1)
 STEP_LOG_TAIL_BYTES = env_int("STEP_LOG_TAIL_BYTES", 64 * 1024, minimum=1024)
 LOCAL_LAUNCHER_DIR = Path(env_str("LOCAL_LAUNCHER_DIR", str(BASE_DIR / ".data" / "steps")))
 # How simulated workers reach the manager when Kafka is off (POST /api/telemetry/).

@@ -96,6 +96,8 @@ class LocalLauncher:
                 process = _wait_for(directory / "process.json", timeout=10)
                 if process is None:
                     raise LaunchError("the step process did not start within 10 s")
+                # Fault injection: widen the window between "process started" and "launch recorded".
+                time.sleep(float((self._fault_for(step) or {}).get("launch_delay", 0)))
                 return {"launcher": self.name, "dir": str(directory), **process}
         except OSError as exc:
             raise LaunchError(f"cannot start the step process: {exc}", permanent=isinstance(exc, PermissionError)) from exc
