@@ -154,6 +154,13 @@ def edges_of_steps(db, collection: str, step_keys: list[str]) -> list[dict]:
     return list(cursor)
 
 
+def linked_collections(db, collection: str, names: list[str]) -> set[str]:
+    """Which of these data collections still have an edge in this edge collection."""
+    cursor = db.aql.execute("FOR e IN @@col FILTER e.collection IN @names RETURN DISTINCT e.collection",
+                            bind_vars={"@col": collection, "names": names}, batch_size=1000)
+    return set(cursor)
+
+
 def all_documents(db, collection: str):
     return db.aql.execute("FOR doc IN @@col RETURN doc", bind_vars={"@col": collection}, batch_size=1000)
 

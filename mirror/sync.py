@@ -73,6 +73,7 @@ class Batch:
 def write_batch(db, batch: Batch) -> dict:
     """Write vertices, then edges; drop lineage edges the steps no longer have. Returns owner -> error."""
     errors: dict = defaultdict(list)
+    unlinked: set[str] = set()
 
     def blame(collection, result):
         for key, message in result.errors.items():
@@ -85,9 +86,11 @@ def write_batch(db, batch: Batch) -> dict:
     for collection in d.EDGE_COLLECTIONS:
         blame(collection, arango.upsert_versioned(db, collection, batch.docs[collection]))
         wanted = {edge["_key"] for edge in batch.docs[collection]}
-        stale = [e["_key"] for e in arango.edges_of_steps(db, collection, batch.step_keys)
+        stale = [e for e in arango.edges_of_steps(db, collection, batch.step_keys)
                  if e["_key"] not in wanted and (e.get("version") or 0) < batch.version]
-        arango.delete_keys(db, collection, stale)
+        arango.delete_keys(db, collection, [e["_key"] for e in stale])
+        unlinked.update(e["collection"] for e in stale if e.get("collection"))
+    prune_collections(db, unlinked)
     return {owner: "; ".join(messages) for owner, messages in errors.items()}
 
 
@@ -97,8 +100,22 @@ def delete_entities(db, deleted: dict[str, list[str]]) -> None:
     arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []))
     step_keys = deleted.get(EntityKind.STEP, [])
     arango.delete_keys(db, d.STEPS, step_keys)
+    unlinked = set()
     for collection in d.EDGE_COLLECTIONS:
-        arango.delete_keys(db, collection, [e["_key"] for e in arango.edges_of_steps(db, collection, step_keys)])
+        edges = arango.edges_of_steps(db, collection, step_keys)
+        arango.delete_keys(db, collection, [e["_key"] for e in edges])
+        unlinked.update(e["collection"] for e in edges if e.get("collection"))
+    prune_collections(db, unlinked)
+
+
+def prune_collections(db, names: set[str]) -> None:
+    """Drop data-collection vertices no step reads or writes any more (they come from steps only)."""
+    if not names:
+        return
+    linked = set()
+    for collection in (d.STEP_READS, d.STEP_WRITES):
+        linked.update(arango.linked_collections(db, collection, sorted(names)))
+    arango.delete_keys(db, d.COLLECTIONS, [d.collection_key(n) for n in names - linked])
 
 
 # ---------------------------------------------------------------- the drain
