@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.routers import DefaultRouter
 
 from queues.api import legacy, views
@@ -16,7 +17,7 @@ router.register("templates", views.TemplateViewSet, basename="template")
 api_patterns = [
     path("", include(router.urls)),
     path("catalogue/", views.CatalogueView.as_view(), name="catalogue"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="schema"),
     path("docs/", SwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("redoc/", RedocView.as_view(url_name="schema"), name="redoc"),
 ]
