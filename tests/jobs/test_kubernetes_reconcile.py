@@ -6,6 +6,7 @@ import logging
 from jobs import k8s_reconcile
 from jobs.launchers.base import Phase
 from jobs.manifests import job_manifest
+from tests.emulators.kube import JobController
 
 
 def steps_of(queue):
@@ -95,7 +96,7 @@ def make_orphan(launcher, make_queue, payload):
 
 
 def test_it_reports_orphans_as_warnings_and_keeps_them_by_default(
-    launcher, controller, make_queue, historical_payload, realtime_queue, caplog
+    launcher, make_queue, historical_payload, realtime_queue, caplog
 ):
     orphan = make_orphan(launcher, make_queue, historical_payload)
     live = steps_of(realtime_queue)[0]
@@ -111,11 +112,12 @@ def test_it_reports_orphans_as_warnings_and_keeps_them_by_default(
 
 
 def test_it_deletes_orphans_with_their_pods_when_configured(
-    launcher, controller, make_queue, historical_payload, realtime_queue, k8s_settings
+    launcher, kube, make_queue, historical_payload, realtime_queue, k8s_settings
 ):
     k8s_settings.K8S_DELETE_ORPHANS = True
     orphan = make_orphan(launcher, make_queue, historical_payload)
-    controller.mark_running(orphan)
+    if kube.emulator is not None:  # a real cluster's Job controller makes the pod itself
+        JobController(kube.emulator).mark_running(orphan)
     live = steps_of(realtime_queue)[0]
     launcher.launch(live)
 
@@ -126,11 +128,12 @@ def test_it_deletes_orphans_with_their_pods_when_configured(
     assert snapshot.pods_of(orphan) == []
 
 
-def test_it_does_not_call_a_finished_steps_job_an_orphan(launcher, controller, historical_queue, k8s_settings):
+def test_it_does_not_call_a_finished_steps_job_an_orphan(launcher, kube, historical_queue, k8s_settings):
     k8s_settings.K8S_DELETE_ORPHANS = True
     step = steps_of(historical_queue)[0]
     launcher.launch(step)
-    controller.mark_succeeded(step.job_name)
+    if kube.emulator is not None:
+        JobController(kube.emulator).mark_succeeded(step.job_name)
 
     launcher.observe_many([])  # the step is terminal: reconcile no longer asks about it
 
