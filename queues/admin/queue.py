@@ -22,6 +22,10 @@ class ReadOnlyInline(admin.TabularInline):
     can_delete = False
     show_change_link = False
 
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Steps and edges are part of the queue: whoever may view the queue sees them.
+        return request.user.has_perm("queues.view_queue")
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
