@@ -1,0 +1,215 @@
+"""A small batch-consumer loop shared by both consumers.
+
+- Reads up to `batch_size` messages, hands them to `handle(messages)`, and stores their offsets
+  only after `handle` returned (it commits its database transaction first): at-least-once.
+  Stored offsets are committed by librdkafka every second, and synchronously on a clean exit.
+- `handle` raising means "this batch could not be processed now" (database or broker down): the
+  same batch is retried with backoff; nothing is stored until it succeeds. Per-message problems
+  are the handler's business (dead letters): input never reaches this loop as an exception.
+- SIGTERM/SIGINT set a flag: the current batch finishes, offsets are stored and committed, the
+  consumer closes.
+- Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
+  broker) and log errors without dying.
+- Lag (high watermark − committed offset, summed per topic) is logged and exported every
+  KAFKA_LAG_LOG_SECONDS.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Callable
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from kafkabus.config import common_config, consumer_config
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> None:
+    """Create the topics that do not exist yet (1 partition locally; operators pre-create in production)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(common_config())
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        logger.warning("cannot list topics: %s", exc)
+        return
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in missing])
+    for topic, future in futures.items():
+        try:
+            future.result(timeout)
+            logger.info("created topic %s", topic)
+        except Exception as exc:  # already created by someone else, or no permission: not fatal
+            logger.info("topic %s not created: %s", topic, exc)
+
+
+class BatchConsumer:
+    def __init__(
+        self,
+        *,
+        name: str,
+        topics: list[str],
+        handle: Callable[[list], None],
+        batch_size: int | None = None,
+        poll_timeout: float = 0.5,
+        group: str | None = None,
+        config: dict | None = None,
+        create_topics: list[str] | None = None,
+    ):
+        self.name = name
+        self.topics = topics
+        self.handle = handle
+        self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
+        self.poll_timeout = poll_timeout
+        self.group = group or settings.KAFKA_CONSUMER_GROUP
+        self.config = config or {}
+        self.create_topics = create_topics if create_topics is not None else topics
+        self.stopping = threading.Event()
+        self.consumer = None
+        self.processed = 0
+        self.batches = 0
+        self._last_lag = 0.0
+        self._last_topic_check = 0.0
+
+    # -------------------------------------------------------------- lifecycle
+
+    def install_signal_handlers(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        logger.info("%s: signal %s, finishing the current batch", self.name, signum)
+        self.stopping.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> None:
+        """Consume until stopped (signal, `stop()`, or `until()` returning True)."""
+        from confluent_kafka import Consumer
+
+        ensure_topics(self.create_topics)
+        self.consumer = Consumer(consumer_config(self.group, **self.config))
+        self.consumer.subscribe(self.topics)
+        logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
+        try:
+            while not self.stopping.is_set() and not (until and until()):
+                self._step()
+        finally:
+            self._close()
+
+    def _step(self) -> None:
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        good = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                good.append(message)
+            else:
+                self._on_error(error)
+        if good:
+            self._process(good)
+        self._maybe_report_lag()
+
+    def _process(self, messages: list) -> None:
+        backoff = 0.5
+        while True:
+            close_old_connections()  # a connection broken by a database restart is replaced
+            try:
+                self.handle(messages)
+                break
+            except Exception:
+                logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
+                if self.stopping.wait(backoff):
+                    return  # exit without storing: the batch is redelivered after a restart
+                backoff = min(backoff * 2, 10.0)
+        self._store(messages)
+        self.processed += len(messages)
+        self.batches += 1
+
+    def _store(self, messages: list) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        last: dict[tuple[str, int], int] = {}
+        for message in messages:
+            key = (message.topic(), message.partition())
+            last[key] = max(last.get(key, -1), message.offset())
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        try:
+            self.consumer.store_offsets(offsets=offsets)
+        except KafkaException as exc:
+            # Partition revoked meanwhile (rebalance, broker restart): the new owner redelivers;
+            # ingestion is idempotent, so that costs time, not correctness.
+            logger.warning("%s: could not store offsets: %s", self.name, exc)
+
+    def _on_error(self, error) -> None:
+        from confluent_kafka import KafkaError
+
+        code = error.code()
+        if code == KafkaError._PARTITION_EOF:
+            return
+        if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
+            now = time.monotonic()
+            if now - self._last_topic_check > 5:  # e.g. a broker that restarted empty
+                self._last_topic_check = now
+                ensure_topics(self.create_topics, timeout=3)
+            return
+        logger.warning("%s: consumer error: %s", self.name, error)
+
+    def _close(self) -> None:
+        from confluent_kafka import KafkaException
+
+        if self.consumer is None:
+            return
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if "NO_OFFSET" not in str(exc):
+                logger.warning("%s: final commit failed: %s", self.name, exc)
+        try:
+            self.consumer.close()
+        finally:
+            self.consumer = None
+            logger.info("%s: closed after %d messages in %d batches", self.name, self.processed, self.batches)
+
+    # -------------------------------------------------------------- lag
+
+    def lag(self, timeout: float = 5.0) -> dict[str, int]:
+        """Per topic: high watermark minus committed offset over this member's partitions."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return {}
+        committed = self.consumer.committed(assignment, timeout=timeout)
+        lag: dict[str, int] = {}
+        for tp in committed:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
+            position = tp.offset if tp.offset >= 0 else low
+            lag[tp.topic] = lag.get(tp.topic, 0) + max(high - position, 0)
+        return lag
+
+    def _maybe_report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < settings.KAFKA_LAG_LOG_SECONDS:
+            return
+        self._last_lag = now
+        try:
+            lag = self.lag()
+        except Exception as exc:
+            logger.warning("%s: could not compute lag: %s", self.name, exc)
+            return
+        for topic, value in lag.items():
+            logger.info("%s: lag %s=%d", self.name, topic, value, extra={"topic": topic, "lag": value})
+            try:
+                from ops.metrics import set_consumer_lag
+            except ImportError:
+                continue
+            set_consumer_lag(topic, value)

@@ -1,0 +1,108 @@
+"""queue-events: a batch of Kafka messages → `jobs.telemetry.ingest_events` in one transaction.
+
+Messages the manager published itself (acks, pongs: `origin` = queue-manager) are skipped. Not
+JSON, not an object, and everything `ingest_events` rejects (no queue, unknown queue, unknown
+producer, bad status…) go to the dead-letter topic with the reason and the original bytes. The
+dead letters are confirmed before the batch's offsets are stored (by the caller, BatchConsumer).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from jobs.telemetry import ingest_events
+from kafkabus.config import is_own_message
+from kafkabus.deadletter import send_dead_letters
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BatchOutcome:
+    accepted: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    dead_letters: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+
+
+def parse(value) -> tuple[dict | None, str]:
+    """Decode one message value; returns (object, "") or (None, reason)."""
+    try:
+        data = json.loads(value)
+    except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        return None, f"not JSON: {exc}"[:300]
+    if not isinstance(data, dict):
+        return None, f"not a JSON object but {type(data).__name__}"
+    return data, ""
+
+
+def handle_batch(messages: list) -> BatchOutcome:
+    outcome = BatchOutcome()
+    raws: list[dict] = []
+    positions: list[int] = []
+    letters: list[tuple[int, str]] = []
+    for position, message in enumerate(messages):
+        data, reason = parse(message.value())
+        if data is None:
+            letters.append((position, reason))
+        elif is_own_message(data):
+            outcome.skipped += 1
+        else:
+            raws.append(data)
+            positions.append(position)
+    if raws:
+        result = ingest_events(raws, source="kafka")  # one transaction; committed when it returns
+        outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
+        letters.extend((positions[index], reason) for index, reason in result.rejected)
+        _count(raws, {index for index, _ in result.rejected})
+    letters.sort()
+    send_dead_letters([(messages[position], reason) for position, reason in letters])
+    outcome.dead_letters = letters
+    return outcome
+
+
+def _count(raws: list[dict], rejected: set[int]) -> None:
+    try:
+        from ops.metrics import count_telemetry
+    except ImportError:
+        return
+    groups: Counter = Counter()
+    for index, raw in enumerate(raws):
+        if index in rejected:
+            continue
+        status = raw.get("event") or raw.get("status") or ""
+        producer = raw.get("producer") or raw.get("telemetry_id") or ""
+        target = producer.split("__", 1)[0] if isinstance(producer, str) else ""
+        groups[(str(status).lower(), target)] += 1
+    for (status, target), count in groups.items():
+        for _ in range(count):
+            count_telemetry(status, target)
+
+
+def run(*, until=None, batch_size: int | None = None, install_signals: bool = True, config: dict | None = None):
+    """The consume_queue_events loop (also used in-process by the benchmark)."""
+    from kafkabus.consumer import BatchConsumer
+
+    def handle(messages):
+        outcome = handle_batch(messages)
+        logger.debug(
+            "events batch", extra={"messages": len(messages), "accepted": outcome.accepted,
+                                   "duplicates": outcome.duplicates, "dead_letters": len(outcome.dead_letters)}
+        )
+
+    consumer = BatchConsumer(
+        name="queue-events",
+        topics=[settings.QUEUE_EVENTS_TOPIC],
+        handle=handle,
+        batch_size=batch_size,
+        config=config,
+        create_topics=[settings.QUEUE_EVENTS_TOPIC, settings.QUEUE_EVENTS_DLQ_TOPIC],
+    )
+    if install_signals:
+        consumer.install_signal_handlers()
+    consumer.run(until=until)
+    return consumer

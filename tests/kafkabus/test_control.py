@@ -1,0 +1,154 @@
+"""consume_queue_control against a real broker (tansu) and PostgreSQL."""
+from __future__ import annotations
+
+import pytest
+
+from kafkabus import control
+from kafkabus.models import ProcessedCommand
+from queues.models import Queue, QueueRequest, StepState
+from tests.kafkabus.conftest import events_of, produce, read_topic, run_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _shape(queue: Queue) -> dict:
+    """Everything about a queue's steps and edges, with its queue_id factored out."""
+    qid = queue.queue_id
+
+    def strip(value):
+        return value.replace(qid, "<qid>") if isinstance(value, str) else value
+
+    steps = [
+        {f: strip(getattr(s, f)) for f in ("position", "name", "target", "type", "streaming", "job_name", "telemetry_id",
+                                            "kafka_topic", "collection_name", "collection_output", "state")}
+        | {"collection_inputs": s.collection_inputs, "params": s.params}
+        for s in queue.steps.order_by("position")
+    ]
+    edges = sorted((e.upstream.name, e.downstream.name, e.kind, e.reason) for e in queue.edges.all())
+    return {"steps": steps, "edges": edges, "status": queue.status, "symbol": queue.symbol,
+            "canonical": queue.canonical_payload, "warnings": queue.warnings}
+
+
+def test_it_starts_a_queue_like_the_api_and_acknowledges(kafka_topics, api, historical_payload):
+    response = api.post("/api/queues/", {**historical_payload, "queue_id": "api-started-1"}, format="json")
+    assert response.status_code == 201, response.content
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
+        {"command": "start", "command_id": "c-start-1", "queue_id": "kafka-started-1", **historical_payload},
+    ])
+
+    run_until(control.run, lambda: Queue.objects.filter(queue_id="kafka-started-1").exists())
+
+    from_kafka = Queue.objects.get(queue_id="kafka-started-1")
+    from_api = Queue.objects.get(queue_id="api-started-1")
+    assert from_kafka.source == "kafka"
+    assert _shape(from_kafka) == _shape(from_api)
+    assert from_kafka.steps.count() == len(historical_payload["requests"])
+    # The scheduler runs it: the first steps (consumers of the loader's topic) launch.
+    from jobs.scheduler import queue_advance
+
+    assert queue_advance(from_kafka.pk)
+    assert from_kafka.steps.filter(state=StepState.LAUNCHING).exists()
+
+    acks = events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=1))
+    assert acks[0]["event"] == "ack" and acks[0]["status"] == "accepted"
+    assert acks[0]["command_id"] == "c-start-1" and acks[0]["queue_id"] == "kafka-started-1"
+    assert acks[0]["origin"] == "queue-manager"
+
+
+def test_it_acts_once_on_a_repeated_command_id(kafka_topics, historical_payload):
+    command = {"command": "start", "command_id": "c-dup", **historical_payload}  # no queue_id: a new id each time
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [command, command])
+    run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="c-dup").exists()
+              and len(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=2, timeout=0.5)) >= 2)
+    assert Queue.objects.count() == 1
+    acks = events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=2))
+    assert [a["status"] for a in acks] == ["accepted", "accepted"]
+    first, again = sorted(acks, key=lambda a: a.get("duplicate", False))
+    assert again["duplicate"] is True and again["queue_id"] == first["queue_id"] == Queue.objects.get().queue_id
+
+
+def test_it_acts_once_on_a_command_redelivered_after_a_restart(kafka_topics, historical_payload):
+    """Dedupe is persisted: a second consumer (new group, reads from the start) does nothing new."""
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [{"command": "start", "command_id": "c-persist", **historical_payload}])
+    run_until(control.run, lambda: Queue.objects.exists())
+    kafka_topics.KAFKA_CONSUMER_GROUP += "-second"
+    run_until(control.run, lambda: len(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=2, timeout=0.5)) >= 2)
+    assert Queue.objects.count() == 1
+
+
+def test_it_stops_a_queue_and_one_step(kafka_topics, historical_payload):
+    from queues.services import queue_create
+
+    queue, _ = queue_create(payload=historical_payload, queue_id="to-stop-1", source="api")
+    other, _ = queue_create(payload=historical_payload, queue_id="to-stop-2", source="api")
+    step = other.steps.order_by("position").first()
+    QueueRequest.objects.filter(pk=step.pk).update(state=StepState.RUNNING)
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
+        {"command": "stop", "command_id": "s1", "queue_id": "to-stop-1"},
+        {"command": "stop", "command_id": "s2", "queue_id": "to-stop-2", "telemetry_id": step.telemetry_id},
+        {"command": "stop", "command_id": "s3", "queue_id": "no-such-queue"},
+    ])
+    run_until(control.run, lambda: ProcessedCommand.objects.count() == 3)
+
+    queue.refresh_from_db()
+    assert queue.stop_requested_at is not None
+    assert queue.status == "stopped"  # nothing was launched yet: every step is cancelled
+    assert set(queue.steps.values_list("state", flat=True)) == {StepState.STOPPED}
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPING and step.stop_requested_at is not None
+    assert other.steps.exclude(pk=step.pk).filter(stop_requested_at__isnull=False).count() == 0
+
+    acks = {a["command_id"]: a for a in events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=3))}
+    assert acks["s1"]["status"] == acks["s2"]["status"] == "accepted"
+    assert acks["s3"]["status"] == "rejected" and "queue_id" in acks["s3"]["errors"]
+
+
+def test_it_does_not_act_on_its_own_stop_commands(kafka_topics, historical_payload):
+    from kafkabus.publisher import publish_stop
+    from queues.services import queue_create
+
+    queue, _ = queue_create(payload=historical_payload, queue_id="own-stop", source="api")
+    step = queue.steps.order_by("position").first()
+    QueueRequest.objects.filter(pk=step.pk).update(state=StepState.RUNNING)
+    step.refresh_from_db()
+    sent = publish_stop(step)  # what the scheduler sends to the worker
+    assert sent["command_id"].startswith("qm-") and sent["telemetry_id"] == step.telemetry_id
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [{"command": "ping", "command_id": "after-own"}])
+
+    run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="after-own").exists())
+
+    step.refresh_from_db()
+    assert step.state == StepState.RUNNING and step.stop_requested_at is None
+    assert not ProcessedCommand.objects.filter(command_id=sent["command_id"]).exists()
+    on_control = events_of(read_topic(kafka_topics.QUEUE_CONTROL_TOPIC, expect=2))
+    assert sent in on_control  # the worker-facing command is on the topic as DESIGN §6 says
+
+
+def test_it_answers_ping_with_pong(kafka_topics):
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [{"command": "ping", "command_id": "p-1", "timestamp": 1}])
+    run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="p-1").exists())
+    events = events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=1))
+    assert events[0]["event"] == "pong" and events[0]["command_id"] == "p-1"
+
+
+def test_it_survives_bad_input_with_rejections_and_dead_letters(kafka_topics):
+    produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
+        b"\xff not json",
+        b"[1, 2]",
+        {"command": "explode", "command_id": "bad-1"},
+        {"command": "start", "command_id": "bad-2", "symbol": "BTCUSDT", "requests": [{"target": "nope"}]},
+        {"command": "ping", "command_id": "still-alive"},
+    ])
+    run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="still-alive").exists())
+
+    acks = {a["command_id"]: a for a in events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=3))}
+    assert acks["bad-1"]["status"] == "rejected" and "command" in acks["bad-1"]["errors"]
+    assert acks["bad-2"]["status"] == "rejected" and acks["bad-2"]["errors"]
+    assert acks["still-alive"]["event"] == "pong"
+    assert not Queue.objects.exists()
+
+    letters = read_topic(kafka_topics.QUEUE_CONTROL_DLQ_TOPIC, expect=3)
+    assert sorted((m.value(), dict(m.headers())["dlq.reason_class"]) for m in letters) == sorted([
+        (b"\xff not json", b"not_json"), (b"[1, 2]", b"not_object"),
+        (b'{"command": "explode", "command_id": "bad-1"}', b"unknown_command"),
+    ])
