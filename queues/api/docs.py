@@ -28,4 +28,4 @@ class SwaggerView(_LoginRedirectMixin, SpectacularSwaggerView):
 
 
 class RedocView(_LoginRedirectMixin, SpectacularRedocView):
-    pass
+    template_name = "api/redoc.html"  # without the stock page's web-font CDN links
