@@ -39,6 +39,7 @@ from devtools.servers import (
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data"
+STEPS_DIR = DATA / "steps"
 LOGS = DATA / "logs"
 PY = sys.executable
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
@@ -281,12 +282,39 @@ class Supervisor:
         if self.children:
             say("run_local", f"stopping {', '.join(c.name for c in self.children)}…")
             stop_children(self.children)
+        stopped = stop_step_processes(STEPS_DIR)
+        if stopped:
+            say("run_local", f"stopped {stopped} step process(es) still running")
         for server in reversed(self.servers):
             server.stop()
         say("run_local", "all stopped")
 
 
 # -------------------------------------------------------------- configuration
+
+
+def stop_step_processes(steps_dir: Path) -> int:
+    """SIGKILL the step processes the local launcher left running (they live in their own groups).
+
+    On the next start reconcile finds them gone without an exit status and marks them `lost`.
+    """
+    import json
+
+    count = 0
+    for process_file in steps_dir.glob("*/process.json"):
+        if (process_file.parent / "exit.json").exists():
+            continue
+        try:
+            process = json.loads(process_file.read_text())
+        except ValueError:
+            continue
+        for kill, pid in ((os.killpg, process.get("pgid")), (os.kill, process.get("runner_pid"))):
+            try:
+                kill(int(pid), signal.SIGKILL)
+                count += kill is os.killpg
+            except (TypeError, ValueError, ProcessLookupError, PermissionError):
+                pass
+    return count
 
 
 def _persistent_secret(path: Path, length: int = 32) -> str:
@@ -312,6 +340,9 @@ def build_env(server_env: dict[str, str]) -> dict[str, str]:
             "DEBUG": "1",
             "SECRET_KEY": _persistent_secret(DATA / "secret_key", 50),
             "MANAGER_BASE_URL": BASE_URL,
+            # Simulated workers report over HTTP with this shared token when Kafka is off.
+            "TELEMETRY_TOKEN": _persistent_secret(DATA / "telemetry_token", 32),
+            "LOCAL_LAUNCHER_DIR": str(STEPS_DIR),
             # Children write through pipes: unbuffered keeps lines timely.
             "PYTHONUNBUFFERED": "1",
         }
