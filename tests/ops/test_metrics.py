@@ -211,3 +211,15 @@ def test_it_exports_a_pods_processes_with_the_metrics_server(tmp_path):
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert sample(families, "streamforge_commands", "streamforge_commands_total", kind="stop", outcome="accepted") == 2
     assert server.returncode == 0
+
+
+@pytest.mark.django_db
+def test_it_reports_the_mirror_backlog_only_when_the_mirror_is_enabled(client, settings):
+    import mirror
+
+    settings.ARANGO_ENABLED = False
+    assert "streamforge_mirror_backlog" not in scrape(client)
+    settings.ARANGO_ENABLED = True
+    expected = mirror.status()["backlog"]
+    families = scrape(client)
+    assert sample(families, "streamforge_mirror_backlog", "streamforge_mirror_backlog") == expected
