@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from jobs.launchers.base import Observation, Phase
-from jobs.manifests import JOB_NAME_LABELS
+from jobs.manifests import JOB_NAME_LABELS, LABEL_QUEUE, LABEL_STEP, label_value
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +156,29 @@ def cluster_snapshot(launcher) -> Snapshot:
     return Snapshot(jobs={job["metadata"]["name"]: job for job in jobs}, pods=pods)
 
 
-def find_orphans(snapshot: Snapshot, known_job_names) -> list[str]:
-    """Labelled Jobs that no step in the database owns (e.g. the database was restored or reset)."""
-    known = set(known_job_names)
-    return sorted(name for name in snapshot.jobs if name not in known)
+def find_orphans(snapshot: Snapshot, known_job_names, known_steps=()) -> list[str]:
+    """Labelled Jobs that no step in the database owns (e.g. the database was restored or reset).
+
+    `known_steps` holds (queue-id label, step label) pairs: a Job of an earlier run of a retried
+    step is not an orphan, it waits for its TTL like any finished Job.
+    """
+    known, steps = set(known_job_names), set(known_steps)
+    return sorted(name for name, job in snapshot.jobs.items() if name not in known and _step_key(job) not in steps)
 
 
-def known_job_names(names) -> set[str]:
+def _step_key(job: dict) -> tuple[str, str]:
+    labels = job["metadata"].get("labels") or {}
+    return labels.get(LABEL_QUEUE, ""), labels.get(LABEL_STEP, "")
+
+
+def known_in_database(snapshot: Snapshot) -> tuple[set[str], set[tuple[str, str]]]:
+    """(job names, (queue, step) label pairs) of the steps the database has for the snapshot's Jobs."""
     from queues.models import QueueRequest
 
-    return set(QueueRequest.objects.filter(job_name__in=list(names)).values_list("job_name", flat=True))
+    names = set(QueueRequest.objects.filter(job_name__in=list(snapshot.jobs)).values_list("job_name", flat=True))
+    queue_labels = {_step_key(job)[0] for job in snapshot.jobs.values()}
+    rows = QueueRequest.objects.filter(queue__queue_id__in=queue_labels).values_list("queue__queue_id", "name")
+    return names, {(label_value(queue_id), label_value(name)) for queue_id, name in rows}
 
 
 def delete_orphans(launcher, orphans: list[str]) -> list[str]:
@@ -179,7 +192,7 @@ def delete_orphans(launcher, orphans: list[str]) -> list[str]:
 
 def handle_orphans(launcher, snapshot: Snapshot) -> list[str]:
     """Report orphans as warnings and, with K8S_DELETE_ORPHANS, delete them. Returns the orphans."""
-    orphans = find_orphans(snapshot, known_job_names(snapshot.jobs))
+    orphans = find_orphans(snapshot, *known_in_database(snapshot))
     for name in orphans:
         logger.warning(
             "orphan Job: labelled by this manager but no step owns it",

@@ -19,6 +19,7 @@ LABEL_QUEUE = "streamforge.io/queue-id"
 LABEL_STEP = "streamforge.io/step"
 LABEL_TARGET = "streamforge.io/target"
 LABEL_TYPE = "streamforge.io/type"
+LABEL_RUN = "streamforge.io/run"  # 1, then +1 per retry (each run has its own Job name)
 # Set by the Job controller on every pod it creates (the second one since Kubernetes 1.27).
 JOB_NAME_LABELS = ("job-name", "batch.kubernetes.io/job-name")
 
@@ -47,10 +48,12 @@ def step_labels(step: QueueRequest) -> dict[str, str]:
         LABEL_STEP: label_value(step.name),
         LABEL_TARGET: label_value(step.target),
         LABEL_TYPE: label_value(step.type),
+        LABEL_RUN: str(getattr(step, "run", 1)),
     }
 
 
 def step_selector(step: QueueRequest) -> str:
+    """Every run's Jobs and pods of the step (a force stop leaves none of them behind)."""
     labels = step_labels(step)
     return ",".join(f"{key}={labels[key]}" for key in (LABEL_MANAGED_BY, LABEL_QUEUE, LABEL_STEP))
 

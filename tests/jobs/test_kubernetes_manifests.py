@@ -183,6 +183,7 @@ def test_it_labels_job_and_pods_and_runs_them_restricted(historical_queue, secre
         "streamforge.io/step": step.name,
         "streamforge.io/target": "loader-producer",
         "streamforge.io/type": "api-candles-5m",
+        "streamforge.io/run": "1",
     }
     assert manifest["metadata"]["name"] == step.job_name
     assert manifest["metadata"]["namespace"] == secret_settings.K8S_NAMESPACE

@@ -138,3 +138,27 @@ def test_it_does_not_call_a_finished_steps_job_an_orphan(launcher, kube, histori
     launcher.observe_many([])  # the step is terminal: reconcile no longer asks about it
 
     assert step.job_name in k8s_reconcile.cluster_snapshot(launcher).jobs
+
+
+def test_it_keeps_an_earlier_runs_job_of_a_retried_step_and_force_stop_removes_every_run(
+    launcher, historical_queue, k8s_settings
+):
+    from queues import naming
+    from queues.models import QueueRequest
+
+    k8s_settings.K8S_DELETE_ORPHANS = True
+    step = steps_of(historical_queue)[0]
+    launcher.launch(step)
+    first_run_job = step.job_name
+    QueueRequest.objects.filter(pk=step.pk).update(
+        run=2, job_name=naming.job_name(historical_queue.queue_id, step.target, step.number, 2))
+    step = steps_of(historical_queue)[0]
+    launcher.launch(step)
+
+    launcher.observe_many([step])
+
+    snapshot = k8s_reconcile.cluster_snapshot(launcher)
+    assert set(snapshot.jobs) == {first_run_job, step.job_name}
+    assert snapshot.jobs[step.job_name]["metadata"]["labels"]["streamforge.io/run"] == "2"
+    launcher.stop(step, force=True)
+    assert k8s_reconcile.cluster_snapshot(launcher).jobs == {}
