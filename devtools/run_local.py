@@ -40,6 +40,7 @@ from devtools.servers import (
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data"
 STEPS_DIR = DATA / "steps"
+METRICS_DIR = DATA / "prometheus"
 LOGS = DATA / "logs"
 PY = sys.executable
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
@@ -331,7 +332,15 @@ def _persistent_secret(path: Path, length: int = 32) -> str:
     return value
 
 
+def reset_metrics_dir() -> None:
+    """Multiprocess metrics files of a previous run would be added to this run's figures."""
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in METRICS_DIR.glob("*.db"):
+        stale.unlink()
+
+
 def build_env(server_env: dict[str, str]) -> dict[str, str]:
+    reset_metrics_dir()
     env = dict(os.environ)
     env.update(server_env)
     env.update(
@@ -343,6 +352,8 @@ def build_env(server_env: dict[str, str]) -> dict[str, str]:
             # Simulated workers report over HTTP with this shared token when Kafka is off.
             "TELEMETRY_TOKEN": _persistent_secret(DATA / "telemetry_token", 32),
             "LOCAL_LAUNCHER_DIR": str(STEPS_DIR),
+            # Every process writes its metrics here; the web's /metrics adds them up.
+            "PROMETHEUS_MULTIPROC_DIR": str(METRICS_DIR),
             # Children write through pipes: unbuffered keeps lines timely.
             "PYTHONUNBUFFERED": "1",
         }

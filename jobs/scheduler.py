@@ -116,14 +116,12 @@ def step_launch(step_pk: int) -> str:
     if step is None or step.state != StepState.LAUNCHING:
         return "skipped"
     QueueRequest.objects.filter(pk=step.pk).update(launch_attempts=step.launch_attempts + 1)
-    started = time.monotonic()
     handle = get_launcher().launch(step)  # LaunchError propagates to the task's retry policy
     now = timezone.now()
     # Store the handle first: a fast worker may already have reported `started` (launching → running).
     QueueRequest.objects.filter(pk=step.pk).update(launcher_handle=handle, launched_at=now)
     step.launcher_handle, step.launched_at = handle, now
     step.transition(StepState.PENDING, from_states=[StepState.LAUNCHING])
-    _observe_launch(step, time.monotonic() - started)
     queue_refresh_status(queue=step.queue)
     logger.info("step launched", extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
     return "launched"
@@ -246,8 +244,6 @@ def _end(step: QueueRequest, to: str, message: str, launcher) -> bool:
     changed = step.transition(to, from_states=StepState.LAUNCHED, message=message, **({"logs": logs} if logs else {}))
     if changed:
         logger.info("step ended", extra={"queue_id": step.queue.queue_id, "step": step.name, "state": to})
-        if step.stop_requested_at:
-            _observe_stop(step)
     return changed
 
 
@@ -267,22 +263,6 @@ def _capture_logs() -> None:
     ).select_related("queue")[:50]:
         logs = _safe_logs(step, launcher) or "(no output captured)"
         QueueRequest.objects.filter(pk=step.pk, logs="").update(logs=logs)
-
-
-def _observe_launch(step: QueueRequest, seconds: float) -> None:
-    try:
-        from ops.metrics import observe_launch
-    except ImportError:
-        return
-    observe_launch(step.target, seconds)
-
-
-def _observe_stop(step: QueueRequest) -> None:
-    try:
-        from ops.metrics import observe_stop
-    except ImportError:
-        return
-    observe_stop((timezone.now() - step.stop_requested_at).total_seconds())
 
 
 def _observe_reconcile(seconds: float) -> None:
