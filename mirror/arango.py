@@ -74,15 +74,25 @@ def connect(*, ensure: bool = True):
         request_timeout=REQUEST_TIMEOUT_SECONDS,
     )
     auth = {"username": settings.ARANGO_USER, "password": settings.ARANGO_PASSWORD or ""}
+    target = (settings.ARANGO_URL, settings.ARANGO_DB)
     with unavailable_on_network_errors():
-        if ensure:
+        if ensure and target not in _ensured:
             system = client.db("_system", **auth)
             if not system.has_database(settings.ARANGO_DB):
                 system.create_database(settings.ARANGO_DB)
         db = client.db(settings.ARANGO_DB, **auth)
-        if ensure:
+        if ensure and target not in _ensured:
             ensure_schema(db)
+            _ensured.add(target)
     return db
+
+
+# Schema checked once per process and target (a drain runs often); arango_resync always checks.
+_ensured: set[tuple[str, str]] = set()
+
+
+def forget_schema() -> None:
+    _ensured.clear()
 
 
 def ensure_schema(db) -> None:
@@ -159,6 +169,14 @@ def linked_collections(db, collection: str, names: list[str]) -> set[str]:
     cursor = db.aql.execute("FOR e IN @@col FILTER e.collection IN @names RETURN DISTINCT e.collection",
                             bind_vars={"@col": collection, "names": names}, batch_size=1000)
     return set(cursor)
+
+
+def keys_where(db, collection: str, attribute: str, values: list) -> list[str]:
+    if not values:
+        return []
+    cursor = db.aql.execute(f"FOR doc IN @@col FILTER doc.{attribute} IN @values RETURN doc._key",
+                            bind_vars={"@col": collection, "values": values}, batch_size=1000)
+    return list(cursor)
 
 
 def all_documents(db, collection: str):

@@ -60,6 +60,11 @@ def record_many(kind: str, object_ids: Iterable[int], *, doc_keys: Iterable[str]
     _enqueue_drain_on_commit()
 
 
+def record_queryset(kind: str, queryset) -> None:
+    """Record the rows of a queryset, e.g. events stored by bulk_create(ignore_conflicts=True), which sets no pks."""
+    record_many(kind, list(queryset.values_list("pk", flat=True)))
+
+
 def record_instance(instance) -> None:
     """Record a Queue, QueueRequest or TelemetryEvent instance (also works for deleted ones)."""
     from mirror import documents
@@ -107,6 +112,9 @@ def connect_signals() -> None:
 
     for model in (Queue, QueueRequest, TelemetryEvent):
         post_save.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-save-{model.__name__}")
+    # No post_delete receiver on TelemetryEvent: it would turn Django's fast cascade delete of a queue's
+    # events into one signal per row. The drain removes a deleted queue's events by queue_id instead.
+    for model in (Queue, QueueRequest):
         post_delete.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-delete-{model.__name__}")
     step_state_changed.connect(_on_step_state_changed, dispatch_uid="mirror-step-state")
     queue_status_changed.connect(_on_queue_status_changed, dispatch_uid="mirror-queue-status")

@@ -96,7 +96,9 @@ def write_batch(db, batch: Batch) -> dict:
 
 def delete_entities(db, deleted: dict[str, list[str]]) -> None:
     """Remove documents of entities gone from PostgreSQL (kind -> doc keys), with a step's edges."""
-    arango.delete_keys(db, d.QUEUES, deleted.get(EntityKind.QUEUE, []))
+    queue_keys = deleted.get(EntityKind.QUEUE, [])
+    arango.delete_keys(db, d.QUEUES, queue_keys)
+    arango.delete_keys(db, d.TELEMETRY, arango.keys_where(db, d.TELEMETRY, "queue_id", queue_keys))
     arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []))
     step_keys = deleted.get(EntityKind.STEP, [])
     arango.delete_keys(db, d.STEPS, step_keys)
@@ -224,6 +226,7 @@ def mirror_drain(*, batch_size: int | None = None, max_batches: int = MAX_BATCHE
                 logger.warning("mirror: %d document(s) rejected by ArangoDB", len(errors),
                                extra={"errors": list(errors.values())[:5]})
     except Exception as exc:
+        arango.forget_schema()  # e.g. the database was dropped: the next drain creates it again
         _note(error=f"{type(exc).__name__}: {exc}")
         raise
     _note(synced=result.synced, error=_summary(result) if result.failed else None)
@@ -268,6 +271,7 @@ def mirror_resync(*, truncate: bool = False, chunk_size: int = 500) -> dict[str,
     """Rebuild the mirror from PostgreSQL: write everything, remove documents PostgreSQL doesn't have."""
     from queues.models import Queue, QueueRequest, TelemetryEvent
 
+    arango.forget_schema()  # someone may have dropped collections by hand: check them again
     with arango.unavailable_on_network_errors():
         db = arango.connect()
         if truncate:

@@ -56,6 +56,13 @@ def test_it_records_bulk_paths_through_record_many(mirror, historical_payload):
         )
         outbox.record_many("telemetry", [e.pk for e in events])
     assert set(pending()) == {("telemetry", e.pk) for e in events}
+    # bulk_create(ignore_conflicts=True) sets no pks: record by a queryset instead.
+    MirrorOutbox.objects.all().delete()
+    TelemetryEvent.objects.bulk_create([TelemetryEvent(queue=queue, event_key="bulk-x", status="pong", payload={})],
+                                       ignore_conflicts=True)
+    outbox.record_queryset("telemetry", TelemetryEvent.objects.filter(event_key__in=["bulk-x", "bulk-0"]))
+    assert {r.object_id for r in MirrorOutbox.objects.all()} == {
+        e.pk for e in TelemetryEvent.objects.filter(event_key__in=["bulk-x", "bulk-0"])}
     with pytest.raises(ValueError):
         outbox.record("job", 1)
 

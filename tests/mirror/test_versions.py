@@ -5,7 +5,7 @@ from django.utils import timezone
 from mirror import arango, sync
 from mirror.models import MirrorOutbox, MirrorState
 from mirror.sync import mirror_drain
-from queues.models import QueueRequest, StepState
+from queues.models import QueueRequest, StepState, TelemetryEvent
 from queues.services import queue_create
 
 from .helpers import assert_mirror_matches_postgres
@@ -112,11 +112,16 @@ def test_it_keeps_documents_arango_rejects_in_the_outbox_with_the_error(mirror, 
 def test_it_removes_documents_and_edges_of_deleted_queues(mirror, historical_payload, realtime_payload):
     hist, _ = queue_create(payload=historical_payload, queue_id="hist-keep")
     rt, _ = queue_create(payload=realtime_payload, queue_id="rt-gone")
+    for step in rt.steps.all()[:2]:
+        TelemetryEvent.objects.create(queue=rt, step=step, event_key=f"gone-{step.pk}", status="started",
+                                      producer=step.telemetry_id, payload={})
+    TelemetryEvent.objects.create(queue=hist, event_key="kept", status="pong", payload={})
     mirror_drain()
+    assert len(mirror.docs("telemetry")) == 3
     rt.delete()
     mirror_drain()
     docs = assert_mirror_matches_postgres(mirror)
-    assert set(docs["queues"]) == {"hist-keep"}
+    assert set(docs["queues"]) == {"hist-keep"} and set(docs["telemetry"]) == {"kept"}
     assert not any(k.startswith("rt-gone") for name in ("steps", "queue_steps", "step_reads", "step_writes")
                    for k in docs[name])
     assert QueueRequest.objects.filter(queue=hist).count() == len(docs["steps"])
