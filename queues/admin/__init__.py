@@ -5,4 +5,10 @@
 - step.py: the read-only step (QueueRequest) pages.
 - display.py: badges and progress bars shared by both.
 """
+from django.contrib import admin
+
 from queues.admin import queue, step  # noqa: F401  (registers the ModelAdmins)
+
+admin.site.site_header = "StreamForge Queue Manager"
+admin.site.site_title = "StreamForge Queue Manager"
+admin.site.index_title = "Operations console"

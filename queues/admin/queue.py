@@ -75,7 +75,7 @@ class EdgeInline(ReadOnlyInline):
 
     @admin.display(description="waits until")
     def waits_for(self, edge: StepDependency):
-        return format_html("<strong>{}</strong> is {}", edge.upstream.name, "ready" if edge.kind == "ready" else "succeeded")
+        return format_html("<strong>{}</strong> {}", edge.upstream.name, "is ready" if edge.kind == "ready" else "has succeeded")
 
     @admin.display(description="upstream step")
     def upstream_name(self, edge: StepDependency) -> str:

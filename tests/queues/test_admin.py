@@ -63,7 +63,7 @@ def test_it_shows_a_queue_with_steps_edges_and_warnings_read_only(client, staff_
     assert response.status_code == 200
     for step in queue.steps.all():
         assert step.job_name in html and step.name in html
-    assert "graph-builder-gnn-graph" in html and "arango-connector-api-trades</strong> is succeeded" in html
+    assert "graph-builder-gnn-graph" in html and "arango-connector-api-trades</strong> has succeeded" in html
     assert "eth_trades_2024_06" in html  # the warning
     assert 'name="symbol"' not in html and 'name="job_name"' not in html  # nothing editable
     assert "Stop queue" in html
