@@ -20,6 +20,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
+from queues.signals import telemetry_ingested
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +146,12 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
         for event, step in new:
             if step is not None and _apply_state(step, event):
                 result.changed_queues.add(step.queue_id)
+        if new:
+            telemetry_ingested.send(
+                sender=TelemetryEvent,
+                step_pks=sorted({step.pk for _, step in new if step is not None}),
+                event_keys=[event.key for event, _ in new],
+            )
         if result.changed_queues:
             _after_state_changes(result.changed_queues)
     return result

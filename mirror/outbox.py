@@ -106,9 +106,17 @@ def _on_queue_status_changed(sender, queue, **kwargs):
         record_instance(queue)
 
 
+def _on_telemetry_ingested(sender, step_pks, event_keys, **kwargs):
+    if enabled():
+        from queues.models import TelemetryEvent
+
+        record_queryset("telemetry", TelemetryEvent.objects.filter(event_key__in=event_keys))
+        record_many("step", step_pks)
+
+
 def connect_signals() -> None:
     from queues.models import Queue, QueueRequest, TelemetryEvent
-    from queues.signals import queue_status_changed, step_state_changed
+    from queues.signals import queue_status_changed, step_state_changed, telemetry_ingested
 
     for model in (Queue, QueueRequest, TelemetryEvent):
         post_save.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-save-{model.__name__}")
@@ -118,3 +126,4 @@ def connect_signals() -> None:
         post_delete.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-delete-{model.__name__}")
     step_state_changed.connect(_on_step_state_changed, dispatch_uid="mirror-step-state")
     queue_status_changed.connect(_on_queue_status_changed, dispatch_uid="mirror-queue-status")
+    telemetry_ingested.connect(_on_telemetry_ingested, dispatch_uid="mirror-telemetry")
