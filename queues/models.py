@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -192,13 +192,15 @@ class QueueRequest(models.Model):
         if to in StepState.TERMINAL:
             values.setdefault("finished_at", now)
         previous = self.state
-        changed = QueueRequest.objects.filter(pk=self.pk, state__in=allowed).update(**values) == 1
-        if changed:
-            for key, value in values.items():
-                setattr(self, key, value)
-            from queues.signals import step_state_changed
+        # One transaction for the change and what its receivers record (e.g. the mirror's outbox).
+        with transaction.atomic():
+            changed = QueueRequest.objects.filter(pk=self.pk, state__in=allowed).update(**values) == 1
+            if changed:
+                for key, value in values.items():
+                    setattr(self, key, value)
+                from queues.signals import step_state_changed
 
-            step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
+                step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
         return changed
 
     def reads(self) -> list[str]:
