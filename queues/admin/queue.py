@@ -7,12 +7,12 @@ from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from queues import services
-from queues.admin import display
+from queues.admin import controls, display
 from queues.admin.start import start_queue_view
 from queues.models import Queue, QueueRequest, StepDependency, StepState
 
@@ -39,7 +39,7 @@ class ReadOnlyInline(admin.TabularInline):
 class StepInline(ReadOnlyInline):
     model = QueueRequest
     verbose_name_plural = "steps"
-    fields = ["number", "step", "target", "type", "state_badge", "records_written", "message", "job_name"]
+    fields = ["number", "step", "state_cell", "progress_cell", "message_cell", "times_cell", "job_name", "stop_button"]
     readonly_fields = fields
     ordering = ["position"]
 
@@ -51,11 +51,47 @@ class StepInline(ReadOnlyInline):
     def step(self, step: QueueRequest):
         url = reverse("admin:queues_queuerequest_change", args=[step.pk])
         kind = "streaming" if step.streaming else "batch"
-        return format_html('<a href="{}"><strong>{}</strong></a><br><small>{}</small>', url, step.name, kind)
+        return format_html(
+            '<a href="{}" title="Logs, events and dependencies of this step"><strong>{}</strong></a><br>'
+            '<small>{} · {} · {}{}</small>',
+            url, step.name, step.target, step.type, kind, f" · run {step.run}" if step.run > 1 else "",
+        )  # fmt: skip
 
     @admin.display(description="state")
-    def state_badge(self, step: QueueRequest):
-        return display.badge(step.state)
+    def state_cell(self, step: QueueRequest):
+        return display.step_cell(step, "state")
+
+    @admin.display(description="progress")
+    def progress_cell(self, step: QueueRequest):
+        return display.step_cell(step, "progress")
+
+    @admin.display(description="last message")
+    def message_cell(self, step: QueueRequest):
+        return display.step_cell(step, "message")
+
+    @admin.display(description="times")
+    def times_cell(self, step: QueueRequest):
+        return display.step_cell(step, "times")
+
+    @admin.display(description="")
+    def stop_button(self, step: QueueRequest):
+        # The buttons submit one shared form outside the queue's own <form> (forms cannot nest).
+        return format_html(
+            '<button type="submit" form="sf-step-stop-form" formaction="{}" class="sf-button sf-danger" '
+            'data-sf-stop-step="{}" {} onclick="return confirm({});">Stop step</button>',
+            reverse("admin:queues_queuerequest_stop", args=[step.pk]),
+            step.pk,
+            "" if controls.step_can_stop(step) else "hidden",
+            json.dumps(f"Stop step {step.name}? A waiting step is cancelled, a running one stopped."),
+        )
+
+    def get_fields(self, request, obj=None):
+        # Only those who may stop see the per-step stop column.
+        fields = super().get_fields(request, obj)
+        return fields if controls.may_stop(request.user) else [f for f in fields if f != "stop_button"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.get_fields(request, obj)
 
 
 class EdgeInline(ReadOnlyInline):
@@ -93,7 +129,7 @@ class QueueAdmin(admin.ModelAdmin):
     search_fields = ["queue_id", "symbol"]
     date_hierarchy = "created_at"
     list_per_page = 50
-    actions = ["stop_selected"]
+    actions = ["stop_selected", "retry_selected"]
     inlines = [StepInline, EdgeInline]
     fieldsets = [
         (None, {"fields": ["queue_id", "status_badge", "step_progress", "symbol", "time_range", "message"]}),
@@ -141,9 +177,12 @@ class QueueAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # bulk delete would also take active queues
         return actions
 
+    def has_retry_permission(self, request) -> bool:
+        return controls.may_retry(request.user)
+
     @admin.display(description="status", ordering="status")
     def status_badge(self, queue: Queue):
-        return display.badge(queue.status)
+        return format_html('<span data-sf-queue-cell="status">{}</span>', display.badge(queue.status))
 
     @admin.display(description="steps")
     def step_progress(self, queue: Queue):
@@ -151,7 +190,7 @@ class QueueAdmin(admin.ModelAdmin):
         if done is None or total is None:
             states = list(queue.steps.values_list("state", flat=True))
             done, total = states.count(StepState.SUCCEEDED), len(states)
-        return display.progress(done, total)
+        return format_html('<span data-sf-queue-cell="progress">{}</span>', display.progress(done, total))
 
     @admin.display(description="time range")
     def time_range(self, queue: Queue) -> str:
@@ -179,11 +218,23 @@ class QueueAdmin(admin.ModelAdmin):
         if skipped:
             self.message_user(request, f"{skipped} queue(s) were already finished or stopping.", messages.WARNING)
 
+    @admin.action(description="Retry failed/stopped steps of selected queues", permissions=["retry"])
+    def retry_selected(self, request, queryset):
+        retried = {queue.queue_id: services.queue_retry(queue=queue, user=request.user) for queue in queryset}
+        count = sum(1 for n in retried.values() if n)
+        steps = sum(retried.values())
+        self.message_user(request, f"Retrying {steps} step(s) in {count} queue(s).", messages.SUCCESS)
+        if nothing := sorted(queue_id for queue_id, n in retried.items() if not n):
+            self.message_user(request, f"Nothing to retry in: {', '.join(nothing)}.", messages.INFO)
+
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
+        view = self.admin_site.admin_view
         return [
-            path("start/", self.admin_site.admin_view(start_queue_view(self)), name="%s_%s_start" % info),
-            path("<path:object_id>/stop/", self.admin_site.admin_view(self.stop_one_view), name="%s_%s_stop" % info),
+            path("start/", view(start_queue_view(self)), name="%s_%s_start" % info),
+            path("<path:object_id>/stop/", view(self.stop_one_view), name="%s_%s_stop" % info),
+            path("<path:object_id>/retry/", view(controls.queue_retry_view(self)), name="%s_%s_retry" % info),
+            path("<path:object_id>/live/", view(controls.queue_live_view(self)), name="%s_%s_live" % info),
         ] + super().get_urls()
 
     def stop_one_view(self, request, object_id):
@@ -204,5 +255,22 @@ class QueueAdmin(admin.ModelAdmin):
         return super().changelist_view(request, {**extra, **(extra_context or {})})
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        extra = {"can_stop": self.has_stop_permission(request)}
+        queue = Queue.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        extra = {
+            "can_stop": self.has_stop_permission(request),
+            "can_retry": self.has_retry_permission(request),
+            "has_retryable_steps": bool(queue and queue.steps.filter(state__in=StepState.RETRYABLE).exists()),
+            "live_url": reverse("admin:queues_queue_live", args=[object_id]) if queue else None,
+            "manifests_url": _manifests_url(queue),
+        }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
+
+def _manifests_url(queue: Queue | None) -> str | None:
+    # The Kubernetes dry-run page belongs to the jobs app; the queue page works without it.
+    if queue is None:
+        return None
+    try:
+        return reverse("admin-queue-manifests", kwargs={"queue_id": queue.queue_id})
+    except NoReverseMatch:
+        return None

@@ -1,14 +1,19 @@
-"""Read-only admin for steps (QueueRequest): what runs where, its derived names and its progress."""
+"""Read-only admin for steps (QueueRequest): what runs where, its progress, logs, events and dependencies."""
 from __future__ import annotations
 
 import json
+import logging
 
+from django.conf import settings
 from django.contrib import admin
-from django.urls import reverse
-from django.utils.html import format_html
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 
-from queues.admin import display
+from queues.admin import controls, display
 from queues.models import QueueRequest
+
+logger = logging.getLogger(__name__)
+RECENT_EVENTS = 50
 
 
 @admin.register(QueueRequest)
@@ -19,10 +24,13 @@ class QueueRequestAdmin(admin.ModelAdmin):
     list_select_related = ["queue"]
     fieldsets = [
         (None, {"fields": ["queue_link", "number", "name", "target", "type", "streaming", "state_badge", "message"]}),
+        ("Logs", {"fields": ["logs_view"]}),
+        ("Dependencies", {"fields": ["waits_for", "waited_on_by"]}),
         ("Derived names", {"fields": ["job_name", "telemetry_id", "kafka_topic", "image"]}),
         ("Data", {"fields": ["interval", "collections_read", "collections_written", "inference_interval"]}),
         ("Progress", {"fields": ["reported_status", "records_written", "extra", "launch_attempts"]}),
-        ("Timing", {"fields": ["created_at", "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at"]}),
+        ("Timing", {"fields": ["created_at", "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "run"]}),
+        ("Recent telemetry events", {"fields": ["recent_events"]}),
         ("Request as submitted", {"fields": ["params_json"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
@@ -30,6 +38,7 @@ class QueueRequestAdmin(admin.ModelAdmin):
         "telemetry_id", "kafka_topic", "image", "interval", "collections_read", "collections_written",
         "inference_interval", "reported_status", "records_written", "extra", "launch_attempts", "created_at",
         "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "params_json",
+        "logs_view", "waits_for", "waited_on_by", "recent_events", "run",
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:
@@ -62,6 +71,110 @@ class QueueRequestAdmin(admin.ModelAdmin):
     def collections_written(self, step: QueueRequest) -> str:
         return ", ".join(step.writes()) or "—"
 
+    @admin.display(description="logs")
+    def logs_view(self, step: QueueRequest):
+        from jobs.views import step_logs
+
+        try:
+            result = step_logs(step, tail_bytes=settings.STEP_LOG_TAIL_BYTES)
+        except Exception as exc:  # the page must still open when the launcher is unreachable
+            logger.exception("step logs unavailable", extra={"job_name": step.job_name})
+            result = {"live": False, "logs": step.logs, "error": f"{type(exc).__name__}: {exc}"}
+        if result.get("live"):
+            source = f"live from the launcher (last {settings.STEP_LOG_TAIL_BYTES // 1024} KiB); reload the page for more"
+        elif result["logs"]:
+            source = "stored tail, kept when the step ended"
+        else:
+            source = "no logs yet" if not step.launched_at else "no logs were kept"
+        error = format_html('<p class="errornote">Live logs unavailable: {}</p>', result["error"]) if result.get("error") else ""
+        return format_html(
+            '{}<p class="sf-muted">{}</p><pre class="sf-logs" id="sf-logs">{}</pre>', error, source, result["logs"] or "—"
+        )
+
+    @admin.display(description="waits for")
+    def waits_for(self, step: QueueRequest):
+        edges = step.upstream_edges.select_related("upstream").order_by("upstream__position")
+        return _edge_list(edges, lambda edge: edge.upstream, "when it is {}")
+
+    @admin.display(description="is waited on by")
+    def waited_on_by(self, step: QueueRequest):
+        edges = step.downstream_edges.select_related("upstream", "downstream").order_by("downstream__position")
+        return _edge_list(edges, lambda edge: edge.downstream, "until this one is {}")
+
+    @admin.display(description="last 50 events")
+    def recent_events(self, step: QueueRequest):
+        events = list(step.events.order_by("-received_at", "-id")[:RECENT_EVENTS])
+        if not events:
+            return "No telemetry received for this step yet."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    display.clock(event.received_at),
+                    event.status,
+                    "" if event.records_written is None else f"{event.records_written:,}",
+                    _extra(event.payload),
+                    event.message,
+                    event.source,
+                )
+                for event in events
+            ),
+        )
+        return format_html(
+            '<table class="sf-events"><thead><tr><th>received</th><th>status</th><th>records</th><th>extra</th>'
+            "<th>message</th><th>via</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        stop = self.admin_site.admin_view(controls.step_stop_view(self))
+        return [path("<path:object_id>/stop/", stop, name="%s_%s_stop" % info)] + super().get_urls()
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        step = QueueRequest.objects.filter(pk=object_id).select_related("queue").first() if str(object_id).isdigit() else None
+        extra = {
+            "step": step,
+            "can_stop": controls.may_stop(request.user),
+            "step_can_stop": bool(step and controls.step_can_stop(step)),
+            # Reload the page while the step runs, so logs and progress stay current.
+            "refresh_seconds": 5 if step and not step.is_terminal and step.launched_at else None,
+        }
+        return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
+
     @admin.display(description="request")
     def params_json(self, step: QueueRequest):
         return format_html("<pre style='margin:0'>{}</pre>", json.dumps(step.params, indent=2))
+
+
+def _edge_list(edges, other_of, wording: str):
+    edges = list(edges)
+    if not edges:
+        return "None"
+    items = (
+        (
+            reverse("admin:queues_queuerequest_change", args=[other_of(edge).pk]),
+            other_of(edge).name,
+            display.badge(other_of(edge).state),
+            wording.format("running" if edge.kind == "ready" else "succeeded"),
+            "✔ met" if edge.is_met else "✘ not met",
+            "sf-met" if edge.is_met else "sf-unmet",
+            edge.reason,
+        )
+        for edge in edges
+    )
+    return format_html(
+        "<ul class='sf-edges'>{}</ul>",
+        format_html_join(
+            "", '<li><a href="{}">{}</a> {} — {}: <strong class="{}">{}</strong> <small>{}</small></li>',
+            ((url, name, badge, words, css, met, reason) for url, name, badge, words, met, css, reason in items),
+        ),
+    )  # fmt: skip
+
+
+def _extra(payload) -> str:
+    extra = payload.get("extra") if isinstance(payload, dict) else None
+    if not isinstance(extra, dict):
+        return ""
+    return ", ".join(f"{key}={value}" for key, value in extra.items())

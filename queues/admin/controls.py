@@ -1,0 +1,133 @@
+"""The queue page's live state (polled as JSON) and its control buttons: retry a queue, stop one step.
+
+Each view re-reads its rows, checks the same permissions as the API and calls the same services.
+"""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from queues import services
+from queues.admin import display
+from queues.models import Queue, QueueRequest, StepState
+
+STOP_PERMS = ("queues.stop_queue",)
+RETRY_PERMS = ("queues.stop_queue", "queues.start_queue")  # as the API's RetryView: restarting is privileged
+
+
+def may_stop(user) -> bool:
+    return user.has_perms(STOP_PERMS)
+
+
+def may_retry(user) -> bool:
+    return user.has_perms(RETRY_PERMS)
+
+
+def step_can_stop(step: QueueRequest) -> bool:
+    return not step.is_terminal and not step.stop_requested_at
+
+
+def queue_can_stop(queue: Queue) -> bool:
+    return queue.is_active and not queue.stop_requested_at
+
+
+def queue_can_retry(queue: Queue, steps) -> bool:
+    return any(step.state in StepState.RETRYABLE for step in steps)
+
+
+def _when(value) -> str | None:
+    return value.isoformat() if value else None
+
+
+def queue_live(queue: Queue) -> dict:
+    """What the queue page needs to update itself: raw fields plus the same cells the page rendered."""
+    steps = list(queue.steps.order_by("position"))
+    done = sum(step.state == StepState.SUCCEEDED for step in steps)
+    return {
+        "queue_id": queue.queue_id,
+        "status": queue.status,
+        "active": queue.is_active,
+        "message": queue.message,
+        "started_at": _when(queue.started_at),
+        "finished_at": _when(queue.finished_at),
+        "can_stop": queue_can_stop(queue),
+        "can_retry": queue_can_retry(queue, steps),
+        "cells": {"status": str(display.badge(queue.status)), "progress": str(display.progress(done, len(steps)))},
+        "steps": [
+            {
+                "id": step.pk,
+                "name": step.name,
+                "state": step.state,
+                "reported_status": step.reported_status,
+                "records_written": step.records_written,
+                "extra": step.extra,
+                "message": step.message,
+                "run": step.run,
+                "job_name": step.job_name,
+                "launched_at": _when(step.launched_at),
+                "started_at": _when(step.started_at),
+                "finished_at": _when(step.finished_at),
+                "can_stop": step_can_stop(step),
+                "cells": {name: str(render(step)) for name, render in display.STEP_CELLS.items()},
+            }
+            for step in steps
+        ],
+    }
+
+
+def queue_live_view(model_admin):
+    def view(request, object_id):
+        queue = get_object_or_404(Queue, pk=object_id)
+        if not model_admin.has_view_permission(request, queue):
+            raise PermissionDenied
+        response = JsonResponse(queue_live(queue))
+        response["Cache-Control"] = "no-store"
+        return response
+
+    return view
+
+
+def _back(request, default: str) -> HttpResponseRedirect:
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        target = default
+    return HttpResponseRedirect(target)
+
+
+def queue_retry_view(model_admin):
+    @require_POST
+    def view(request, object_id):
+        queue = get_object_or_404(Queue, pk=object_id)
+        if not may_retry(request.user):
+            raise PermissionDenied
+        count = services.queue_retry(queue=queue, user=request.user)
+        if count:
+            model_admin.message_user(request, f"Retrying {count} step(s) of {queue.queue_id} (failed, stopped or lost).", messages.SUCCESS)
+        else:
+            model_admin.message_user(request, f"Nothing to retry in {queue.queue_id}: no failed, stopped or lost steps.", messages.INFO)
+        return _back(request, reverse("admin:queues_queue_change", args=[queue.pk]))
+
+    return view
+
+
+def step_stop_view(model_admin):
+    @require_POST
+    def view(request, object_id):
+        step = get_object_or_404(QueueRequest.objects.select_related("queue"), pk=object_id)
+        if not may_stop(request.user):
+            raise PermissionDenied
+        if not step_can_stop(step):
+            model_admin.message_user(request, f"Step {step.name} is already {step.state}; nothing to stop.", messages.INFO)
+        else:
+            was_waiting = step.state == StepState.WAITING
+            services.step_stop(step=step, user=request.user)
+            text = "cancelled (it had not been launched)" if was_waiting else "is stopping (graceful, then forced)"
+            model_admin.message_user(request, f"Step {step.name} of {step.queue.queue_id} {text}.", messages.SUCCESS)
+        return _back(request, reverse("admin:queues_queue_change", args=[step.queue_id]))
+
+    return view
