@@ -85,9 +85,7 @@ def queue_live_view(model_admin):
         queue = get_object_or_404(Queue, pk=object_id)
         if not model_admin.has_view_permission(request, queue):
             raise PermissionDenied
-        response = JsonResponse(queue_live(queue))
-        response["Cache-Control"] = "no-store"
-        return response
+        return JsonResponse(queue_live(queue))  # admin_view already marks it never_cache
 
     return view
 
