@@ -28,7 +28,7 @@ def queue_advance(queue_pk: int) -> list[int]:
     """Apply DESIGN §5 to one queue; returns the pks of steps to launch (enqueued on commit)."""
     to_launch: list[int] = []
     with transaction.atomic():
-        queue = Queue.objects.select_for_update().filter(pk=queue_pk).first()
+        queue = Queue.objects.lock(queue_pk, missing_ok=True)
         if queue is None:
             return []
         steps = {s.pk: s for s in queue.steps.all()}
@@ -190,8 +190,6 @@ def _reconcile_steps() -> dict:
             QueueRequest.objects.filter(pk=step.pk).update(state_changed_at=now)
         summary["relaunched"] = len(stuck)
     observed = [s for s in steps if s.state != StepState.LAUNCHING]
-    if not observed:
-        return summary
     try:
         if hasattr(launcher, "observe_many"):
             observations = launcher.observe_many(observed)
@@ -225,10 +223,11 @@ def apply_observation(step: QueueRequest, observation: Observation, *, launcher,
                 logger.warning("forced stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
         return False
     if phase == Phase.RUNNING and step.state == StepState.PENDING:
-        return step.transition(StepState.RUNNING, from_states=[StepState.PENDING], started_at=step.started_at or now, message="")
-    if phase == Phase.PENDING:
+        return step.transition(StepState.RUNNING, from_states=[StepState.PENDING], started_at=step.started_at or now, message=reason)
+    if phase in (Phase.PENDING, Phase.RUNNING):
+        # Surface what the cluster says (ImagePullBackOff, CrashLoopBackOff, Unschedulable …).
         if reason and reason != step.message:
-            QueueRequest.objects.filter(pk=step.pk).update(message=reason)
+            QueueRequest.objects.filter(pk=step.pk, state=step.state).update(message=reason)
         return False
     if phase == Phase.SUCCEEDED:
         return _end(step, StepState.SUCCEEDED, step.message or "Completed.", launcher)

@@ -139,6 +139,7 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
         matched.append((event, step))
 
     with transaction.atomic():
+        Queue.objects.lock_many({queues[event.queue_id] for event, _ in matched})
         new = _store_new(matched, queues, source)
         result.duplicates = len(matched) - len(new)
         result.accepted = len(new)

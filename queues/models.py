@@ -49,6 +49,20 @@ class QueueQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=QueueStatus.ACTIVE)
 
+    def lock(self, pk: int, *, missing_ok: bool = False):
+        """Lock one queue row for changes to it or its steps (inside a transaction).
+
+        Everything that changes several steps of a queue takes this lock first, so writers of one
+        queue are serialised and never deadlock on step rows. FOR NO KEY UPDATE does not block
+        inserts that merely reference the queue (telemetry rows).
+        """
+        queryset = self.select_for_update(no_key=True).filter(pk=pk)
+        return queryset.first() if missing_ok else queryset.get()
+
+    def lock_many(self, pks) -> None:
+        """Lock several queues in primary-key order (a consistent order across transactions)."""
+        list(self.select_for_update(no_key=True).filter(pk__in=pks).order_by("pk").values_list("pk", flat=True))
+
 
 class Queue(models.Model):
     queue_id = models.CharField(max_length=40, unique=True)

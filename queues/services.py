@@ -123,7 +123,7 @@ def _create_from_spec(spec: PipelineSpec, *, payload: dict, user, source: str) -
 def queue_stop(*, queue: Queue, user=None, reason: str = "") -> Queue:
     """Stop a queue (DESIGN §5 rule 6): cancel waiting steps, stop launched ones. Idempotent."""
     with transaction.atomic():
-        queue = Queue.objects.select_for_update().get(pk=queue.pk)
+        queue = Queue.objects.lock(queue.pk)
         if queue.status in QueueStatus.TERMINAL or queue.stop_requested_at:
             return queue
         who = getattr(user, "username", None) or "system"
@@ -142,7 +142,8 @@ def step_stop(*, step: QueueRequest, user=None, reason: str = "") -> QueueReques
     """Stop one step (graceful, then forced after the grace period). Idempotent."""
     who = getattr(user, "username", None) or "system"
     with transaction.atomic():
-        step = QueueRequest.objects.select_for_update().select_related("queue").get(pk=step.pk)
+        Queue.objects.lock(step.queue_id)  # queue first, then its steps: the one lock order
+        step = QueueRequest.objects.select_related("queue").get(pk=step.pk)
         if not step.is_terminal and not step.stop_requested_at:
             request_step_stop(step, reason=reason or f"Stop requested by {who}.")
             queue_refresh_status(queue=step.queue)
@@ -170,7 +171,7 @@ def request_step_stop(step: QueueRequest, *, reason: str, drain: bool = False) -
 def queue_retry(*, queue: Queue, user=None) -> int:
     """Put failed, stopped and lost steps back to waiting and run the queue again; returns how many."""
     with transaction.atomic():
-        queue = Queue.objects.select_for_update().get(pk=queue.pk)
+        queue = Queue.objects.lock(queue.pk)
         if queue.status not in QueueStatus.TERMINAL and not queue.steps.filter(state__in=StepState.RETRYABLE).exists():
             return 0
         count = 0

@@ -119,7 +119,7 @@ class LocalLauncher:
         if _alive(process["pid"]):
             return Observation(Phase.RUNNING)
         if _alive(process.get("runner_pid", 0)):
-            return Observation(Phase.RUNNING, reason="exiting")
+            return Observation(Phase.RUNNING)  # the runner is recording the exit status
         # Both gone without an exit record: the machine rebooted or someone killed the runner too.
         return Observation(Phase.MISSING, reason="the step process vanished without an exit status")
 
