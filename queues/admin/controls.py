@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.html import conditional_escape
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
@@ -57,7 +58,11 @@ def queue_live(queue: Queue) -> dict:
         "finished_at": _when(queue.finished_at),
         "can_stop": queue_can_stop(queue),
         "can_retry": queue_can_retry(queue, steps),
-        "cells": {"status": str(display.badge(queue.status)), "progress": str(display.progress(done, len(steps)))},
+        "cells": {
+            "status": str(display.badge(queue.status)),
+            "progress": str(display.progress(done, len(steps))),
+            "message": str(conditional_escape(queue.message or "—")),
+        },
         "steps": [
             {
                 "id": step.pk,

@@ -132,13 +132,13 @@ class QueueAdmin(admin.ModelAdmin):
     actions = ["stop_selected", "retry_selected"]
     inlines = [StepInline, EdgeInline]
     fieldsets = [
-        (None, {"fields": ["queue_id", "status_badge", "step_progress", "symbol", "time_range", "message"]}),
+        (None, {"fields": ["queue_id", "status_badge", "step_progress", "symbol", "time_range", "queue_message"]}),
         ("Submitted", {"fields": ["source", "submitted_by", "created_at", "started_at", "finished_at", "stop_requested_at"]}),
         ("Warnings", {"fields": ["warnings_list"]}),
         ("Payload", {"fields": ["payload_json"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "queue_id", "status_badge", "step_progress", "symbol", "time_range", "message", "source", "submitted_by",
+        "queue_id", "status_badge", "step_progress", "symbol", "time_range", "queue_message", "source", "submitted_by",
         "created_at", "started_at", "finished_at", "stop_requested_at", "warnings_list", "payload_json",
     ]  # fmt: skip
 
@@ -191,6 +191,10 @@ class QueueAdmin(admin.ModelAdmin):
             states = list(queue.steps.values_list("state", flat=True))
             done, total = states.count(StepState.SUCCEEDED), len(states)
         return format_html('<span data-sf-queue-cell="progress">{}</span>', display.progress(done, total))
+
+    @admin.display(description="message")
+    def queue_message(self, queue: Queue):
+        return format_html('<span data-sf-queue-cell="message">{}</span>', queue.message or "—")
 
     @admin.display(description="time range")
     def time_range(self, queue: Queue) -> str:

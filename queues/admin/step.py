@@ -22,15 +22,16 @@ class QueueRequestAdmin(admin.ModelAdmin):
     list_filter = ["state", "target", "streaming"]
     search_fields = ["name", "job_name", "telemetry_id", "queue__queue_id"]
     list_select_related = ["queue"]
+    # What an operator needs first (state, progress, timing, logs) comes first; derived details last.
     fieldsets = [
         (None, {"fields": ["queue_link", "number", "name", "target", "type", "streaming", "state_badge", "message"]}),
-        ("Logs", {"fields": ["logs_view"]}),
-        ("Dependencies", {"fields": ["waits_for", "waited_on_by"]}),
-        ("Derived names", {"fields": ["job_name", "telemetry_id", "kafka_topic", "image"]}),
-        ("Data", {"fields": ["interval", "collections_read", "collections_written", "inference_interval"]}),
         ("Progress", {"fields": ["reported_status", "records_written", "extra", "launch_attempts"]}),
         ("Timing", {"fields": ["created_at", "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "run"]}),
+        ("Logs", {"fields": ["logs_view"]}),
+        ("Dependencies", {"fields": ["waits_for", "waited_on_by"]}),
         ("Recent telemetry events", {"fields": ["recent_events"]}),
+        ("Derived names", {"fields": ["job_name", "telemetry_id", "kafka_topic", "image"]}),
+        ("Data", {"fields": ["interval", "collections_read", "collections_written", "inference_interval"]}),
         ("Request as submitted", {"fields": ["params_json"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
@@ -165,9 +166,9 @@ def _edge_list(edges, other_of, wording: str):
         for edge in edges
     )
     return format_html(
-        "<ul class='sf-edges'>{}</ul>",
+        "<div class='sf-edges'>{}</div>",
         format_html_join(
-            "", '<li><a href="{}">{}</a> {} — {}: <strong class="{}">{}</strong> <small>{}</small></li>',
+            "", '<div><a href="{}">{}</a> {} — {}: <strong class="{}">{}</strong> <small>({})</small></div>',
             ((url, name, badge, words, css, met, reason) for url, name, badge, words, met, css, reason in items),
         ),
     )  # fmt: skip
