@@ -10,13 +10,20 @@
   consumer closes.
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
   broker) and log errors without dying.
+- Stall watchdog: after a broker restart that loses the consumer group, librdkafka (2.11 against
+  tansu) was seen blocking inside consume() for good. When a consume() call has not returned for
+  `stall_seconds`, `on_stall` runs in a watchdog thread; the management commands re-execute
+  themselves there (a fresh client; offsets not yet committed are redelivered, ingestion is
+  idempotent).
 - Lag (high watermark − committed offset, summed per topic) is logged and exported every
   KAFKA_LAG_LOG_SECONDS.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Callable
@@ -64,6 +71,8 @@ class BatchConsumer:
         group: str | None = None,
         config: dict | None = None,
         create_topics: list[str] | None = None,
+        on_stall: Callable[[], None] | None = None,
+        stall_seconds: float | None = None,
     ):
         self.name = name
         self.topics = topics
@@ -79,6 +88,9 @@ class BatchConsumer:
         self.batches = 0
         self._last_lag = 0.0
         self._last_topic_check = 0.0
+        self.on_stall = on_stall
+        self.stall_seconds = stall_seconds or max(20.0, 3 * settings.KAFKA_SESSION_TIMEOUT_MS / 1000)
+        self._consume_since: float | None = None
 
     # -------------------------------------------------------------- lifecycle
 
@@ -101,6 +113,8 @@ class BatchConsumer:
         self.consumer = Consumer(consumer_config(self.group, **self.config))
         self.consumer.subscribe(self.topics)
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
+        if self.on_stall is not None:
+            threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
         try:
             while not self.stopping.is_set() and not (until and until()):
                 self._step()
@@ -108,7 +122,9 @@ class BatchConsumer:
             self._close()
 
     def _step(self) -> None:
+        self._consume_since = time.monotonic()
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        self._consume_since = None
         good = []
         for message in messages:
             error = message.error()
@@ -181,6 +197,15 @@ class BatchConsumer:
             self.consumer = None
             logger.info("%s: closed after %d messages in %d batches", self.name, self.processed, self.batches)
 
+    def _watchdog(self) -> None:
+        while self.consumer is not None:
+            time.sleep(1.0)
+            since = self._consume_since
+            if since is not None and time.monotonic() - since > self.stall_seconds:
+                logger.error("%s: the Kafka client has been stuck for %.0fs; restarting it", self.name, self.stall_seconds)
+                self.on_stall()
+                return
+
     # -------------------------------------------------------------- lag
 
     def lag(self, timeout: float = 5.0) -> dict[str, int]:
@@ -213,3 +238,10 @@ class BatchConsumer:
             except ImportError:
                 continue
             set_consumer_lag(topic, value)
+
+
+def reexec_process() -> None:
+    """on_stall for the management commands: replace this process with a fresh copy of itself."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, [sys.executable, *sys.argv])

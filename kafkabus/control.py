@@ -201,7 +201,7 @@ def _marker() -> dict:
     return {"origin": ORIGIN, "timestamp": time.time()}
 
 
-def run(*, until=None, install_signals: bool = True, config: dict | None = None):
+def run(*, until=None, on_stall=None, install_signals: bool = True, config: dict | None = None):
     """The consume_queue_control loop."""
     from kafkabus.consumer import BatchConsumer
 
@@ -211,6 +211,7 @@ def run(*, until=None, install_signals: bool = True, config: dict | None = None)
         handle=handle_batch,
         batch_size=100,
         config=config,
+        on_stall=on_stall,
         create_topics=[settings.QUEUE_CONTROL_TOPIC, settings.QUEUE_CONTROL_DLQ_TOPIC, settings.QUEUE_EVENTS_TOPIC],
     )
     if install_signals:

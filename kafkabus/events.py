@@ -83,7 +83,7 @@ def _count(raws: list[dict], rejected: set[int]) -> None:
             count_telemetry(status, target)
 
 
-def run(*, until=None, batch_size: int | None = None, install_signals: bool = True, config: dict | None = None):
+def run(*, until=None, on_stall=None, batch_size: int | None = None, install_signals: bool = True, config: dict | None = None):
     """The consume_queue_events loop (also used in-process by the benchmark)."""
     from kafkabus.consumer import BatchConsumer
 
@@ -100,6 +100,7 @@ def run(*, until=None, batch_size: int | None = None, install_signals: bool = Tr
         handle=handle,
         batch_size=batch_size,
         config=config,
+        on_stall=on_stall,
         create_topics=[settings.QUEUE_EVENTS_TOPIC, settings.QUEUE_EVENTS_DLQ_TOPIC],
     )
     if install_signals:

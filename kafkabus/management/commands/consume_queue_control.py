@@ -8,6 +8,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not settings.KAFKA_ENABLED:
             raise CommandError("Kafka is off: set KAFKA_BOOTSTRAP_SERVERS")
+        from kafkabus.consumer import reexec_process
         from kafkabus.control import run
 
-        run()
+        run(on_stall=reexec_process)

@@ -11,6 +11,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if not settings.KAFKA_ENABLED:
             raise CommandError("Kafka is off: set KAFKA_BOOTSTRAP_SERVERS")
+        from kafkabus.consumer import reexec_process
         from kafkabus.events import run
 
-        run(batch_size=options["batch_size"])
+        run(batch_size=options["batch_size"], on_stall=reexec_process)
