@@ -1,0 +1,217 @@
+"""Telemetry ingestion (jobs.telemetry.ingest_events): how worker events move steps (DESIGN §5–§6).
+
+Fast DB-level tests: on_commit callbacks (queue_advance) do not fire inside the `db` fixture.
+"""
+from __future__ import annotations
+
+import pytest
+
+from jobs.telemetry import ingest_events
+from queues.models import QueueRequest, StepState, TelemetryEvent
+from queues.services import step_stop
+from tests.queues.factories import make_queue
+
+pytestmark = pytest.mark.django_db
+
+CONNECTOR = ("arango-connector", "api_candles_5m")
+LOADER = ("loader-producer", "api_candles_5m")
+TRAINER = ("gnn-trainer", "gnn_train")
+
+
+@pytest.fixture
+def queue():
+    return make_queue(queue_id="tel-q")
+
+
+def _step(queue, key) -> QueueRequest:
+    return queue.steps.get(target=key[0], type=key[1])
+
+
+def _put(step: QueueRequest, state: str, **fields) -> QueueRequest:
+    QueueRequest.objects.filter(pk=step.pk).update(state=state, **fields)
+    step.refresh_from_db()
+    return step
+
+
+def _event(step: QueueRequest, status: str, **fields) -> dict:
+    return {"event": status, "queue_id": step.queue.queue_id, "producer": step.telemetry_id, **fields}
+
+
+@pytest.mark.parametrize("before", [StepState.LAUNCHING, StepState.PENDING])
+def test_it_moves_a_launched_step_to_running_on_started(queue, before):
+    step = _put(_step(queue, CONNECTOR), before)
+    result = ingest_events([_event(step, "started", timestamp=1)])
+    step.refresh_from_db()
+    assert result.accepted == 1 and step.queue_id in result.changed_queues
+    assert step.state == StepState.RUNNING
+    assert step.started_at is not None
+    assert step.reported_status == "started"
+
+
+def test_it_enqueues_a_queue_advance_when_a_state_changed(queue, django_capture_on_commit_callbacks):
+    step = _put(_step(queue, CONNECTOR), StepState.PENDING)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        ingest_events([_event(step, "started")])
+    assert len(callbacks) >= 1  # the queue_advance of this queue (nothing is sent: not executed)
+
+
+def test_it_records_growing_progress_while_loading(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    for n, records in enumerate([10, 250, 1000]):
+        ingest_events([_event(step, "loading", records_written=records, timestamp=n)])
+        step.refresh_from_db()
+        assert step.records_written == records
+    assert step.state == StepState.RUNNING
+    assert step.last_progress_at is not None and step.last_event_at is not None
+
+
+def test_it_never_lowers_records_written(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    ingest_events([_event(step, "loading", records_written=500, timestamp=2)])
+    ingest_events([_event(step, "loading", records_written=120, timestamp=1)])  # late and lower
+    step.refresh_from_db()
+    assert step.records_written == 500
+    # Within one batch too: the highest count wins whatever the order.
+    ingest_events([_event(step, "loading", records_written=900, timestamp=4),
+                   _event(step, "loading", records_written=700, timestamp=3)])  # fmt: skip
+    step.refresh_from_db()
+    assert step.records_written == 900
+
+
+def test_it_does_not_double_count_a_duplicate(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    event = _event(step, "loading", records_written=40, timestamp=7)
+    first = ingest_events([event])
+    again = ingest_events([dict(event)])
+    step.refresh_from_db()
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    assert step.records_written == 40
+    assert TelemetryEvent.objects.filter(step=step).count() == 1
+
+
+def test_it_succeeds_a_step_on_finished(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    ingest_events([_event(step, "finished", records_written=42, message="done")])
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED
+    assert step.finished_at is not None and step.records_written == 42
+
+
+def test_it_reads_finished_true_on_a_progress_event_as_finished(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    ingest_events([{"status": "progress", "finished": True, "queue_id": "tel-q", "telemetry_id": step.telemetry_id}])
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED
+
+
+def test_it_fails_a_step_on_error_with_the_error_message(queue):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    ingest_events([_event(step, "error", error_message="exchange said 429")])
+    step.refresh_from_db()
+    assert step.state == StepState.FAILED
+    assert step.message == "exchange said 429"
+
+
+def test_it_fails_a_step_interrupted_without_a_stop_request(queue):
+    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    ingest_events([_event(step, "interrupted")])
+    step.refresh_from_db()
+    assert step.state == StepState.FAILED
+    assert "without a stop request" in step.message
+
+
+def test_it_stops_a_step_interrupted_then_finished_after_a_stop_request(queue):
+    step = _put(_step(queue, CONNECTOR), StepState.RUNNING, started_at="2024-06-01T00:00Z")
+    step_stop(step=step)
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPING
+    ingest_events([_event(step, "interrupted", timestamp=1)])
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPING  # waits for `finished` (or the grace period)
+    ingest_events([_event(step, "finished", timestamp=2)])
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPED
+
+
+def test_it_succeeds_a_drained_consumer_when_it_ends(queue):
+    step = _put(_step(queue, CONNECTOR), StepState.RUNNING, records_written=0)
+    ingest_events([_event(step, "loading", records_written=300)])
+    step.refresh_from_db()
+    from queues.services import request_step_stop
+
+    request_step_stop(step, reason="Drained: wrote 300 of 300 records.", drain=True)
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPING and step.drain_requested_at is not None
+    ingest_events([_event(step, "interrupted", timestamp=10)])
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED
+    assert step.message.startswith("Drained")
+
+
+@pytest.mark.parametrize("final", [StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.LOST])
+def test_it_does_not_change_a_terminal_step(queue, final):
+    step = _put(_step(queue, LOADER), final, message="as it was", records_written=5)
+    result = ingest_events([_event(step, "started"), _event(step, "error", error_message="late"),
+                            _event(step, "finished")])  # fmt: skip
+    step.refresh_from_db()
+    assert step.state == final and step.message == "as it was"
+    assert result.changed_queues == set()
+
+
+def test_it_does_not_start_a_waiting_step_from_its_events(queue):
+    step = _step(queue, TRAINER)
+    ingest_events([_event(step, "finished")])
+    step.refresh_from_db()
+    assert step.state == StepState.WAITING
+
+
+def test_it_stores_extra_and_unknown_fields(queue):
+    step = _put(_step(queue, TRAINER), StepState.RUNNING)
+    raw = _event(step, "progress", extra={"epoch": 3, "loss": 0.25}, symbol="BTCUSDT", gpu="a100", sent_at=1717200000)
+    ingest_events([raw])
+    step.refresh_from_db()
+    assert step.extra == {"epoch": 3, "loss": 0.25}
+    stored = TelemetryEvent.objects.get(step=step)
+    assert stored.payload["gpu"] == "a100" and stored.payload["symbol"] == "BTCUSDT"
+    assert stored.sent_at is not None and stored.sent_at.year == 2024
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"event": "loading", "records_written": 77, "timestamp": 1717200000},
+        {"status": "loading", "message_count": 77, "sent_at": "2024-06-01T00:00:00Z"},
+        {"status": "loading", "message_count": 77, "timestamp": "2024-06-01T00:00:00"},
+    ],
+)
+def test_it_reads_both_field_dialects(queue, fields):
+    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    key = "producer" if "event" in fields else "telemetry_id"
+    result = ingest_events([{"queue_id": "tel-q", key: step.telemetry_id, **fields}])
+    step.refresh_from_db()
+    assert result.accepted == 1 and not result.rejected
+    assert step.records_written == 77
+    stored = TelemetryEvent.objects.get(step=step)
+    assert stored.status == "loading" and stored.records_written == 77
+    assert stored.sent_at is not None and (stored.sent_at.year, stored.sent_at.month, stored.sent_at.day) == (2024, 6, 1)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        ("not an object", "not a JSON object"),
+        ({"event": "exploded", "queue_id": "tel-q", "producer": "x"}, "status"),
+        ({"event": "loading", "producer": "x"}, "queue_id"),
+        ({"event": "loading", "queue_id": "tel-q"}, "producer"),
+        ({"event": "loading", "queue_id": "tel-q", "producer": "x", "records_written": -1}, "records_written"),
+        ({"event": "loading", "queue_id": "nope", "producer": "x"}, "unknown queue"),
+        ({"event": "loading", "queue_id": "tel-q", "producer": "nobody__here"}, "unknown producer"),
+    ],
+)
+def test_it_rejects_unusable_events_with_a_reason(queue, raw, reason):
+    result = ingest_events([raw])
+    assert result.accepted == 0
+    assert len(result.rejected) == 1 and result.rejected[0][0] == 0
+    assert reason in result.rejected[0][1]
+    assert TelemetryEvent.objects.count() == 0
