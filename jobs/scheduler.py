@@ -240,7 +240,9 @@ def apply_observation(step: QueueRequest, observation: Observation, *, launcher,
 
 def _end(step: QueueRequest, to: str, message: str, launcher) -> bool:
     logs = _safe_logs(step, launcher)
-    changed = step.transition(to, from_states=StepState.LAUNCHED, message=message, **({"logs": logs} if logs else {}))
+    # Compare-and-set against the state this decision was made from: if a stop (or telemetry) moved
+    # the step since reconcile read it, the next pass decides again from the fresh state.
+    changed = step.transition(to, from_states=[step.state], message=message, **({"logs": logs} if logs else {}))
     if changed:
         logger.info("step ended", extra={"queue_id": step.queue.queue_id, "step": step.name, "state": to})
     return changed

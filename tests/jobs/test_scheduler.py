@@ -328,3 +328,18 @@ def test_it_reconciles_every_launched_step_with_the_launcher(queue, monkeypatch)
     assert _s(queue, CONN_T).state == StepState.STOPPING  # the queue failed (policy stop_queue) in the same pass
     queue.refresh_from_db()
     assert queue.status == QueueStatus.FAILED
+
+
+def test_it_does_not_end_a_step_on_a_stale_view_after_a_concurrent_stop(queue):
+    # Reconcile loaded the step as running; a stop landed before the observation was applied and
+    # the SIGTERM'd workload exited non-zero. The stop, not a failure, is what happened.
+    stale = _put(queue, CONN_C, StepState.RUNNING, started_at=timezone.now())
+    QueueRequest.objects.filter(pk=stale.pk).update(state=StepState.STOPPING, stop_requested_at=timezone.now(),
+                                                    message="Stop requested by ops.")  # fmt: skip
+    assert scheduler.apply_observation(stale, Observation(Phase.FAILED, "exited with code -15"),
+                                       launcher=FakeLauncher(), now=timezone.now()) is False  # fmt: skip
+    assert _s(queue, CONN_C).state == StepState.STOPPING
+    fresh = _s(queue, CONN_C)  # the next pass sees the stop
+    assert _apply(fresh, Phase.FAILED, "exited with code -15") is True
+    assert fresh.state == StepState.STOPPED and fresh.message == "Stop requested by ops."
+
