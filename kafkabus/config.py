@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from kafkabus.connection import connection_config
+
 # Marks what the manager itself publishes, so its own consumers skip it (no loops).
 ORIGIN = "queue-manager"
 COMMAND_ID_PREFIX = "qm-"
@@ -20,29 +22,13 @@ def is_own_message(data: dict) -> bool:
 
 
 def common_config() -> dict:
-    if not settings.KAFKA_BOOTSTRAP_SERVERS:
-        raise RuntimeError("Kafka is not configured: set KAFKA_BOOTSTRAP_SERVERS")
-    config = {
-        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-        "client.id": ORIGIN,
-        # Keep retrying a broker that went away instead of giving up (a restart must be survived).
-        "reconnect.backoff.ms": 100,
-        "reconnect.backoff.max.ms": 2000,
-    }
-    if settings.KAFKA_USER:
-        config.update(
-            {
-                "security.protocol": "SASL_SSL",
-                "sasl.mechanisms": "SCRAM-SHA-512",
-                "sasl.username": settings.KAFKA_USER,
-                "sasl.password": settings.KAFKA_PASSWORD,
-            }
-        )
-        if settings.CA_PATH:
-            config["ssl.ca.location"] = str(settings.CA_PATH)
-    else:
-        config["security.protocol"] = "PLAINTEXT"
-    return config
+    return connection_config(
+        bootstrap=settings.KAFKA_BOOTSTRAP_SERVERS,
+        user=settings.KAFKA_USER,
+        password=settings.KAFKA_PASSWORD,
+        ca_path=str(settings.CA_PATH) if settings.CA_PATH else "",
+        client_id=ORIGIN,
+    )
 
 
 def producer_config(**overrides) -> dict:
