@@ -166,7 +166,7 @@ def reconcile() -> dict:
     started = time.monotonic()
     try:
         summary = _reconcile_steps()
-        for queue_pk in Queue.objects.active().values_list("pk", flat=True):
+        for queue_pk in _queues_to_advance():
             queue_advance(queue_pk)
         _capture_logs()
     finally:
@@ -174,6 +174,14 @@ def reconcile() -> dict:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [RECONCILE_LOCK_ID])
     _observe_reconcile(time.monotonic() - started)
     return summary
+
+
+def _queues_to_advance() -> list[int]:
+    """Active queues, plus failed ones whose other branches still go on (FAILURE_POLICY=continue):
+    their drains and launches depend on this periodic pass too."""
+    active = set(Queue.objects.active().values_list("pk", flat=True))
+    unfinished = set(QueueRequest.objects.exclude(state__in=StepState.TERMINAL).values_list("queue_id", flat=True))
+    return sorted(active | unfinished)
 
 
 def _reconcile_steps() -> dict:

@@ -343,3 +343,35 @@ def test_it_does_not_end_a_step_on_a_stale_view_after_a_concurrent_stop(queue):
     assert _apply(fresh, Phase.FAILED, "exited with code -15") is True
     assert fresh.state == StepState.STOPPED and fresh.message == "Stop requested by ops."
 
+
+
+def test_it_keeps_advancing_the_healthy_branch_of_a_failed_queue_with_policy_continue(queue, settings, monkeypatch):
+    # With FAILURE_POLICY=continue the queue's status is already `failed`, but its other branch still
+    # runs: the periodic pass must still drain its connector (progress events alone never advance a queue).
+    settings.FAILURE_POLICY = "continue"
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: FakeLauncher())
+    _loaders_done_connectors_running(queue, loaded=(100, 50), written=(100, 10))
+    _put(queue, CONN_C, StepState.FAILED, message="crashed")
+    scheduler.queue_advance(queue.pk)
+    queue.refresh_from_db()
+    assert queue.status == QueueStatus.FAILED
+    assert _s(queue, CONN_T).state == StepState.RUNNING
+    QueueRequest.objects.filter(pk=_s(queue, CONN_T).pk).update(records_written=50)  # caught up since
+    scheduler.reconcile()
+    trades = _s(queue, CONN_T)
+    assert trades.state == StepState.STOPPING and trades.drain_requested_at is not None
+
+
+
+def test_it_launches_on_the_healthy_branch_of_a_failed_queue_when_reconcile_sees_it_run(queue, settings, monkeypatch):
+    # No telemetry: only reconcile notices the trades connector runs; its loader must launch anyway.
+    settings.FAILURE_POLICY = "continue"
+    _put(queue, CONN_C, StepState.FAILED, message="crashed")
+    _put(queue, CONN_T, StepState.PENDING, launched_at=timezone.now())
+    scheduler.queue_advance(queue.pk)
+    queue.refresh_from_db()
+    assert queue.status == QueueStatus.FAILED and _s(queue, LOADER_T).state == StepState.WAITING
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: FakeLauncher())  # observes every workload running
+    scheduler.reconcile()
+    assert _s(queue, CONN_T).state == StepState.RUNNING
+    assert _s(queue, LOADER_T).state == StepState.LAUNCHING
