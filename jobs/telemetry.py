@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections import defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 
@@ -28,6 +28,13 @@ STATUSES = ("started", "loading", "progress", "interrupted", "error", "finished"
 PROGRESS_STATUSES = ("started", "loading", "progress")
 
 
+# What ingestion reads of a step; the rest loads lazily only when a state actually changes.
+_STEP_FIELDS = (
+    "queue_id", "telemetry_id", "state", "records_written", "message", "started_at",
+    "stop_requested_at", "drain_requested_at",
+)
+
+
 class InvalidEvent(ValueError):
     """The event cannot be used; the message is the dead-letter reason."""
 
@@ -38,6 +45,7 @@ class Event:
     producer: str
     status: str
     raw: dict
+    text: str  # canonical JSON of raw
     key: str
     records_written: int | None = None
     message: str = ""
@@ -53,8 +61,13 @@ class IngestResult:
     changed_queues: set[int] = field(default_factory=set)
 
 
-def event_key(raw: dict) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
+def canonical(raw: dict) -> str:
+    """The event as canonical JSON: hashed for the dedupe key and stored as the payload."""
+    return json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def event_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def normalize(raw: object) -> Event:
@@ -82,12 +95,14 @@ def normalize(raw: object) -> Event:
         records = int(records)
     extra = raw.get("extra")
     message = raw.get("error_message") or raw.get("message") or ""
+    text = canonical(raw)
     return Event(
         queue_id=queue_id,
         producer=producer,
         status=status,
         raw=raw,
-        key=event_key(raw),
+        text=text,
+        key=event_key(text),
         records_written=records,
         message=str(message)[:2000],
         extra=extra if isinstance(extra, dict) else None,
@@ -121,12 +136,12 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
     if not events:
         return result
 
-    queue_ids = {e.queue_id for _, e in events}
+    queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for _, e in events}).values_list("queue_id", "pk"))
+    queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
     steps = {
-        (s.queue.queue_id, s.telemetry_id): s
-        for s in QueueRequest.objects.filter(queue__queue_id__in=queue_ids).select_related("queue")
+        (queue_id_of[s.queue_id], s.telemetry_id): s
+        for s in QueueRequest.objects.filter(queue_id__in=queue_id_of).only(*_STEP_FIELDS)
     }
-    queues = dict(Queue.objects.filter(queue_id__in=queue_ids).values_list("queue_id", "pk"))
     matched: list[tuple[Event, QueueRequest | None]] = []
     for index, event in events:
         if event.queue_id not in queues:
@@ -147,6 +162,7 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
         for event, step in new:
             if step is not None and _apply_state(step, event):
                 result.changed_queues.add(step.queue_id)
+        _count(new)
         if new:
             telemetry_ingested.send(
                 sender=TelemetryEvent,
@@ -158,31 +174,48 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
     return result
 
 
+_STORE_COLUMNS = (
+    "queue_id", "step_id", "event_key", "status", "producer", "records_written",
+    "message", "payload", "source", "sent_at", "received_at",
+)
+
+
 def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueRequest | None]]:
-    keys = [event.key for event, _ in matched]
-    seen = set(TelemetryEvent.objects.filter(event_key__in=keys).values_list("event_key", flat=True))
-    new, rows = [], []
+    """Store the events not seen before and return those (the ones to apply).
+
+    COPY into a temporary table, then one INSERT … ON CONFLICT DO NOTHING RETURNING: the database
+    decides what is new, in one round trip, at bulk-load speed (the hot path of ingestion).
+    """
+    unique: dict[str, tuple[Event, QueueRequest | None]] = {}
     for event, step in matched:
-        if event.key in seen:
-            continue
-        seen.add(event.key)
-        new.append((event, step))
-        rows.append(
-            TelemetryEvent(
-                queue_id=queues[event.queue_id],
-                step=step,
-                event_key=event.key,
-                status=event.status,
-                producer=event.producer,
-                records_written=event.records_written,
-                message=event.message,
-                payload=event.raw,
-                source=source,
-                sent_at=event.sent_at,
-            )
+        unique.setdefault(event.key, (event, step))
+    if not unique:
+        return []
+    now = timezone.now()
+    table = TelemetryEvent._meta.db_table
+    columns = ", ".join(_STORE_COLUMNS)
+    raw = connection.connection  # the psycopg connection, inside the caller's transaction
+    with raw.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming ("
+            "queue_id bigint, step_id bigint, event_key varchar(64), status varchar(32), producer varchar(100), "
+            "records_written bigint, message text, payload jsonb, source varchar(16), sent_at timestamptz, "
+            "received_at timestamptz) ON COMMIT DELETE ROWS"
         )
-    TelemetryEvent.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-    return new
+        with cursor.copy(f"COPY telemetry_incoming ({columns}) FROM STDIN") as copy:
+            for event, step in unique.values():
+                copy.write_row((
+                    queues[event.queue_id], step.pk if step else None, event.key, event.status,
+                    event.producer[:100], event.records_written, event.message,
+                    event.text, source, event.sent_at, now,
+                ))
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM telemetry_incoming "
+            "ON CONFLICT (event_key) DO NOTHING RETURNING event_key"
+        )
+        inserted = {row[0] for row in cursor.fetchall()}
+        cursor.execute("TRUNCATE telemetry_incoming")
+    return [pair for key, pair in unique.items() if key in inserted]
 
 
 def _apply_progress(new) -> None:
@@ -201,13 +234,16 @@ def _apply_progress(new) -> None:
     if not latest:
         return
     now = timezone.now()
-    rows = [
-        (pk, e["records"], e["status"], json.dumps(e["extra"]) if e["extra"] is not None else None, e["progress"])
-        for pk, e in latest.items()
+    pks = list(latest)
+    columns = [
+        pks,
+        [latest[pk]["records"] for pk in pks],
+        [latest[pk]["status"] for pk in pks],
+        [json.dumps(latest[pk]["extra"]) if latest[pk]["extra"] is not None else None for pk in pks],
+        [latest[pk]["progress"] for pk in pks],
     ]
     table = QueueRequest._meta.db_table
-    values = ", ".join(["(%s::bigint, %s::bigint, %s::text, %s::jsonb, %s::boolean)"] * len(rows))
-    params = [value for row in rows for value in row]
+    # Arrays + unnest: five parameters whatever the batch size (a VALUES list costs a placeholder each).
     sql = (
         f"UPDATE {table} AS s SET "
         "records_written = GREATEST(s.records_written, COALESCE(v.records, 0)), "
@@ -217,10 +253,11 @@ def _apply_progress(new) -> None:
         "last_progress_at = CASE WHEN v.progress AND COALESCE(v.records, 0) > s.records_written "
         "THEN %s ELSE s.last_progress_at END, "
         "updated_at = %s "
-        f"FROM (VALUES {values}) AS v(id, records, status, extra, progress) WHERE s.id = v.id"
+        "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::jsonb[], %s::boolean[]) "
+        "AS v(id, records, status, extra, progress) WHERE s.id = v.id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [now, now, now, *params])
+        cursor.execute(sql, [now, now, now, *columns])
     for event, step in new:
         if step is not None and event.records_written is not None:
             step.records_written = max(step.records_written, event.records_written)
@@ -263,6 +300,17 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
     if event.status == "interrupted":
         return StepState.FAILED, "Interrupted without a stop request."
     return StepState.SUCCEEDED, event.message or ""
+
+
+def _count(new) -> None:
+    """Telemetry counters by status and target, once per batch (whatever the source)."""
+    try:
+        from ops.metrics import count_telemetry
+    except ImportError:
+        return
+    groups = Counter((event.status, event.producer.split("__", 1)[0]) for event, _ in new)
+    for (status, target), amount in groups.items():
+        count_telemetry(status, target, amount)
 
 
 def _after_state_changes(queue_pks: set[int]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -58,29 +57,10 @@ def handle_batch(messages: list) -> BatchOutcome:
         result = ingest_events(raws, source="kafka")  # one transaction; committed when it returns
         outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
         letters.extend((positions[index], reason) for index, reason in result.rejected)
-        _count(raws, {index for index, _ in result.rejected})
     letters.sort()
     send_dead_letters([(messages[position], reason) for position, reason in letters])
     outcome.dead_letters = letters
     return outcome
-
-
-def _count(raws: list[dict], rejected: set[int]) -> None:
-    try:
-        from ops.metrics import count_telemetry
-    except ImportError:
-        return
-    groups: Counter = Counter()
-    for index, raw in enumerate(raws):
-        if index in rejected:
-            continue
-        status = raw.get("event") or raw.get("status") or ""
-        producer = raw.get("producer") or raw.get("telemetry_id") or ""
-        target = producer.split("__", 1)[0] if isinstance(producer, str) else ""
-        groups[(str(status).lower(), target)] += 1
-    for (status, target), count in groups.items():
-        for _ in range(count):
-            count_telemetry(status, target)
 
 
 def run(*, until=None, on_stall=None, batch_size: int | None = None, install_signals: bool = True, config: dict | None = None):

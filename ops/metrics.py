@@ -136,11 +136,11 @@ def count_command(kind: str, outcome: str) -> None:
     ).inc()
 
 
-def count_telemetry(status: str, target: str) -> None:
+def count_telemetry(status: str, target: str, amount: int = 1) -> None:
     TELEMETRY_EVENTS.labels(
         status=bounded("telemetry", "status", status, TELEMETRY_STATUSES),
         target=bounded("telemetry", "target", target, _targets()),
-    ).inc()
+    ).inc(amount)
 
 
 def count_dead_letter(topic: str, reason: str) -> None:
