@@ -30,6 +30,7 @@ FAST_GROUP = {
     # A subscribed topic that does not exist yet is looked for again soon.
     "topic.metadata.refresh.interval.ms": 1000,
 }
+MANAGER_ORIGIN = "queue-manager"  # kafkabus.config.ORIGIN (that module needs Django)
 CONSUME_MAX = 5000  # records a connector reads per tick at most
 CLOSE_TIMEOUT = 10.0
 
@@ -49,8 +50,17 @@ def client_config(env: dict, client_id: str) -> dict:
 
 
 def is_stop_for(command, *, queue_id: str, telemetry_id: str, target: str) -> bool:
-    """A `stop` for this step: same queue, and its telemetry id, or its target, or neither (whole queue)."""
+    """A `stop` the manager sent to this step: same queue, and its telemetry id, or its target, or
+    neither (whole queue).
+
+    Only the manager's own commands (`origin`) count: an operator's `stop` on the same topic is
+    addressed to the manager, which records the stop first and then tells each step. A step that
+    stopped on the operator's command directly could report `interrupted` before the manager knew
+    of any stop, and end failed instead of stopped.
+    """
     if not isinstance(command, dict) or str(command.get("command", "")).lower() != "stop":
+        return False
+    if command.get("origin") != MANAGER_ORIGIN:
         return False
     if command.get("queue_id") != queue_id:
         return False
@@ -86,6 +96,7 @@ class KafkaSink:
                 "group.id": f"{self.telemetry_id}-control-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 100,  # a stop is acted on within a tick or two
                 **FAST_GROUP,
             }
         )

@@ -15,6 +15,7 @@ import pytest
 from django.conf import settings
 
 from jobs.launchers import _build as build_launcher
+from tests.kafkabus.conftest import kafka_env, kafka_topics  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,15 +89,12 @@ def _kill_step_processes(steps_dir: Path) -> None:
             pass
 
 
-@pytest.fixture
-def pipeline(live_server, tmp_path, settings, redis_server):
-    steps_dir = tmp_path / "steps"
-    faults_file = tmp_path / "faults.json"
+def _worker_env(live_server, tmp_path, settings, steps_dir: Path, faults_file: Path) -> dict:
     faults_file.write_text("{}")
     settings.LOCAL_LAUNCHER_DIR = steps_dir
     settings.MANAGER_BASE_URL = live_server.url
     build_launcher.cache_clear()
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": _test_database_url(),
         "MANAGER_BASE_URL": live_server.url,
@@ -111,6 +109,12 @@ def pipeline(live_server, tmp_path, settings, redis_server):
         "DRAIN_IDLE_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+@pytest.fixture
+def pipeline(live_server, tmp_path, settings, redis_server):
+    steps_dir, faults_file = tmp_path / "steps", tmp_path / "faults.json"
+    env = _worker_env(live_server, tmp_path, settings, steps_dir, faults_file)
     env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
     worker = WorkerProcess(env, tmp_path / "worker.log")
     worker.start()
@@ -118,6 +122,65 @@ def pipeline(live_server, tmp_path, settings, redis_server):
     worker.stop()
     _kill_step_processes(steps_dir)
     build_launcher.cache_clear()
+
+
+class ConsumerProcess:
+    """`manage.py consume_queue_<topic>` as a subprocess, stopped with SIGTERM like in production."""
+
+    def __init__(self, command: str, env: dict, log_path: Path):
+        self.log_path = log_path
+        log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log_path.read_bytes()[-size:].decode("utf-8", "replace")
+
+
+class KafkaPipeline(Pipeline):
+    """A pipeline whose commands and telemetry go through Kafka: topics of this test, both consumers running."""
+
+    def __init__(self, worker, steps_dir, faults_file, *, topics, consumers: list[ConsumerProcess]):
+        super().__init__(worker, steps_dir, faults_file)
+        self.topics, self.consumers = topics, consumers
+
+    def logs(self) -> str:
+        parts = [f"--- worker ---\n{self.worker.log_tail()}"]
+        parts += [f"--- {c.log_path.name} ---\n{c.log_tail()}" for c in self.consumers]
+        return "\n".join(parts)
+
+
+@pytest.fixture
+def kafka_pipeline(live_server, tmp_path, settings, redis_server, kafka_topics, kafka_env):
+    """Like `pipeline`, with Kafka on everywhere: the worker (publish_stop), the steps (simulator
+    telemetry, stop commands, data topics) and `consume_queue_events`/`consume_queue_control`,
+    all on this test's topics (kafka_topics also set them in this process's settings)."""
+    steps_dir, faults_file = tmp_path / "steps", tmp_path / "faults.json"
+    env = {**_worker_env(live_server, tmp_path, settings, steps_dir, faults_file), **kafka_env}
+    consumers = [
+        ConsumerProcess(command, env, tmp_path / f"{command}.log")
+        for command in ("consume_queue_events", "consume_queue_control")
+    ]
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        worker.start()
+        yield KafkaPipeline(worker, steps_dir, faults_file, topics=kafka_topics, consumers=consumers)
+    finally:
+        worker.stop()
+        for consumer in consumers:
+            consumer.stop()
+        _kill_step_processes(steps_dir)
+        build_launcher.cache_clear()
 
 
 def wait_for(predicate, *, timeout: float, message: str, worker: WorkerProcess | None = None):
