@@ -139,7 +139,7 @@ class Worker:
             if self.fault.get("hang") and tick >= 1:
                 time.sleep(self.tick)
                 continue
-            if self.stopping or self.sink.stop_requested():
+            if self.sink.stop_requested() or self.stopping:  # the command first: it says who asked
                 self.report("interrupted", "stop requested")
                 self.report("finished", f"stopped after {self.records} records")
                 log("stopped")
