@@ -47,6 +47,10 @@ WEB_HOST, WEB_PORT = "127.0.0.1", 8000
 FLOWER_PORT = 5555
 BASE_URL = f"http://{WEB_HOST}:{WEB_PORT}"
 GRACE_SECONDS = 10.0
+# Restart backoff for children marked restart=True: 1 s, 2 s, 4 s … at most 30 s; a child that ran
+# this long before exiting starts again from 1 s.
+RESTART_MAX_SECONDS = 30.0
+RESTART_STABLE_SECONDS = 60.0
 
 
 # ------------------------------------------------------------------ child table
@@ -80,6 +84,9 @@ class Child:
     name: str
     argv: tuple[str, ...]
     check: Callable[[], str | None]  # returns why it cannot start, or None
+    # Started again when it exits (with backoff): the Kafka consumers, since librdkafka can
+    # abort the process when the broker restarts.
+    restart: bool = False
 
 
 # One line per process. argv is an argument list: never a shell string.
@@ -88,8 +95,8 @@ CHILDREN: tuple[Child, ...] = (
     Child("worker", (PY, "-m", "celery", "-A", "queuemanager", "worker", "-l", "info", "--concurrency", "2"), _celery_app),
     Child("beat", (PY, "-m", "celery", "-A", "queuemanager", "beat", "-l", "info", "--schedule", str(DATA / "celerybeat-schedule")), _celery_app),
     Child("flower", (PY, "-m", "celery", "-A", "queuemanager", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"), _celery_app),
-    Child("control", (PY, "manage.py", "consume_queue_control"), _command("consume_queue_control")),
-    Child("events", (PY, "manage.py", "consume_queue_events"), _command("consume_queue_events")),
+    Child("control", (PY, "manage.py", "consume_queue_control"), _command("consume_queue_control"), restart=True),
+    Child("events", (PY, "manage.py", "consume_queue_events"), _command("consume_queue_events"), restart=True),
 )
 
 
@@ -123,6 +130,10 @@ class Running:
     def __init__(self, name: str, proc: subprocess.Popen[bytes], color: str) -> None:
         self.name, self.proc, self.color = name, proc, color
         self.reported = False
+        self.spec: Child | None = None
+        self.started_at = time.monotonic()
+        self.restarts = 0  # consecutive quick exits, for the backoff
+        self.restart_at: float | None = None
         self.pump = threading.Thread(target=_pump, args=(proc.stdout, name, color), daemon=True)
         self.pump.start()
 
@@ -182,6 +193,7 @@ class Supervisor:
         self.stop_requested = threading.Event()
         self.servers: list[ServerProcess] = []
         self.children: list[Running] = []
+        self.env: dict[str, str] = {}
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stop_requested.is_set():
@@ -251,7 +263,10 @@ class Supervisor:
                 if why:
                     say(child.name, f"NOT STARTED: {why}", "31")
                     continue
-                self.children.append(spawn(child.name, child.argv, env, _COLORS[index % len(_COLORS)]))
+                running = spawn(child.name, child.argv, env, _COLORS[index % len(_COLORS)])
+                running.spec = child
+                self.children.append(running)
+            self.env = env
             print_banner(env, admin_user, admin_password, [c.name for c in self.children])
             self.watch()
         except Stop:
@@ -265,9 +280,11 @@ class Supervisor:
 
     def watch(self) -> None:
         while not self.stop_requested.wait(0.5):
-            for child in self.children:
+            for position, child in enumerate(self.children):
                 code = child.proc.poll()
-                if code is not None and not child.reported:
+                if code is not None and child.spec is not None and child.spec.restart:
+                    self.children[position] = self._restart(child, code)
+                elif code is not None and not child.reported:
                     child.reported = True
                     # Keep the others running: one broken process should not
                     # hide what the rest of the system is doing.
@@ -276,6 +293,25 @@ class Supervisor:
                 if not server.running:
                     say(server.name, f"*** server died; log tail:\n{server.log_tail(15)}", "31")
                     self.stop_requested.set()
+
+    def _restart(self, child: Running, code: int) -> Running:
+        """Schedule a restart of an exited child (with backoff), or do it once its time has come."""
+        now = time.monotonic()
+        if child.restart_at is None:
+            if now - child.started_at >= RESTART_STABLE_SECONDS:
+                child.restarts = 0
+            delay = min(2.0**child.restarts, RESTART_MAX_SECONDS)
+            child.restart_at = now + delay
+            say(child.name, f"*** EXITED UNEXPECTEDLY with code {code}; restarting in {delay:.0f}s", "31")
+            return child
+        if now < child.restart_at:
+            return child
+        child.pump.join(timeout=2)
+        assert child.spec is not None
+        again = spawn(child.name, child.spec.argv, self.env, child.color)
+        again.spec, again.restarts = child.spec, child.restarts + 1
+        say(child.name, f"restarted (pid {again.proc.pid}, restart #{again.restarts})", "33")
+        return again
 
     def shutdown(self) -> None:
         # Ignore further Ctrl-C while cleaning up, so nothing is left half-stopped.
