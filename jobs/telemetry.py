@@ -136,25 +136,11 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
     if not events:
         return result
 
-    queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for _, e in events}).values_list("queue_id", "pk"))
-    queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
-    steps = {
-        (queue_id_of[s.queue_id], s.telemetry_id): s
-        for s in QueueRequest.objects.filter(queue_id__in=queue_id_of).only(*_STEP_FIELDS)
-    }
-    matched: list[tuple[Event, QueueRequest | None]] = []
-    for index, event in events:
-        if event.queue_id not in queues:
-            result.rejected.append((index, f"unknown queue {event.queue_id!r}"))
-            continue
-        step = steps.get((event.queue_id, event.producer))
-        if step is None and event.status != "pong":
-            result.rejected.append((index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
-            continue
-        matched.append((event, step))
-
     with transaction.atomic():
-        Queue.objects.lock_many({queues[event.queue_id] for event, _ in matched})
+        queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for _, e in events}).values_list("queue_id", "pk"))
+        # Lock first, then read the steps: what we decide from their state cannot be stale.
+        Queue.objects.lock_many(queues.values())
+        matched = _match(events, queues, result)
         new = _store_new(matched, queues, source)
         result.duplicates = len(matched) - len(new)
         result.accepted = len(new)
@@ -178,6 +164,26 @@ _STORE_COLUMNS = (
     "queue_id", "step_id", "event_key", "status", "producer", "records_written",
     "message", "payload", "source", "sent_at", "received_at",
 )
+
+
+def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, QueueRequest | None]]:
+    """Pair each event with its step by (queue_id, producer); the rest is rejected with a reason."""
+    queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
+    steps = {
+        (queue_id_of[s.queue_id], s.telemetry_id): s
+        for s in QueueRequest.objects.filter(queue_id__in=queue_id_of).only(*_STEP_FIELDS)
+    }
+    matched = []
+    for index, event in events:
+        if event.queue_id not in queues:
+            result.rejected.append((index, f"unknown queue {event.queue_id!r}"))
+            continue
+        step = steps.get((event.queue_id, event.producer))
+        if step is None and event.status != "pong":
+            result.rejected.append((index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
+            continue
+        matched.append((event, step))
+    return matched
 
 
 def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueRequest | None]]:

@@ -107,9 +107,17 @@ class Queue(models.Model):
         return self.status in QueueStatus.ACTIVE
 
     def derive_status(self, step_states: list[str]) -> str:
-        """The queue's status from its steps' states — the one place this rule lives."""
+        """The queue's status from its steps' states — the one place this rule lives.
+
+        A failed step makes the queue `failed` once nothing else can still run or is stopping;
+        until then it shows `running` (FAILURE_POLICY=continue) or `stopping`.
+        """
         if any(s in StepState.FAILED_STATES for s in step_states):
-            return QueueStatus.FAILED
+            if not any(s in StepState.LAUNCHED or s == StepState.WAITING for s in step_states):
+                return QueueStatus.FAILED
+            if self.stop_requested_at or StepState.STOPPING in step_states:
+                return QueueStatus.STOPPING
+            return QueueStatus.RUNNING
         if self.stop_requested_at:
             return QueueStatus.STOPPING if any(s in StepState.LAUNCHED for s in step_states) else QueueStatus.STOPPED
         if step_states and all(s == StepState.SUCCEEDED for s in step_states):

@@ -170,6 +170,12 @@ def test_it_fails_the_queue_and_stops_everything_on_a_failure(queue, settings):
         assert step.state == StepState.STOPPED and step.message.startswith("Cancelled")
     assert _s(queue, LOADER_C).state == StepState.FAILED
     queue.refresh_from_db()
+    # Not finished while the connectors stop; failed once they ended.
+    assert queue.status == QueueStatus.STOPPING and "loader" in queue.message
+    for key in (CONN_C, CONN_T):
+        _put(queue, key, StepState.STOPPED)
+    scheduler.queue_advance(queue.pk)
+    queue.refresh_from_db()
     assert queue.status == QueueStatus.FAILED
     assert "exchange said 429" in queue.message and "loader-producer" in queue.message
 
@@ -327,7 +333,7 @@ def test_it_reconciles_every_launched_step_with_the_launcher(queue, monkeypatch)
     assert _s(queue, CONN_C).state == StepState.LOST and _s(queue, CONN_C).message == "deleted by hand"
     assert _s(queue, CONN_T).state == StepState.STOPPING  # the queue failed (policy stop_queue) in the same pass
     queue.refresh_from_db()
-    assert queue.status == QueueStatus.FAILED
+    assert queue.status == QueueStatus.STOPPING and "deleted by hand" in queue.message
 
 
 def test_it_does_not_end_a_step_on_a_stale_view_after_a_concurrent_stop(queue):
@@ -354,7 +360,7 @@ def test_it_keeps_advancing_the_healthy_branch_of_a_failed_queue_with_policy_con
     _put(queue, CONN_C, StepState.FAILED, message="crashed")
     scheduler.queue_advance(queue.pk)
     queue.refresh_from_db()
-    assert queue.status == QueueStatus.FAILED
+    assert queue.status == QueueStatus.RUNNING  # failed step, but the healthy branch still runs
     assert _s(queue, CONN_T).state == StepState.RUNNING
     QueueRequest.objects.filter(pk=_s(queue, CONN_T).pk).update(records_written=50)  # caught up since
     scheduler.reconcile()
@@ -370,7 +376,7 @@ def test_it_launches_on_the_healthy_branch_of_a_failed_queue_when_reconcile_sees
     _put(queue, CONN_T, StepState.PENDING, launched_at=timezone.now())
     scheduler.queue_advance(queue.pk)
     queue.refresh_from_db()
-    assert queue.status == QueueStatus.FAILED and _s(queue, LOADER_T).state == StepState.WAITING
+    assert queue.status == QueueStatus.RUNNING and _s(queue, LOADER_T).state == StepState.WAITING
     monkeypatch.setattr(scheduler, "get_launcher", lambda: FakeLauncher())  # observes every workload running
     scheduler.reconcile()
     assert _s(queue, CONN_T).state == StepState.RUNNING

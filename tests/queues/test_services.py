@@ -47,8 +47,11 @@ def _put(step: QueueRequest, state: str, **fields) -> QueueRequest:
         ([S, X, R], False, QueueStatus.RUNNING),  # a drained consumer on its way out
         ([S, S, S], False, QueueStatus.SUCCEEDED),
         ([S, F, T], False, QueueStatus.FAILED),
-        ([R, LOST, W], False, QueueStatus.FAILED),
-        ([R, F], True, QueueStatus.FAILED),  # a failure wins over a stop
+        ([S, LOST, T], True, QueueStatus.FAILED),  # a failure wins over a stop once all ended
+        # A failed queue is not finished while other steps still run, wait or stop.
+        ([R, LOST, W], False, QueueStatus.RUNNING),  # FAILURE_POLICY=continue: the rest goes on
+        ([F, X, T], False, QueueStatus.STOPPING),  # stop_queue: the others are being stopped
+        ([R, F], True, QueueStatus.STOPPING),
         ([X, T, W], True, QueueStatus.STOPPING),
         ([L, T], True, QueueStatus.STOPPING),
         ([T, T, S], True, QueueStatus.STOPPED),
