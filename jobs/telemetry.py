@@ -26,11 +26,12 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ("started", "loading", "progress", "interrupted", "error", "finished", "pong")
 PROGRESS_STATUSES = ("started", "loading", "progress")
+INTERRUPTED_MESSAGE = "The worker reported `interrupted` without a stop request from the manager."
 
 
 # What ingestion reads of a step; the rest loads lazily only when a state actually changes.
 _STEP_FIELDS = (
-    "queue_id", "telemetry_id", "state", "records_written", "message", "started_at",
+    "queue_id", "telemetry_id", "state", "reported_status", "records_written", "message", "started_at",
     "stop_requested_at", "drain_requested_at",
 )
 
@@ -274,6 +275,7 @@ def _apply_state(step: QueueRequest, event: Event) -> bool:
     now = timezone.now()
     state = step.state
     if event.status in PROGRESS_STATUSES:
+        step.reported_status = event.status  # e.g. a pod run again after an eviction reports `started`
         if state in (StepState.LAUNCHING, StepState.PENDING):
             return step.transition(
                 StepState.RUNNING, from_states=[StepState.LAUNCHING, StepState.PENDING],
@@ -304,7 +306,13 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
             return None, ""  # wait for its `finished` (or the grace period)
         return StepState.STOPPED, step.message or "Stopped."
     if event.status == "interrupted":
-        return StepState.FAILED, "Interrupted without a stop request."
+        # Not ours: a stop sent to the workers by someone else (ours may not be recorded yet), or a pod
+        # being evicted that Kubernetes will run again. Note it; what follows decides.
+        step.reported_status = "interrupted"
+        QueueRequest.objects.filter(pk=step.pk).update(message=INTERRUPTED_MESSAGE)
+        return None, ""
+    if step.reported_status == "interrupted":
+        return StepState.STOPPED, "Stopped by the worker after an interruption the manager did not request."
     return StepState.SUCCEEDED, event.message or ""
 
 

@@ -122,6 +122,8 @@ class Queue(models.Model):
             return QueueStatus.STOPPING if any(s in StepState.LAUNCHED for s in step_states) else QueueStatus.STOPPED
         if step_states and all(s == StepState.SUCCEEDED for s in step_states):
             return QueueStatus.SUCCEEDED
+        if step_states and all(s in StepState.TERMINAL for s in step_states):
+            return QueueStatus.STOPPED  # some step was stopped (by a worker or an operator) and nothing runs
         if any(s != StepState.WAITING for s in step_states):
             return QueueStatus.RUNNING
         return QueueStatus.PENDING

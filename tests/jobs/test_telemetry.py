@@ -113,12 +113,29 @@ def test_it_fails_a_step_on_error_with_the_error_message(queue):
     assert step.message == "exchange said 429"
 
 
-def test_it_fails_a_step_interrupted_without_a_stop_request(queue):
+def test_it_notes_an_interruption_it_did_not_request_and_stops_the_step_when_it_finishes(queue):
+    # E.g. a stop sent to the workers by another system, before the manager recorded it.
     step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
-    ingest_events([_event(step, "interrupted")])
+    ingest_events([_event(step, "interrupted", timestamp=1)])
     step.refresh_from_db()
-    assert step.state == StepState.FAILED
+    assert step.state == StepState.RUNNING
     assert "without a stop request" in step.message
+    ingest_events([_event(step, "finished", timestamp=2)])
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPED
+    assert "did not request" in step.message
+
+
+def test_it_lets_a_step_run_on_after_an_interruption_followed_by_a_restart(queue):
+    # A pod evicted and run again by Kubernetes: interrupted, then started again, then a normal finish.
+    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    ingest_events([
+        _event(step, "interrupted", timestamp=1),
+        _event(step, "started", timestamp=2),
+        _event(step, "finished", timestamp=3),
+    ])
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED
 
 
 def test_it_stops_a_step_interrupted_then_finished_after_a_stop_request(queue):

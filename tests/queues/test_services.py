@@ -47,6 +47,7 @@ def _put(step: QueueRequest, state: str, **fields) -> QueueRequest:
         ([S, X, R], False, QueueStatus.RUNNING),  # a drained consumer on its way out
         ([S, S, S], False, QueueStatus.SUCCEEDED),
         ([S, F, T], False, QueueStatus.FAILED),
+        ([S, T, T], False, QueueStatus.STOPPED),  # a step stopped by its worker; nothing runs any more
         ([S, LOST, T], True, QueueStatus.FAILED),  # a failure wins over a stop once all ended
         # A failed queue is not finished while other steps still run, wait or stop.
         ([R, LOST, W], False, QueueStatus.RUNNING),  # FAILURE_POLICY=continue: the rest goes on
