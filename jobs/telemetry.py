@@ -15,7 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone as dt_timezone
 
-from django.db import connection, transaction
+import psycopg
+from django.db import DataError, connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -52,6 +53,7 @@ class Event:
     message: str = ""
     extra: dict | None = None
     sent_at: datetime | None = None
+    index: int = -1  # position in the submitted batch
 
 
 @dataclass
@@ -71,8 +73,12 @@ def event_key(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def normalize(raw: object) -> Event:
-    """Read either field dialect (event/status, producer/telemetry_id, records_written/message_count…)."""
+def normalize(raw: object, text: str | None = None) -> Event:
+    """Read either field dialect (event/status, producer/telemetry_id, records_written/message_count…).
+
+    `text` is the event's JSON as received (a Kafka message): stored and hashed as is, which saves
+    serialising it again on the hot path. Without it the canonical JSON of `raw` is used.
+    """
     if not isinstance(raw, dict):
         raise InvalidEvent("not a JSON object")
     status = raw.get("event") or raw.get("status")
@@ -96,7 +102,9 @@ def normalize(raw: object) -> Event:
         records = int(records)
     extra = raw.get("extra")
     message = raw.get("error_message") or raw.get("message") or ""
-    text = canonical(raw)
+    text = text if text is not None else canonical(raw)
+    if "\\u0000" in text:  # PostgreSQL cannot store NUL in jsonb; the batch must not fail on it
+        raise InvalidEvent("contains a NUL character (\\u0000)")
     return Event(
         queue_id=queue_id,
         producer=producer,
@@ -125,13 +133,18 @@ def _parse_time(value) -> datetime | None:
     return None
 
 
-def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
-    """Validate, match, store and apply a batch of events; see the module docstring."""
+def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | None = None) -> IngestResult:
+    """Validate, match, store and apply a batch of events; see the module docstring.
+
+    `texts`, when given, are the events' JSON texts as received (same order as `raw_events`).
+    """
     result = IngestResult()
     events: list[tuple[int, Event]] = []
     for index, raw in enumerate(raw_events):
         try:
-            events.append((index, normalize(raw)))
+            event = normalize(raw, texts[index] if texts is not None else None)
+            event.index = index
+            events.append((index, event))
         except InvalidEvent as exc:
             result.rejected.append((index, str(exc)))
     if not events:
@@ -142,7 +155,7 @@ def ingest_events(raw_events: list, *, source: str = "http") -> IngestResult:
         # Lock first, then read the steps: what we decide from their state cannot be stale.
         Queue.objects.lock_many(queues.values())
         matched = _match(events, queues, result)
-        new = _store_new(matched, queues, source)
+        new = _store_safely(matched, queues, source, result)
         result.duplicates = len(matched) - len(new)
         result.accepted = len(new)
         _apply_progress(new)
@@ -190,39 +203,49 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
 def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueRequest | None]]:
     """Store the events not seen before and return those (the ones to apply).
 
-    COPY into a temporary table, then one INSERT … ON CONFLICT DO NOTHING RETURNING: the database
-    decides what is new, in one round trip, at bulk-load speed (the hot path of ingestion).
+    Which keys exist is one indexed lookup; the new rows then go in with COPY, the fastest way
+    into PostgreSQL (the hot path of ingestion). No other writer can insert the same key
+    meanwhile: an event's key covers its queue_id, and the caller holds that queue's lock.
     """
     unique: dict[str, tuple[Event, QueueRequest | None]] = {}
     for event, step in matched:
         unique.setdefault(event.key, (event, step))
     if not unique:
         return []
-    now = timezone.now()
     table = TelemetryEvent._meta.db_table
-    columns = ", ".join(_STORE_COLUMNS)
     raw = connection.connection  # the psycopg connection, inside the caller's transaction
     with raw.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS telemetry_incoming ("
-            "queue_id bigint, step_id bigint, event_key varchar(64), status varchar(32), producer varchar(100), "
-            "records_written bigint, message text, payload jsonb, source varchar(16), sent_at timestamptz, "
-            "received_at timestamptz) ON COMMIT DELETE ROWS"
-        )
-        with cursor.copy(f"COPY telemetry_incoming ({columns}) FROM STDIN") as copy:
-            for event, step in unique.values():
-                copy.write_row((
-                    queues[event.queue_id], step.pk if step else None, event.key, event.status,
-                    event.producer[:100], event.records_written, event.message,
-                    event.text, source, event.sent_at, now,
-                ))
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM telemetry_incoming "
-            "ON CONFLICT (event_key) DO NOTHING RETURNING event_key"
-        )
-        inserted = {row[0] for row in cursor.fetchall()}
-        cursor.execute("TRUNCATE telemetry_incoming")
-    return [pair for key, pair in unique.items() if key in inserted]
+        cursor.execute(f"SELECT event_key FROM {table} WHERE event_key = ANY(%s)", [list(unique)])
+        for (key,) in cursor.fetchall():
+            del unique[key]
+        if unique:
+            now = timezone.now()
+            with cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
+                for event, step in unique.values():
+                    copy.write_row((
+                        queues[event.queue_id], step.pk if step else None, event.key, event.status,
+                        event.producer[:100], event.records_written, event.message,
+                        event.text, source, event.sent_at, now,
+                    ))
+    return list(unique.values())
+
+
+def _store_safely(matched, queues: dict, source: str, result: IngestResult):
+    """_store_new for the batch; if the database refuses some event (e.g. a string jsonb cannot
+    hold), store them one by one and reject only the bad ones, so no input can block a consumer."""
+    try:
+        with transaction.atomic():
+            return _store_new(matched, queues, source)
+    except (DataError, psycopg.DataError):
+        logger.warning("a telemetry batch could not be stored whole; storing its events one by one")
+    new = []
+    for event, step in matched:
+        try:
+            with transaction.atomic():
+                new.extend(_store_new([(event, step)], queues, source))
+        except (DataError, psycopg.DataError) as exc:
+            result.rejected.append((event.index, f"cannot be stored: {str(exc).splitlines()[0]}"))
+    return new
 
 
 def _apply_progress(new) -> None:

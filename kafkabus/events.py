@@ -39,22 +39,34 @@ def parse(value) -> tuple[dict | None, str]:
     return data, ""
 
 
+def _text(value: bytes) -> str | None:
+    """The message as text when it is UTF-8 (JSON may also come as UTF-16/32: then None)."""
+    try:
+        return value.decode("utf-8")
+    except (AttributeError, UnicodeDecodeError):
+        return None
+
+
 def handle_batch(messages: list) -> BatchOutcome:
     outcome = BatchOutcome()
     raws: list[dict] = []
+    texts: list[str | None] = []
     positions: list[int] = []
     letters: list[tuple[int, str]] = []
     for position, message in enumerate(messages):
-        data, reason = parse(message.value())
+        value = message.value()
+        data, reason = parse(value)
         if data is None:
             letters.append((position, reason))
         elif is_own_message(data):
             outcome.skipped += 1
         else:
             raws.append(data)
+            texts.append(_text(value))
             positions.append(position)
     if raws:
-        result = ingest_events(raws, source="kafka")  # one transaction; committed when it returns
+        # One transaction; committed when it returns. The texts are stored as received.
+        result = ingest_events(raws, source="kafka", texts=texts)
         outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
         letters.extend((positions[index], reason) for index, reason in result.rejected)
     letters.sort()

@@ -232,7 +232,7 @@ if KAFKA_USER and not KAFKA_PASSWORD:
 # Consumer tuning (kafkabus): small timeouts make a consumer join its group in seconds (tests, local).
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45000, minimum=1000)
 KAFKA_MAX_POLL_INTERVAL_MS = env_int("KAFKA_MAX_POLL_INTERVAL_MS", 300000, minimum=1000)
-KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 2000, minimum=1)
+KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 5000, minimum=1)
 KAFKA_DELIVERY_TIMEOUT_SECONDS = env_float("KAFKA_DELIVERY_TIMEOUT_SECONDS", 10.0, minimum=1)
 KAFKA_LAG_LOG_SECONDS = env_float("KAFKA_LAG_LOG_SECONDS", 30.0, minimum=1)
 

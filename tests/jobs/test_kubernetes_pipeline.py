@@ -165,12 +165,14 @@ def test_it_marks_a_vanished_job_lost_and_fails_the_queue_without_leftovers(
     lost = QueueRequest.objects.get(pk=connectors[0].pk)
     assert "not found" in lost.message
     queue.refresh_from_db()
-    assert queue.status == QueueStatus.FAILED
+    assert queue.status == QueueStatus.STOPPING  # the other connector is being stopped
     settings.STOP_GRACE_SECONDS = 0
     tick(queue)
     tick(queue)
     assert cluster_jobs_of(controller, queue) == []
     assert all(s in StepState.TERMINAL for s in states(queue).values())
+    queue.refresh_from_db()
+    assert queue.status == QueueStatus.FAILED
 
 
 def test_it_converges_to_the_cluster_after_a_restart(k8s_pipeline, historical_queue):

@@ -232,3 +232,17 @@ def test_it_rejects_unusable_events_with_a_reason(queue, raw, reason):
     assert len(result.rejected) == 1 and result.rejected[0][0] == 0
     assert reason in result.rejected[0][1]
     assert TelemetryEvent.objects.count() == 0
+
+
+def test_it_rejects_an_event_the_database_cannot_store_and_keeps_the_rest(queue):
+    # jsonb holds no NUL character; such an event must not block the batch (or a Kafka consumer).
+    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    result = ingest_events([
+        _event(step, "loading", records_written=10, timestamp=1),
+        _event(step, "loading", records_written=20, timestamp=2, message="bad \u0000 byte"),
+        _event(step, "loading", records_written=30, timestamp=3, note="\ud800 lone surrogate"),
+    ])
+    assert result.accepted == 1
+    assert sorted(index for index, _ in result.rejected) == [1, 2]
+    step.refresh_from_db()
+    assert step.records_written == 10
