@@ -86,6 +86,7 @@ class BatchConsumer:
         self.consumer = None
         self.processed = 0
         self.batches = 0
+        self.first_message_at: float | None = None  # monotonic time the first message arrived
         self._last_lag = 0.0
         self._last_topic_check = 0.0
         self.on_stall = on_stall
@@ -133,6 +134,8 @@ class BatchConsumer:
             else:
                 self._on_error(error)
         if good:
+            if self.first_message_at is None:
+                self.first_message_at = time.monotonic()
             self._process(good)
         self._maybe_report_lag()
 
