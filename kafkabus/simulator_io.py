@@ -20,6 +20,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from jobs.simulator import SimulatedData  # steps that neither load nor consume a data topic
 from kafkabus.connection import connection_config
 
 # Join a consumer group in seconds rather than tens of seconds (a step must not wait for its data).
@@ -232,19 +233,6 @@ class KafkaConnectorData:
         self.consumer.close()
 
 
-class PassThroughData:
-    """Steps that neither load nor consume a data topic keep their own pace."""
-
-    def produce(self, count: int) -> int:
-        return count
-
-    def consume(self, pace: int) -> int:
-        return pace
-
-    def close(self) -> None:
-        pass
-
-
 def kafka_io(env: dict):
     target = env.get("TARGET") or env["TELEMETRY_PRODUCER_ID"].split("__", 1)[0]
     if target == "loader-producer" and env.get("KAFKA_TOPIC"):
@@ -252,5 +240,5 @@ def kafka_io(env: dict):
     elif target == "arango-connector" and env.get("KAFKA_TOPIC"):
         data = KafkaConnectorData(env)
     else:
-        data = PassThroughData()
+        data = SimulatedData()
     return KafkaSink(env), data

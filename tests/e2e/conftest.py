@@ -192,3 +192,19 @@ def wait_for(predicate, *, timeout: float, message: str, worker: WorkerProcess |
         time.sleep(0.25)
     detail = f"\n--- worker log ---\n{worker.log_tail()}" if worker else ""
     raise AssertionError(f"timed out after {timeout}s waiting for: {message}{detail}")
+
+
+def status_is(queue, *statuses):
+    """A wait_for predicate: the queue (re-read) has one of these statuses."""
+    def check():
+        queue.refresh_from_db()
+        return queue.status in statuses
+    return check
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -4,14 +4,13 @@ and `stop` commands obeyed by the steps themselves."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import pytest
 from confluent_kafka import Producer
 
 from queues.models import Queue, QueueStatus, StepState, TelemetryEvent
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import group_alive, status_is, wait_for
 from tests.kafkabus.conftest import events_of, read_topic
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
@@ -42,19 +41,6 @@ def start_by_kafka(kafka_pipeline, payload: dict) -> Queue:
     )
 
 
-def _status(queue, *statuses):
-    def check():
-        queue.refresh_from_db()
-        return queue.status in statuses
-    return check
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def assert_all_telemetry_came_by_kafka(queue) -> None:
@@ -66,7 +52,7 @@ def assert_all_telemetry_came_by_kafka(queue) -> None:
 
 def test_it_runs_the_historical_pipeline_from_a_kafka_start_with_kafka_telemetry(kafka_pipeline, historical_payload):
     queue = start_by_kafka(kafka_pipeline, historical_payload)
-    wait(kafka_pipeline, _status(queue, *QueueStatus.TERMINAL), timeout=80, message="historical queue ends")
+    wait(kafka_pipeline, status_is(queue, *QueueStatus.TERMINAL), timeout=80, message="historical queue ends")
     steps = {s.name: s for s in queue.steps.all()}
     assert queue.status == QueueStatus.SUCCEEDED, {n: (s.state, s.message) for n, s in steps.items()}
     assert_all_telemetry_came_by_kafka(queue)
@@ -92,16 +78,16 @@ def test_it_stops_the_realtime_pipeline_with_a_kafka_stop_the_steps_obey(kafka_p
         timeout=60, message="all seven realtime steps running",
     )
     pgids = [json.loads((kafka_pipeline.step_dir(s) / "process.json").read_text())["pgid"] for s in queue.steps.all()]
-    assert all(_alive(p) for p in pgids)
+    assert all(group_alive(p) for p in pgids)
 
     stop_id = f"stop-{queue.queue_id}"
     send_command(
         kafka_pipeline.topics.KAFKA_BOOTSTRAP_SERVERS, kafka_pipeline.topics.QUEUE_CONTROL_TOPIC,
         {"command": "stop", "command_id": stop_id, "queue_id": queue.queue_id},
     )
-    wait(kafka_pipeline, _status(queue, QueueStatus.STOPPED), timeout=40, message="realtime queue stopped")
+    wait(kafka_pipeline, status_is(queue, QueueStatus.STOPPED), timeout=40, message="realtime queue stopped")
     assert set(queue.steps.values_list("state", flat=True)) == {StepState.STOPPED}
-    wait_for(lambda: not any(_alive(p) for p in pgids), timeout=10, message="no step process left")
+    wait_for(lambda: not any(group_alive(p) for p in pgids), timeout=10, message="no step process left")
 
     steps = list(queue.steps.all())
     # Stopped gracefully: every worker reported interrupted, then finished — through Kafka (the exit

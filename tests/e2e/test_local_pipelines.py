@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from queues.models import Queue, QueueStatus, StepState
+from queues.models import QueueStatus, StepState
 from queues.services import queue_create, queue_stop
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import group_alive, status_is, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -18,24 +18,11 @@ def _steps(queue):
     return {s.name: s for s in queue.steps.all()}
 
 
-def _status(queue, *statuses):
-    def check():
-        queue.refresh_from_db()
-        return queue.status in statuses
-    return check
-
-
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 def test_it_runs_the_historical_pipeline_in_dependency_order(pipeline, historical_payload):
     queue, _ = queue_create(payload=historical_payload)
-    wait_for(_status(queue, *QueueStatus.TERMINAL), timeout=90, message="historical queue ends", worker=pipeline.worker)
+    wait_for(status_is(queue, *QueueStatus.TERMINAL), timeout=90, message="historical queue ends", worker=pipeline.worker)
     steps = _steps(queue)
     assert queue.status == QueueStatus.SUCCEEDED, {n: (s.state, s.message) for n, s in steps.items()}
     candles_loader = steps["loader-producer-api-candles-5m"]
@@ -69,12 +56,12 @@ def test_it_runs_the_realtime_pipeline_and_stops_it(pipeline, realtime_payload):
     queue.refresh_from_db()
     assert queue.status == QueueStatus.RUNNING
     pgids = [json.loads((pipeline.step_dir(s) / "process.json").read_text())["pgid"] for s in queue.steps.all()]
-    assert all(_alive(p) for p in pgids)
+    assert all(group_alive(p) for p in pgids)
 
     queue_stop(queue=queue)
-    wait_for(_status(queue, QueueStatus.STOPPED), timeout=60, message="realtime queue stopped", worker=pipeline.worker)
+    wait_for(status_is(queue, QueueStatus.STOPPED), timeout=60, message="realtime queue stopped", worker=pipeline.worker)
     assert set(queue.steps.values_list("state", flat=True)) == {StepState.STOPPED}
-    wait_for(lambda: not any(_alive(p) for p in pgids), timeout=10, message="no step process left")
+    wait_for(lambda: not any(group_alive(p) for p in pgids), timeout=10, message="no step process left")
     # Stopped gracefully: each worker reported interrupted and finished.
     for step in queue.steps.all():
         assert set(step.events.values_list("status", flat=True)) >= {"started", "interrupted", "finished"}, step.name
@@ -83,7 +70,7 @@ def test_it_runs_the_realtime_pipeline_and_stops_it(pipeline, realtime_payload):
 def test_it_fails_the_queue_when_a_step_fails(pipeline, historical_payload):
     pipeline.inject({"*/loader-producer-api-trades": {"fail_after": 1}})
     queue, _ = queue_create(payload=historical_payload)
-    wait_for(_status(queue, QueueStatus.FAILED), timeout=60, message="queue failed", worker=pipeline.worker)
+    wait_for(status_is(queue, QueueStatus.FAILED), timeout=60, message="queue failed", worker=pipeline.worker)
     wait_for(
         lambda: not queue.steps.filter(state__in=StepState.LAUNCHED).exists(),
         timeout=60, message="every launched step ended", worker=pipeline.worker,
@@ -111,7 +98,7 @@ def test_it_survives_a_worker_killed_while_launching(pipeline, historical_payloa
     assert connector.state == StepState.LAUNCHING  # killed in the middle of its launch
     pipeline.inject({})
     pipeline.worker.start()
-    wait_for(_status(queue, *QueueStatus.TERMINAL), timeout=120, message="queue ends after the restart", worker=pipeline.worker)
+    wait_for(status_is(queue, *QueueStatus.TERMINAL), timeout=120, message="queue ends after the restart", worker=pipeline.worker)
     assert queue.status == QueueStatus.SUCCEEDED
     for step in queue.steps.all():
         assert pipeline.starts_of(step) == 1, f"{step.name} started {pipeline.starts_of(step)} times"
@@ -130,5 +117,5 @@ def test_it_notices_a_step_process_killed_from_outside(pipeline, realtime_payloa
     visualizer.refresh_from_db()
     assert "killed by signal 9" in visualizer.message
     # Failure policy: the queue fails and its other steps are stopped.
-    wait_for(_status(queue, QueueStatus.FAILED), timeout=30, message="queue failed")
+    wait_for(status_is(queue, QueueStatus.FAILED), timeout=30, message="queue failed")
     wait_for(lambda: not queue.steps.filter(state__in=StepState.LAUNCHED).exists(), timeout=60, message="others stopped", worker=pipeline.worker)
