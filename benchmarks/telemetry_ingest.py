@@ -68,12 +68,11 @@ def _run(args) -> None:
     from kafkabus.consumer import ensure_topics
     from kafkabus.publisher import get_producer
     from queues.models import QueueRequest, StepState, TelemetryEvent
-    from queues.pipeline_templates import template_payload  # noqa: F401  (the seed payloads)
+    from queues.pipeline_templates import template_payload
     from queues.services import queue_create
 
     call_command("migrate", verbosity=0)
-    payload = json.loads((Path(__file__).resolve().parent.parent / "queues" / "pipeline_templates"
-                          / "historical-pipeline.json").read_text())
+    payload = template_payload("historical-pipeline")
     steps = []
     for n in range(args.queues):
         queue, _ = queue_create(payload=payload, queue_id=f"bench-{n:04d}", source="api")

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
 from queues.catalogue import TARGETS
-from queues.models import DependencyKind, Queue, QueueRequest, QueueStatus, StepState
+from queues.models import DependencyKind, Queue, QueueRequest, StepState
 from queues.services import queue_refresh_status, request_step_stop
 
 logger = logging.getLogger(__name__)
