@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, transaction
 
 from kafkabus.config import ORIGIN, is_own_message
 from kafkabus.deadletter import send_dead_letters
@@ -179,8 +179,12 @@ def handle_batch(messages: list) -> list[Ack]:
             continue  # our own stop commands to workers: not for us (no loops)
         try:
             ack = handle_command(data)
-        except DatabaseError:
-            raise  # retry the batch later; already-handled command_ids dedupe
+        except (OperationalError, InterfaceError):
+            raise  # the database is unreachable: retry the batch later; handled command_ids dedupe
+        except DataError as exc:  # e.g. a NUL character in a text field: bad input, not a reason to retry
+            ack = Ack(data.get("command") if isinstance(data.get("command"), str) else None, None,
+                      "rejected", {"non_field_errors": ["The command cannot be stored (invalid characters)."]})
+            letters.append((message, f"cannot be stored: {str(exc).splitlines()[0]}"[:500]))
         except Exception as exc:  # a bug must not stop the consumer: reject and dead-letter
             logger.exception("command failed")
             ack = Ack(data.get("command") if isinstance(data.get("command"), str) else None,

@@ -137,6 +137,8 @@ def test_it_survives_bad_input_with_rejections_and_dead_letters(kafka_topics):
         b"[1, 2]",
         {"command": "explode", "command_id": "bad-1"},
         {"command": "start", "command_id": "bad-2", "symbol": "BTCUSDT", "requests": [{"target": "nope"}]},
+        # The database refuses this (NUL in a text column): rejected like any bad input, not retried forever.
+        {"command": "ping", "command_id": "nul-\u0000-id"},
         {"command": "ping", "command_id": "still-alive"},
     ])
     run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="still-alive").exists())
@@ -147,8 +149,9 @@ def test_it_survives_bad_input_with_rejections_and_dead_letters(kafka_topics):
     assert acks["still-alive"]["event"] == "pong"
     assert not Queue.objects.exists()
 
-    letters = read_topic(kafka_topics.QUEUE_CONTROL_DLQ_TOPIC, expect=3)
+    letters = read_topic(kafka_topics.QUEUE_CONTROL_DLQ_TOPIC, expect=4)
     assert sorted((m.value(), dict(m.headers())["dlq.reason_class"]) for m in letters) == sorted([
         (b"\xff not json", b"not_json"), (b"[1, 2]", b"not_object"),
         (b'{"command": "explode", "command_id": "bad-1"}', b"unknown_command"),
+        (b'{"command": "ping", "command_id": "nul-\\u0000-id"}', b"cannot_be_stored"),
     ])
