@@ -67,6 +67,7 @@ def test_it_reports_the_queue_and_its_steps_live_as_json(admin_client):
     assert data["can_stop"] is True and data["can_retry"] is False
 
     trainer.transition(StepState.FAILED, message="CUDA out of memory")
+    queue.steps.exclude(pk=trainer.pk).update(state=StepState.STOPPED)  # what the failure policy does
     services.queue_refresh_status(queue=queue)
     data = admin_client.get(live_url(queue)).json()
     row = next(s for s in data["steps"] if s["id"] == trainer.pk)
