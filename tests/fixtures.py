@@ -51,3 +51,18 @@ def api(operator):
     client = APIClient()
     client.force_authenticate(operator)
     return client
+
+
+@pytest.fixture
+def staff_operator(operator):
+    """An operator who may also use the admin."""
+    operator.is_staff = True
+    operator.save()
+    return operator
+
+
+@pytest.fixture
+def staff_viewer(viewer):
+    viewer.is_staff = True
+    viewer.save()
+    return viewer

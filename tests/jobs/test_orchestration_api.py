@@ -11,8 +11,9 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from queues.models import Queue, QueueRequest, QueueStatus, StepState, TelemetryEvent
+from queues.models import Queue, QueueStatus, StepState, TelemetryEvent
 from tests.queues.factories import UserFactory, make_queue
+from tests.jobs.helpers import put, step_of
 
 pytestmark = pytest.mark.django_db
 
@@ -38,14 +39,6 @@ def worker() -> APIClient:
     return client
 
 
-def _step(queue, key) -> QueueRequest:
-    return queue.steps.get(target=key[0], type=key[1])
-
-
-def _put(step: QueueRequest, state: str, **fields) -> QueueRequest:
-    QueueRequest.objects.filter(pk=step.pk).update(state=state, **fields)
-    step.refresh_from_db()
-    return step
 
 
 def _token_client(user) -> APIClient:
@@ -62,7 +55,7 @@ def _event(step, status="loading", **fields) -> dict:
 
 
 def test_it_accepts_one_event(worker, queue):
-    step = _put(_step(queue, LOADER), StepState.PENDING)
+    step = put(step_of(queue, LOADER), StepState.PENDING)
     response = worker.post("/api/telemetry/", _event(step, "started"), format="json")
     assert response.status_code == 202
     assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
@@ -71,7 +64,7 @@ def test_it_accepts_one_event(worker, queue):
 
 
 def test_it_accepts_a_batch_in_both_dialects(worker, queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     batch = [
         {"event": "loading", "queue_id": "api-q", "producer": step.telemetry_id, "records_written": 10, "timestamp": 1717200000},
         {"status": "loading", "queue_id": "api-q", "telemetry_id": step.telemetry_id, "message_count": 20,
@@ -86,7 +79,7 @@ def test_it_accepts_a_batch_in_both_dialects(worker, queue):
 
 
 def test_it_accepts_a_duplicate_once(worker, queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     event = _event(step, records_written=33, timestamp=5)
     response = worker.post("/api/telemetry/", [event, event], format="json")
     assert response.status_code == 202
@@ -99,7 +92,7 @@ def test_it_accepts_a_duplicate_once(worker, queue):
 
 
 def test_it_reports_the_bad_events_of_a_partially_bad_batch(worker, queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     batch = [
         _event(step, records_written=1),
         {"event": "loading", "queue_id": "no-such-queue", "producer": step.telemetry_id},
@@ -124,7 +117,7 @@ def test_it_answers_400_when_no_event_is_usable(worker, queue):
 
 
 def test_it_refuses_more_than_5000_events(worker, queue):
-    step = _step(queue, LOADER)
+    step = step_of(queue, LOADER)
     batch = [_event(step, records_written=n) for n in range(5001)]
     response = worker.post("/api/telemetry/", batch, format="json")
     assert response.status_code == 400
@@ -134,7 +127,7 @@ def test_it_refuses_more_than_5000_events(worker, queue):
 def test_it_refuses_a_wrong_bearer_token(queue):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer not-the-token")
-    response = client.post("/api/telemetry/", _event(_step(queue, LOADER)), format="json")
+    response = client.post("/api/telemetry/", _event(step_of(queue, LOADER)), format="json")
     assert response.status_code == 401
     assert TelemetryEvent.objects.count() == 0
 
@@ -143,17 +136,17 @@ def test_it_refuses_a_bearer_token_when_none_is_configured(settings, queue):
     settings.TELEMETRY_TOKEN = ""
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer ")
-    assert client.post("/api/telemetry/", _event(_step(queue, LOADER)), format="json").status_code == 401
+    assert client.post("/api/telemetry/", _event(step_of(queue, LOADER)), format="json").status_code == 401
 
 
 def test_it_refuses_anonymous_telemetry(queue):
-    response = APIClient().post("/api/telemetry/", _event(_step(queue, LOADER)), format="json")
+    response = APIClient().post("/api/telemetry/", _event(step_of(queue, LOADER)), format="json")
     assert response.status_code in (401, 403)
     assert TelemetryEvent.objects.count() == 0
 
 
 def test_it_needs_the_add_telemetryevent_permission_for_users(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     operator = UserFactory(username="op", perms=["view_queue", "start_queue", "stop_queue"])
     assert _token_client(operator).post("/api/telemetry/", _event(step), format="json").status_code == 403
     reporter = UserFactory(username="reporter", perms=["add_telemetryevent"])
@@ -172,8 +165,8 @@ def test_it_gives_the_worker_principal_nothing_but_telemetry(worker, queue):
 
 
 def _failed_queue(queue) -> Queue:
-    _put(_step(queue, LOADER), StepState.FAILED, message="boom", finished_at=timezone.now())
-    _put(_step(queue, CONNECTOR), StepState.STOPPED, message="Cancelled: x", finished_at=timezone.now())
+    put(step_of(queue, LOADER), StepState.FAILED, message="boom", finished_at=timezone.now())
+    put(step_of(queue, CONNECTOR), StepState.STOPPED, message="Cancelled: x", finished_at=timezone.now())
     Queue.objects.filter(pk=queue.pk).update(status=QueueStatus.FAILED, message="Step failed")
     queue.refresh_from_db()
     return queue
@@ -184,7 +177,7 @@ def test_it_retries_the_failed_and_stopped_steps(api, queue):
     response = api.post("/api/queues/api-q/retry/")
     assert response.status_code == 202
     assert response.json() == {"retried": 2}
-    assert _step(queue, LOADER).state == StepState.WAITING
+    assert step_of(queue, LOADER).state == StepState.WAITING
     queue.refresh_from_db()
     assert queue.status == QueueStatus.PENDING and queue.message == ""
 
@@ -204,14 +197,14 @@ def test_it_needs_start_and_stop_permission_to_retry(queue, perms):
     _failed_queue(queue)
     response = _token_client(UserFactory(username="half", perms=perms)).post("/api/queues/api-q/retry/")
     assert response.status_code == 403
-    assert _step(queue, LOADER).state == StepState.FAILED
+    assert step_of(queue, LOADER).state == StepState.FAILED
 
 
 # --- POST /api/queues/{id}/steps/{name}/stop/ ---------------------------------------------------
 
 
 def test_it_stops_one_step_idempotently(api, queue):
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING, started_at=timezone.now())
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING, started_at=timezone.now())
     first = api.post(f"/api/queues/api-q/steps/{step.name}/stop/")
     assert first.status_code == 202
     assert first.json()["name"] == step.name and first.json()["state"] == StepState.STOPPING
@@ -222,11 +215,11 @@ def test_it_stops_one_step_idempotently(api, queue):
     assert again.status_code == 202 and again.json()["state"] == StepState.STOPPING
     step.refresh_from_db()
     assert step.stop_requested_at == requested
-    assert _step(queue, LOADER).state == StepState.WAITING  # only that step
+    assert step_of(queue, LOADER).state == StepState.WAITING  # only that step
 
 
 def test_it_cancels_a_waiting_step_on_stop(api, queue):
-    step = _step(queue, LOADER)
+    step = step_of(queue, LOADER)
     response = api.post(f"/api/queues/api-q/steps/{step.name}/stop/")
     assert response.status_code == 202 and response.json()["state"] == StepState.STOPPED
 
@@ -237,7 +230,7 @@ def test_it_answers_404_for_an_unknown_step(api, queue):
 
 
 def test_it_refuses_a_step_stop_to_a_viewer(queue, viewer):
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING)
     response = _token_client(viewer).post(f"/api/queues/api-q/steps/{step.name}/stop/")
     assert response.status_code == 403
     step.refresh_from_db()
@@ -248,7 +241,7 @@ def test_it_refuses_a_step_stop_to_a_viewer(queue, viewer):
 
 
 def _events(queue):
-    loader, connector = _step(queue, LOADER), _step(queue, CONNECTOR)
+    loader, connector = step_of(queue, LOADER), step_of(queue, CONNECTOR)
     base = timezone.now() - timedelta(minutes=10)
     rows = [(loader, "started"), (loader, "loading"), (connector, "started"), (loader, "finished"), (connector, "loading")]
     for n, (step, status) in enumerate(rows):
@@ -268,7 +261,7 @@ def test_it_lists_events_newest_first_paginated(viewer, queue, monkeypatch):
     assert [e["payload"]["n"] for e in page1["results"]] == [4, 3]
     page3 = client.get("/api/queues/api-q/events/", {"page": 3}).json()
     assert [e["payload"]["n"] for e in page3["results"]] == [0]
-    assert page1["results"][0]["step"] == _step(queue, CONNECTOR).name
+    assert page1["results"][0]["step"] == step_of(queue, CONNECTOR).name
 
 
 def test_it_filters_events_by_step_and_status(api, queue):
@@ -298,7 +291,7 @@ def test_it_refuses_events_to_anonymous_users(queue):
 
 
 def test_it_returns_the_stored_logs_of_an_ended_step(viewer, queue):
-    step = _put(_step(queue, LOADER), StepState.SUCCEEDED, logs="first line\nlast line\n",
+    step = put(step_of(queue, LOADER), StepState.SUCCEEDED, logs="first line\nlast line\n",
                 launched_at=timezone.now(), finished_at=timezone.now())  # fmt: skip
     client = _token_client(viewer)
     body = client.get(f"/api/queues/api-q/steps/{step.name}/logs/").json()
@@ -308,7 +301,7 @@ def test_it_returns_the_stored_logs_of_an_ended_step(viewer, queue):
 
 
 def test_it_validates_tail_bytes(api, queue):
-    step = _put(_step(queue, LOADER), StepState.FAILED, logs="x")
+    step = put(step_of(queue, LOADER), StepState.FAILED, logs="x")
     response = api.get(f"/api/queues/api-q/steps/{step.name}/logs/", {"tail_bytes": "lots"})
     assert response.status_code == 400 and "tail_bytes" in response.json()
 

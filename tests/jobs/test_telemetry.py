@@ -10,6 +10,7 @@ from jobs.telemetry import ingest_events
 from queues.models import QueueRequest, StepState, TelemetryEvent
 from queues.services import step_stop
 from tests.queues.factories import make_queue
+from tests.jobs.helpers import put, step_of
 
 pytestmark = pytest.mark.django_db
 
@@ -23,14 +24,6 @@ def queue():
     return make_queue(queue_id="tel-q")
 
 
-def _step(queue, key) -> QueueRequest:
-    return queue.steps.get(target=key[0], type=key[1])
-
-
-def _put(step: QueueRequest, state: str, **fields) -> QueueRequest:
-    QueueRequest.objects.filter(pk=step.pk).update(state=state, **fields)
-    step.refresh_from_db()
-    return step
 
 
 def _event(step: QueueRequest, status: str, **fields) -> dict:
@@ -39,7 +32,7 @@ def _event(step: QueueRequest, status: str, **fields) -> dict:
 
 @pytest.mark.parametrize("before", [StepState.LAUNCHING, StepState.PENDING])
 def test_it_moves_a_launched_step_to_running_on_started(queue, before):
-    step = _put(_step(queue, CONNECTOR), before)
+    step = put(step_of(queue, CONNECTOR), before)
     result = ingest_events([_event(step, "started", timestamp=1)])
     step.refresh_from_db()
     assert result.accepted == 1 and step.queue_id in result.changed_queues
@@ -49,14 +42,14 @@ def test_it_moves_a_launched_step_to_running_on_started(queue, before):
 
 
 def test_it_enqueues_a_queue_advance_when_a_state_changed(queue, django_capture_on_commit_callbacks):
-    step = _put(_step(queue, CONNECTOR), StepState.PENDING)
+    step = put(step_of(queue, CONNECTOR), StepState.PENDING)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         ingest_events([_event(step, "started")])
     assert len(callbacks) >= 1  # the queue_advance of this queue (nothing is sent: not executed)
 
 
 def test_it_records_growing_progress_while_loading(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     for n, records in enumerate([10, 250, 1000]):
         ingest_events([_event(step, "loading", records_written=records, timestamp=n)])
         step.refresh_from_db()
@@ -66,7 +59,7 @@ def test_it_records_growing_progress_while_loading(queue):
 
 
 def test_it_never_lowers_records_written(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     ingest_events([_event(step, "loading", records_written=500, timestamp=2)])
     ingest_events([_event(step, "loading", records_written=120, timestamp=1)])  # late and lower
     step.refresh_from_db()
@@ -79,7 +72,7 @@ def test_it_never_lowers_records_written(queue):
 
 
 def test_it_does_not_double_count_a_duplicate(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     event = _event(step, "loading", records_written=40, timestamp=7)
     first = ingest_events([event])
     again = ingest_events([dict(event)])
@@ -91,7 +84,7 @@ def test_it_does_not_double_count_a_duplicate(queue):
 
 
 def test_it_succeeds_a_step_on_finished(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     ingest_events([_event(step, "finished", records_written=42, message="done")])
     step.refresh_from_db()
     assert step.state == StepState.SUCCEEDED
@@ -99,14 +92,14 @@ def test_it_succeeds_a_step_on_finished(queue):
 
 
 def test_it_reads_finished_true_on_a_progress_event_as_finished(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     ingest_events([{"status": "progress", "finished": True, "queue_id": "tel-q", "telemetry_id": step.telemetry_id}])
     step.refresh_from_db()
     assert step.state == StepState.SUCCEEDED
 
 
 def test_it_fails_a_step_on_error_with_the_error_message(queue):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     ingest_events([_event(step, "error", error_message="exchange said 429")])
     step.refresh_from_db()
     assert step.state == StepState.FAILED
@@ -115,7 +108,7 @@ def test_it_fails_a_step_on_error_with_the_error_message(queue):
 
 def test_it_notes_an_interruption_it_did_not_request_and_stops_the_step_when_it_finishes(queue):
     # E.g. a stop sent to the workers by another system, before the manager recorded it.
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING)
     ingest_events([_event(step, "interrupted", timestamp=1)])
     step.refresh_from_db()
     assert step.state == StepState.RUNNING
@@ -128,7 +121,7 @@ def test_it_notes_an_interruption_it_did_not_request_and_stops_the_step_when_it_
 
 def test_it_lets_a_step_run_on_after_an_interruption_followed_by_a_restart(queue):
     # A pod evicted and run again by Kubernetes: interrupted, then started again, then a normal finish.
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING)
     ingest_events([
         _event(step, "interrupted", timestamp=1),
         _event(step, "started", timestamp=2),
@@ -139,7 +132,7 @@ def test_it_lets_a_step_run_on_after_an_interruption_followed_by_a_restart(queue
 
 
 def test_it_stops_a_step_interrupted_then_finished_after_a_stop_request(queue):
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING, started_at="2024-06-01T00:00Z")
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING, started_at="2024-06-01T00:00Z")
     step_stop(step=step)
     step.refresh_from_db()
     assert step.state == StepState.STOPPING
@@ -152,7 +145,7 @@ def test_it_stops_a_step_interrupted_then_finished_after_a_stop_request(queue):
 
 
 def test_it_succeeds_a_drained_consumer_when_it_ends(queue):
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING, records_written=0)
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING, records_written=0)
     ingest_events([_event(step, "loading", records_written=300)])
     step.refresh_from_db()
     from queues.services import request_step_stop
@@ -168,7 +161,7 @@ def test_it_succeeds_a_drained_consumer_when_it_ends(queue):
 
 @pytest.mark.parametrize("final", [StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.LOST])
 def test_it_does_not_change_a_terminal_step(queue, final):
-    step = _put(_step(queue, LOADER), final, message="as it was", records_written=5)
+    step = put(step_of(queue, LOADER), final, message="as it was", records_written=5)
     result = ingest_events([_event(step, "started"), _event(step, "error", error_message="late"),
                             _event(step, "finished")])  # fmt: skip
     step.refresh_from_db()
@@ -177,14 +170,14 @@ def test_it_does_not_change_a_terminal_step(queue, final):
 
 
 def test_it_does_not_start_a_waiting_step_from_its_events(queue):
-    step = _step(queue, TRAINER)
+    step = step_of(queue, TRAINER)
     ingest_events([_event(step, "finished")])
     step.refresh_from_db()
     assert step.state == StepState.WAITING
 
 
 def test_it_stores_extra_and_unknown_fields(queue):
-    step = _put(_step(queue, TRAINER), StepState.RUNNING)
+    step = put(step_of(queue, TRAINER), StepState.RUNNING)
     raw = _event(step, "progress", extra={"epoch": 3, "loss": 0.25}, symbol="BTCUSDT", gpu="a100", sent_at=1717200000)
     ingest_events([raw])
     step.refresh_from_db()
@@ -203,7 +196,7 @@ def test_it_stores_extra_and_unknown_fields(queue):
     ],
 )
 def test_it_reads_both_field_dialects(queue, fields):
-    step = _put(_step(queue, LOADER), StepState.RUNNING)
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
     key = "producer" if "event" in fields else "telemetry_id"
     result = ingest_events([{"queue_id": "tel-q", key: step.telemetry_id, **fields}])
     step.refresh_from_db()
@@ -236,7 +229,7 @@ def test_it_rejects_unusable_events_with_a_reason(queue, raw, reason):
 
 def test_it_rejects_an_event_the_database_cannot_store_and_keeps_the_rest(queue):
     # jsonb holds no NUL character; such an event must not block the batch (or a Kafka consumer).
-    step = _put(_step(queue, CONNECTOR), StepState.RUNNING)
+    step = put(step_of(queue, CONNECTOR), StepState.RUNNING)
     result = ingest_events([
         _event(step, "loading", records_written=10, timestamp=1),
         _event(step, "loading", records_written=20, timestamp=2, message="bad \u0000 byte"),

@@ -16,20 +16,6 @@ START_URL = "/admin/queues/queue/start/"
 LIST_URL = "/admin/queues/queue/"
 
 
-@pytest.fixture
-def staff_operator(operator):
-    operator.is_staff = True
-    operator.save()
-    return operator
-
-
-@pytest.fixture
-def staff_viewer(viewer):
-    viewer.is_staff = True
-    viewer.save()
-    return viewer
-
-
 def test_it_lists_queues_with_status_progress_and_a_start_button(client, staff_operator):
     queue = make_queue(queue_id="listed-q", user=staff_operator)
     queue.steps.filter(position__in=[0, 2, 3]).update(state="succeeded")

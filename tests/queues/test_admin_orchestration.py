@@ -12,20 +12,6 @@ from tests.queues.factories import UserFactory, payload
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def staff_operator(operator):
-    operator.is_staff = True
-    operator.save()
-    return operator
-
-
-@pytest.fixture
-def staff_viewer(viewer):
-    viewer.is_staff = True
-    viewer.save()
-    return viewer
-
-
 def make_queue(queue_id: str) -> Queue:
     queue, _ = services.queue_create(payload=payload(), queue_id=queue_id)
     return queue

@@ -1,0 +1,16 @@
+"""Helpers shared by the jobs tests."""
+from __future__ import annotations
+
+from queues.models import QueueRequest
+
+
+def step_of(queue, key) -> QueueRequest:
+    """The step of `queue` with (target, type) == key."""
+    return queue.steps.get(target=key[0], type=key[1])
+
+
+def put(step: QueueRequest, state: str, **fields) -> QueueRequest:
+    """Force a step into a state (as if the scheduler and workers had got it there)."""
+    QueueRequest.objects.filter(pk=step.pk).update(state=state, **fields)
+    step.refresh_from_db()
+    return step
