@@ -89,7 +89,7 @@ def test_it_fails_the_queue_when_a_step_fails(pipeline, historical_payload):
 
 def test_it_survives_a_worker_killed_while_launching(pipeline, historical_payload):
     # Each connector's launch pauses after its process started, before the launch is recorded.
-    pipeline.inject({"*/arango-connector-*": {"launch_delay": 3}})
+    pipeline.inject({"*/arango-connector-*": {"launch_delay": 8}})  # a wide window, even on a busy machine
     queue, _ = queue_create(payload=historical_payload)
     connector = queue.steps.get(name="arango-connector-api-candles-5m")
     wait_for(lambda: (pipeline.step_dir(connector) / "process.json").exists(), timeout=30, message="connector process started")
