@@ -55,10 +55,10 @@ def queue_advance(queue_pk: int) -> list[int]:
         queue_refresh_status(queue=queue)
 
         if to_launch:
-            from jobs.tasks import step_launch
+            from jobs.tasks import enqueue_on_commit, step_launch
 
             for pk in to_launch:
-                step_launch.delay_on_commit(pk)
+                enqueue_on_commit(step_launch, pk)
     return to_launch
 
 
@@ -134,9 +134,9 @@ def step_launch_failed(step_pk: int, error: LaunchError) -> None:
     kind = "permanent error" if error.permanent else f"gave up after {step.launch_attempts} attempts"
     if step.transition(StepState.FAILED, from_states=[StepState.LAUNCHING], message=f"Launch failed ({kind}): {error}"):
         logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": str(error)})
-        from jobs.tasks import queue_advance as advance_task
+        from jobs.tasks import enqueue, queue_advance
 
-        advance_task.delay(step.queue_id)
+        enqueue(queue_advance, step.queue_id)
 
 
 def step_stop_now(step_pk: int) -> None:
@@ -191,10 +191,10 @@ def _reconcile_steps() -> dict:
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
     stuck = [s for s in steps if s.state == StepState.LAUNCHING and now - s.state_changed_at > timedelta(seconds=settings.LAUNCH_STUCK_SECONDS)]
     if stuck:
-        from jobs.tasks import step_launch as launch_task
+        from jobs.tasks import enqueue, step_launch
 
         for step in stuck:
-            launch_task.delay(step.pk)
+            enqueue(step_launch, step.pk)
             QueueRequest.objects.filter(pk=step.pk).update(state_changed_at=now)
         summary["relaunched"] = len(stuck)
     observed = [s for s in steps if s.state != StepState.LAUNCHING]

@@ -1,11 +1,33 @@
 """Celery tasks: thin, take ids, re-read rows, call jobs.scheduler. All are safe to run twice."""
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.conf import settings
+from django.db import transaction
 
 from jobs import scheduler
 from jobs.launchers import LaunchError
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue(task, *args) -> None:
+    """Send a task now; if the broker is unreachable, log it and go on.
+
+    Nothing is lost: every task here is also driven by the periodic reconcile (level-triggered),
+    so a request must not fail (or a transaction roll back) because Redis is down for a moment.
+    """
+    try:
+        task.delay(*args)
+    except Exception:  # kombu/redis raise many kinds of connection errors
+        logger.warning("could not enqueue %s%s; reconcile will catch up", task.name, args, exc_info=True)
+
+
+def enqueue_on_commit(task, *args) -> None:
+    """enqueue() once the current transaction commits (at once outside a transaction)."""
+    transaction.on_commit(lambda: enqueue(task, *args))
 
 
 @shared_task(acks_late=True, ignore_result=True)

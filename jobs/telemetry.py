@@ -351,7 +351,7 @@ def _count(new) -> None:
 
 
 def _after_state_changes(queue_pks: set[int]) -> None:
-    from jobs.tasks import queue_advance
+    from jobs.tasks import enqueue_on_commit, queue_advance
 
     for pk in queue_pks:
-        queue_advance.delay_on_commit(pk)
+        enqueue_on_commit(queue_advance, pk)

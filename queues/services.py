@@ -163,9 +163,9 @@ def request_step_stop(step: QueueRequest, *, reason: str, drain: bool = False) -
     if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING:
         extra = {"drain_requested_at": now} if drain else {}
         step.transition(StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now, **extra)
-        from jobs.tasks import step_stop_task
+        from jobs.tasks import enqueue_on_commit, step_stop_task
 
-        step_stop_task.delay_on_commit(step.pk)
+        enqueue_on_commit(step_stop_task, step.pk)
 
 
 def queue_retry(*, queue: Queue, user=None) -> int:
@@ -230,6 +230,6 @@ def queue_refresh_status(*, queue: Queue) -> str:
 
 
 def _advance_on_commit(queue: Queue) -> None:
-    from jobs.tasks import queue_advance
+    from jobs.tasks import enqueue_on_commit, queue_advance
 
-    queue_advance.delay_on_commit(queue.pk)
+    enqueue_on_commit(queue_advance, queue.pk)
