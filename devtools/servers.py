@@ -542,7 +542,7 @@ def start_redis(
 # ------------------------------------------------------------------------ Kafka
 
 #: Consumer settings that make a new group member join in ~3 s instead of ~23 s
-#: on tansu (measured; see /work/shared/NOTES.md). Merge into consumer configs.
+#: on tansu (measured on a 2-core machine). Merge into consumer configs.
 FAST_CONSUMER_CONFIG: dict[str, Any] = {
     "session.timeout.ms": 6000,
     "max.poll.interval.ms": 10000,
