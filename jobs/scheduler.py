@@ -177,8 +177,8 @@ def reconcile() -> dict:
 
 
 def _queues_to_advance() -> list[int]:
-    """Active queues, plus failed ones whose other branches still go on (FAILURE_POLICY=continue):
-    their drains and launches depend on this periodic pass too."""
+    """Active queues, and any queue that still has unfinished steps (a safety net whatever its
+    status says): drains, launches after lost events and forced stops depend on this pass."""
     active = set(Queue.objects.active().values_list("pk", flat=True))
     unfinished = set(QueueRequest.objects.exclude(state__in=StepState.TERMINAL).values_list("queue_id", flat=True))
     return sorted(active | unfinished)
