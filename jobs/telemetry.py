@@ -310,6 +310,12 @@ def _apply_state(step: QueueRequest, event: Event) -> bool:
         return False
     if event.status not in ("finished", "error", "interrupted") or step.is_terminal or state == StepState.WAITING:
         return False
+    if event.status == "interrupted" and not (step.stop_requested_at or step.drain_requested_at):
+        # Not ours: a stop sent to the workers by someone else (ours may not be recorded yet), or a pod
+        # being evicted that Kubernetes will run again. Note it; what follows decides.
+        step.reported_status = "interrupted"
+        QueueRequest.objects.filter(pk=step.pk).update(message=INTERRUPTED_MESSAGE)
+        return False
     to, message = _final_state(step, event)
     if to is None:
         return False
@@ -317,6 +323,7 @@ def _apply_state(step: QueueRequest, event: Event) -> bool:
 
 
 def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
+    """Where `finished`, `error` or an expected `interrupted` takes the step (None: not yet)."""
     if step.drain_requested_at:
         # A drained consumer's interrupted/finished is how a historical pipeline completes.
         return StepState.SUCCEEDED, f"Drained after {step.records_written} records."
@@ -328,12 +335,6 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
         if event.status == "interrupted":
             return None, ""  # wait for its `finished` (or the grace period)
         return StepState.STOPPED, step.message or "Stopped."
-    if event.status == "interrupted":
-        # Not ours: a stop sent to the workers by someone else (ours may not be recorded yet), or a pod
-        # being evicted that Kubernetes will run again. Note it; what follows decides.
-        step.reported_status = "interrupted"
-        QueueRequest.objects.filter(pk=step.pk).update(message=INTERRUPTED_MESSAGE)
-        return None, ""
     if step.reported_status == "interrupted":
         return StepState.STOPPED, "Stopped by the worker after an interruption the manager did not request."
     return StepState.SUCCEEDED, event.message or ""

@@ -18,7 +18,7 @@ from rest_framework.views import APIView
 from jobs.launchers import LaunchError, get_launcher
 from jobs.telemetry import ingest_events
 from queues import services
-from queues.api.permissions import STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
+from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
 from queues.api.serializers import StepSerializer
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 
@@ -112,7 +112,7 @@ def _step(queue_id: str, name: str) -> QueueRequest:
 
 class RetryView(APIView):
     permission_classes = [HasQueuePermission]
-    required_permission = STOP_QUEUE  # restarting work is as privileged as stopping it
+    required_permission = (START_QUEUE, STOP_QUEUE)  # restarting work needs both
 
     @extend_schema(
         summary="Retry the failed, stopped and lost steps of a queue",
@@ -120,10 +120,7 @@ class RetryView(APIView):
         responses={202: OpenApiResponse(description="`{\"retried\": n}`"), 409: OpenApiResponse(description="Nothing to retry.")},
     )
     def post(self, request, queue_id: str):
-        queue = _queue(queue_id)
-        if not request.user.has_perm("queues.start_queue"):
-            return Response({"detail": "Retrying needs the permission 'queues.start_queue'."}, status=403)
-        count = services.queue_retry(queue=queue, user=request.user)
+        count = services.queue_retry(queue=_queue(queue_id), user=request.user)
         if not count:
             return Response({"detail": "Nothing to retry: no failed, stopped or lost steps.", "retried": 0}, status=409)
         return Response({"retried": count}, status=status.HTTP_202_ACCEPTED)

@@ -3,7 +3,6 @@ from django.urls import include, path
 
 urlpatterns = [
     # Before admin/ and the queue router, so their more specific routes win.
-    path("", include("jobs.orchestration_urls")),
     path("", include("jobs.urls")),
     path("admin/", admin.site.urls),
     path("", include("queues.api.urls")),

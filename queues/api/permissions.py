@@ -12,7 +12,8 @@ START_QUEUE = "queues.start_queue"
 STOP_QUEUE = "queues.stop_queue"
 
 
-def required_permission(view) -> str:
+def required_permission(view) -> str | tuple[str, ...]:
+    """One permission, or a tuple of permissions that are all required."""
     by_action = getattr(view, "permission_by_action", {})
     action = getattr(view, "action", None)
     if action in by_action:
@@ -28,5 +29,6 @@ class HasQueuePermission(BasePermission):
         if not (user and user.is_authenticated):
             return False
         permission = required_permission(view)
-        self.message = f"This operation needs the permission {permission!r}."
-        return user.has_perm(permission)
+        permissions = permission if isinstance(permission, tuple) else (permission,)
+        self.message = f"This operation needs the permission {' and '.join(map(repr, permissions))}."
+        return user.has_perms(permissions)
