@@ -21,10 +21,11 @@ RUN pip install --no-cache-dir -r requirements.txt
 
 COPY --chown=root:root . ./
 
-# The dummy SECRET_KEY and DATABASE_URL exist only for this step (settings refuse to load without them);
-# collectstatic opens no database connection.
+# The dummy SECRET_KEY, DATABASE_URL and ALLOWED_HOSTS exist only for this step (settings refuse to load
+# without them); collectstatic opens no database connection.
 RUN SECRET_KEY=collectstatic-only-not-a-real-key \
     DATABASE_URL=postgresql://build@127.0.0.1:5432/build \
+    ALLOWED_HOSTS=collectstatic.invalid \
     DEBUG=0 STATIC_MANIFEST=1 \
     python manage.py collectstatic --noinput \
     && chmod 0755 deploy/entrypoint.sh

@@ -53,3 +53,18 @@ def test_it_refuses_to_start_with_a_bad_value_naming_the_variable(variable, valu
 def test_it_requires_a_secret_key_when_debug_is_off():
     result = _check(SECRET_KEY="", DEBUG="0")
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_it_requires_allowed_hosts_when_debug_is_off():
+    """Issue #10 §5 (ALLOWED_HOSTS): with DEBUG off an empty ALLOWED_HOSTS stops start-up, naming the variable."""
+    for value in (None, "", " , "):
+        result = _check(ALLOWED_HOSTS=value, DEBUG="0")
+        assert result.returncode != 0, value
+        last_line = result.stderr.strip().splitlines()[-1]
+        assert "ImproperlyConfigured" in last_line and "ALLOWED_HOSTS" in last_line
+
+
+def test_it_defaults_allowed_hosts_to_localhost_with_debug_on():
+    """Issue #10 §5 (ALLOWED_HOSTS): local development (DEBUG on, as `make run`) still starts without the variable."""
+    result = _check(ALLOWED_HOSTS=None, DEBUG="1")
+    assert result.returncode == 0, result.stderr
