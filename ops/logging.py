@@ -80,6 +80,49 @@ def redact(text: str, secrets: list[str] | None = None) -> str:
     return _KEY_VALUE.sub(lambda m: f"{m['key']}{MASK}", text)
 
 
+# A mapping key that names a secret: its scalar value is masked whatever it looks like.
+_SECRET_KEY_NAME = re.compile(r"(?i)password|passwd|secret|token|api_key")
+# Deeper structures are rendered as text (and redacted as text): a self-referencing dict cannot loop.
+_MAX_DEPTH = 10
+
+
+def redact_value(value: object, secrets: list[str] | None = None, _depth: int = 0) -> object:
+    """`value` with secrets masked at any depth: strings, dicts, lists/tuples/sets, bytes and objects.
+
+    Structure and harmless values are kept (JSON logs stay queryable); an object whose text holds a
+    secret becomes its redacted text, any other object is left for the formatter to render.
+    """
+    if secrets is None:
+        secrets = secret_values()
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if _depth < _MAX_DEPTH:
+        if isinstance(value, dict):
+            return {key: _redact_item(key, item, secrets, _depth + 1) for key, item in value.items()}
+        if isinstance(value, (list, tuple, set, frozenset)):
+            items = [redact_value(item, secrets, _depth + 1) for item in value]
+            return tuple(items) if isinstance(value, tuple) else items
+    text = value.decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else _safe_str(value)
+    redacted = redact(text, secrets)
+    return redacted if redacted != text or _depth >= _MAX_DEPTH else value
+
+
+def _redact_item(key: object, item: object, secrets: list[str], depth: int) -> object:
+    named_secret = isinstance(key, str) and _SECRET_KEY_NAME.search(key)
+    if named_secret and item not in (None, "") and not isinstance(item, (bool, dict, list, tuple, set, frozenset)):
+        return MASK
+    return redact_value(item, secrets, depth)
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 — a broken __str__ must not lose the record
+        return f"<{type(value).__name__}>"
+
+
 class RedactingFilter(logging.Filter):
     """Masks secret values and credentials in the message, extra fields and traceback of a record."""
 
@@ -91,8 +134,8 @@ class RedactingFilter(logging.Filter):
             message = str(record.msg)
         record.msg, record.args = redact(message, secrets), None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD_ATTRS and isinstance(value, str):
-                setattr(record, key, redact(value, secrets))
+            if key not in _STANDARD_ATTRS:
+                setattr(record, key, _redact_item(key, value, secrets, 0))
         if record.exc_info:
             # Render now so the formatter prints the redacted text instead of re-rendering.
             text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")

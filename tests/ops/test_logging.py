@@ -106,3 +106,48 @@ def test_it_appends_context_to_the_readable_format():
         ContextFilter().filter(record)
     text = ContextTextFormatter(format="%(levelname)s %(message)s").format(record)
     assert text == "INFO hello [queue_id=q-42]"
+
+
+def test_it_masks_secrets_inside_dicts_lists_and_nested_extra_fields(log_output, settings):
+    """Issue #10 §5 (redaction): non-string `extra=` fields — dicts, lists, tuples, nested — are masked too."""
+    logger, lines = log_output
+    settings.KAFKA_PASSWORD = "kafka-pass-4242"
+    logger.info(
+        "connecting",
+        extra={
+            "config": {"bootstrap": "kafka:9092", "sasl.password": "not-a-setting-pw1", "port": 9092},
+            "urls": ["redis://admin:s3cr3t-redis@redis:6379/0", "http://plain.example/"],
+            "nested": {"levels": [{"deeper": ("kafka-pass-4242", {"api_key": "k-123456"})}]},
+            "attempt": 3,
+            "enabled": True,
+        },
+    )
+
+    output = "\n".join(json.dumps(line) for line in lines())
+    for secret in ("kafka-pass-4242", "s3cr3t-redis", "not-a-setting-pw1", "k-123456"):
+        assert secret not in output
+    (line,) = lines()
+    # Structure and harmless values survive: only the secrets are replaced.
+    assert line["config"] == {"bootstrap": "kafka:9092", "sasl.password": "***", "port": 9092}
+    assert line["urls"] == ["redis://admin:***@redis:6379/0", "http://plain.example/"]
+    assert line["nested"] == {"levels": [{"deeper": ["***", {"api_key": "***"}]}]}
+    assert line["attempt"] == 3 and line["enabled"] is True
+
+
+def test_it_masks_secrets_in_non_string_arguments_and_objects(log_output, settings):
+    """Issue #10 §5 (redaction): dicts/lists passed as `%s` args and arbitrary objects in `extra=` are masked."""
+    logger, lines = log_output
+    settings.ARANGO_PASSWORD = "arango-pass-777"
+
+    class Connection:
+        def __str__(self) -> str:
+            return "Connection(http://root:arango-pass-777@arango:8529)"
+
+    logger.info("settings %s and %r", {"ARANGO": {"password": "arango-pass-777"}}, ["token=abc-def-123"])
+    logger.info("client", extra={"connection": Connection(), "raw": b"user:arango-pass-777"})
+
+    output = "\n".join(json.dumps(line, default=str) for line in lines())
+    assert "arango-pass-777" not in output and "abc-def-123" not in output
+    args_line, object_line = lines()
+    assert "***" in args_line["message"]
+    assert object_line["connection"] == "Connection(http://root:***@arango:8529)"
