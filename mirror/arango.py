@@ -1,21 +1,28 @@
 """The python-arango writer: connect, create the schema if missing, versioned bulk upserts.
 
-Version guard (read-compare-write): for each batch the writer reads the stored `version` of the
-batch's keys with one AQL query, drops the documents whose stored version is the same or newer,
-and bulk-writes the rest with `insert_many(overwrite_mode="replace")`. An AQL `UPSERT` with the
-guard in its `UPDATE` branch would be atomic per document on a real server, but the test
-emulator's AQL has no writes; the gap (a concurrent writer between our read and our write) only
-opens when two drains hold the same entity, which the outbox lease prevents, and `arango_resync`
-repairs it. Per-document errors of the bulk write are returned, never ignored.
+Least privilege: the mirror's user needs `rw` on ARANGO_DB only. `connect()` asks that database
+whether it exists (`GET /_db/<db>/_api/database/current`) and goes to `_system` only to create it
+when it is missing, which needs `rw` on `_system`; without it the error says what to grant.
+
+Version guard, atomic on the server: one AQL query per batch and collection,
+`UPSERT {_key} INSERT doc REPLACE (OLD.version < doc.version ? doc : OLD)`, so the comparison and
+the write happen in one transaction and a concurrent writer (a resync beside a drain) can never
+put an older document over a newer one. `exclusive` serialises writers per collection, so a
+single server never answers with a write-write conflict (1200); if one does (a cluster), the batch
+is retried later. A query is all or nothing: when a document is refused (e.g. a unique index),
+the batch is written again one document per query to blame the right one. Deletes are one
+`REMOVE` query per batch, with the same version guard where a newer writer could interfere.
+Schema creation races (another process creating the same thing) count as success.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import requests
 from arango import ArangoClient
-from arango.exceptions import ArangoServerError
+from arango.exceptions import ArangoServerError, DatabasePropertiesError
 from arango.http import DefaultHTTPClient
 from django.conf import settings
 
@@ -40,6 +47,17 @@ class MirrorUnavailable(Exception):
     """ArangoDB could not be reached or answered 5xx: retry later, keep the outbox."""
 
 
+class MirrorMisconfigured(Exception):
+    """ArangoDB refused the mirror's user (credentials or rights): an operator has to act."""
+
+
+# Created concurrently by someone else: what we wanted exists (duplicate name, graph exists).
+ALREADY_EXISTS = {1207, 1925}
+CONFLICT = 1200  # write-write conflict: transient
+NOT_AUTHORIZED = 11
+DATABASE_NOT_FOUND = 1228
+
+
 @dataclass
 class WriteResult:
     written: int = 0
@@ -50,7 +68,18 @@ class WriteResult:
 def _transient(exc: Exception) -> bool:
     if isinstance(exc, (ConnectionError, requests.exceptions.RequestException)):
         return True
-    return isinstance(exc, ArangoServerError) and (exc.http_code or 0) >= 500
+    return isinstance(exc, ArangoServerError) and ((exc.http_code or 0) >= 500 or exc.error_code == CONFLICT)
+
+
+def _refused(exc: Exception) -> bool:
+    return isinstance(exc, ArangoServerError) and exc.http_code in (401, 403)
+
+
+def _misconfigured(what: str, exc: ArangoServerError) -> MirrorMisconfigured:
+    return MirrorMisconfigured(
+        f"ArangoDB refused {what} to user {settings.ARANGO_USER!r} (HTTP {exc.http_code}, errorNum {exc.error_code}): "
+        f"check ARANGO_USER/ARANGO_PASSWORD and grant rw on database {settings.ARANGO_DB!r}"
+    )
 
 
 class unavailable_on_network_errors:
@@ -76,15 +105,47 @@ def connect(*, ensure: bool = True):
     auth = {"username": settings.ARANGO_USER, "password": settings.ARANGO_PASSWORD or ""}
     target = (settings.ARANGO_URL, settings.ARANGO_DB)
     with unavailable_on_network_errors():
-        if ensure and target not in _ensured:
-            system = client.db("_system", **auth)
-            if not system.has_database(settings.ARANGO_DB):
-                system.create_database(settings.ARANGO_DB)
         db = client.db(settings.ARANGO_DB, **auth)
         if ensure and target not in _ensured:
-            ensure_schema(db)
+            if not database_exists(db):
+                create_database(client.db("_system", **auth))
+            try:
+                ensure_schema(db)
+            except ArangoServerError as exc:
+                if _refused(exc):
+                    raise _misconfigured("creating collections", exc) from exc
+                raise
             _ensured.add(target)
     return db
+
+
+def database_exists(db) -> bool:
+    """Ask the target database itself: needs no right on `_system`."""
+    try:
+        db.properties()
+    except DatabasePropertiesError as exc:
+        if exc.error_code == DATABASE_NOT_FOUND:
+            return False
+        if _refused(exc):
+            raise _misconfigured(f"access to database {settings.ARANGO_DB!r}", exc) from exc
+        raise
+    return True
+
+
+def create_database(system) -> None:
+    try:
+        # Listing the user grants it rw on the new database; a creator gets no rights otherwise.
+        system.create_database(settings.ARANGO_DB, users=[
+            {"username": settings.ARANGO_USER, "password": settings.ARANGO_PASSWORD or "", "active": True}])
+    except ArangoServerError as exc:
+        if exc.error_code in ALREADY_EXISTS:
+            return
+        if _refused(exc):
+            raise MirrorMisconfigured(
+                f"database {settings.ARANGO_DB!r} does not exist and user {settings.ARANGO_USER!r} may not create it "
+                f"(needs rw on _system): create it and grant the user rw on it"
+            ) from exc
+        raise
 
 
 # Schema checked once per process and target (a drain runs often); arango_resync always checks.
@@ -95,49 +156,73 @@ def forget_schema() -> None:
     _ensured.clear()
 
 
+def _created_elsewhere(create) -> None:
+    """Run a create call; another process having created the same thing first is success."""
+    try:
+        create()
+    except ArangoServerError as exc:
+        if exc.error_code not in ALREADY_EXISTS:
+            raise
+
+
 def ensure_schema(db) -> None:
-    """Create what is missing; safe to run on every drain (a few reads when all exists)."""
+    """Create what is missing; safe to run on every drain and beside another creator."""
     existing = {c["name"] for c in db.collections()}
     for name in d.VERTEX_COLLECTIONS + d.EDGE_COLLECTIONS:
         if name not in existing:
-            db.create_collection(name, edge=name in d.EDGE_COLLECTIONS)
+            _created_elsewhere(lambda name=name: db.create_collection(name, edge=name in d.EDGE_COLLECTIONS))
     for name, specs in INDEXES.items():
         have = {(tuple(i.get("fields") or ()), bool(i.get("unique"))) for i in db.collection(name).indexes()}
         for fields, unique in specs:
-            if (tuple(fields), unique) not in have:
-                db.collection(name).add_index({"type": "persistent", "fields": fields, "unique": unique})
+            if (tuple(fields), unique) not in have:  # adding an index is "ensure" on the server: idempotent
+                _created_elsewhere(lambda name=name, fields=fields, unique=unique: db.collection(name).add_index(
+                    {"type": "persistent", "fields": fields, "unique": unique}))
     if not db.has_graph(d.GRAPH):
-        db.create_graph(d.GRAPH, edge_definitions=d.EDGE_DEFINITIONS)
+        _created_elsewhere(lambda: db.create_graph(d.GRAPH, edge_definitions=d.EDGE_DEFINITIONS))
 
 
-def stored_versions(db, collection: str, keys: list[str]) -> dict[str, int]:
-    if not keys:
-        return {}
-    cursor = db.aql.execute("FOR doc IN @@col FILTER doc._key IN @keys RETURN doc",
-                            bind_vars={"@col": collection, "keys": keys}, batch_size=1000)
-    return {doc["_key"]: doc.get("version") or 0 for doc in cursor}
+# The guard: replace only when the stored version is older (a missing version counts as oldest).
+_UPSERT_AQL = """
+FOR doc IN @docs
+  UPSERT {_key: doc._key} INSERT doc REPLACE (OLD.version < doc.version ? doc : OLD) IN @@col
+  OPTIONS {exclusive: true}
+  RETURN OLD.version
+"""
+
+
+def _upsert(db, collection: str, docs: list[dict]) -> list:
+    cursor = db.aql.execute(_UPSERT_AQL, bind_vars={"@col": collection, "docs": docs}, batch_size=len(docs) + 1)
+    return list(cursor)
 
 
 def upsert_versioned(db, collection: str, docs: list[dict]) -> WriteResult:
-    """Write documents newer than what is stored; report per-document errors by key."""
+    """Write documents newer than what is stored, atomically; report per-document errors by key."""
     result = WriteResult()
     newest: dict[str, dict] = {}
     for doc in docs:  # the same key twice in one batch: keep the newer
         if doc["_key"] not in newest or newest[doc["_key"]]["version"] < doc["version"]:
             newest[doc["_key"]] = doc
-    stored = stored_versions(db, collection, list(newest))
-    fresh = [doc for key, doc in newest.items() if stored.get(key, -1) < doc["version"]]
-    result.skipped = len(newest) - len(fresh)
-    if not fresh:
+    if not newest:
         return result
-    outcome = db.collection(collection).insert_many(fresh, overwrite_mode="replace", silent=False)
-    for doc, item in zip(fresh, outcome):
-        if isinstance(item, Exception):
-            if _transient(item):
-                raise item
-            result.errors[doc["_key"]] = f"{collection}/{doc['_key']}: {getattr(item, 'error_message', None) or item}"
-        else:
+    batch = list(newest.values())
+    try:
+        outcomes = [(doc, old) for doc, old in zip(batch, _upsert(db, collection, batch))]
+    except ArangoServerError as exc:
+        if _transient(exc) or _refused(exc):
+            raise
+        outcomes = []  # the query wrote nothing: one query per document finds the refused ones
+        for doc in batch:
+            try:
+                outcomes.append((doc, _upsert(db, collection, [doc])[0]))
+            except ArangoServerError as single:
+                if _transient(single) or _refused(single):
+                    raise
+                result.errors[doc["_key"]] = f"{collection}/{doc['_key']}: {single.error_message or single}"
+    for doc, old_version in outcomes:
+        if old_version is None or old_version < doc["version"]:
             result.written += 1
+        else:
+            result.skipped += 1
     return result
 
 
@@ -183,9 +268,46 @@ def all_documents(db, collection: str):
     return db.aql.execute("FOR doc IN @@col RETURN doc", bind_vars={"@col": collection}, batch_size=1000)
 
 
-def delete_keys(db, collection: str, keys) -> int:
-    """Delete by key, one request each (the emulator has no bulk delete); missing keys are fine."""
-    coll, deleted = db.collection(collection), 0
-    for key in keys:
-        deleted += bool(coll.delete(key, ignore_missing=True))
-    return deleted
+def delete_keys(db, collection: str, keys, *, older_than: int | None = None) -> int:
+    """Delete by key in one query; missing keys are fine. With `older_than`, only documents whose
+    version is smaller (checked in the same query, so a newer concurrent write survives)."""
+    keys = list(keys)
+    if not keys:
+        return 0
+    guard = " AND doc.version < @version" if older_than is not None else ""
+    bind_vars = {"@col": collection, "keys": keys, **({"version": older_than} if older_than is not None else {})}
+    cursor = db.aql.execute(
+        f"FOR doc IN @@col FILTER doc._key IN @keys{guard} REMOVE doc IN @@col OPTIONS {{ignoreErrors: true, exclusive: true}}",
+        bind_vars=bind_vars,
+    )
+    return (cursor.statistics() or {}).get("modified", 0)
+
+
+def check_ready(*, timeout: float) -> None:
+    """Readiness: the mirror's database answers to its user, or is missing and the user may create
+    it (the first drain does). Raises with a reason an operator can act on."""
+    base, db, user = settings.ARANGO_URL.rstrip("/"), settings.ARANGO_DB, settings.ARANGO_USER
+    auth = (user, settings.ARANGO_PASSWORD or "") if user else None
+
+    def current(name):
+        return requests.get(f"{base}/_db/{quote(name, safe='')}/_api/database/current", auth=auth, timeout=timeout)
+
+    response = current(db)
+    if response.status_code == 200:
+        return
+    if response.status_code in (401, 403):
+        raise RuntimeError(f"user {user!r} may not access database {db!r} (HTTP {response.status_code}): "
+                           "check ARANGO_USER/ARANGO_PASSWORD and grant rw on it")
+    if response.status_code == 404 and _error_num(response) == DATABASE_NOT_FOUND:
+        if current("_system").status_code == 200:
+            return
+        raise RuntimeError(f"database {db!r} does not exist and user {user!r} may not create it: "
+                           "create it and grant the user rw on it")
+    raise RuntimeError(f"HTTP {response.status_code}")
+
+
+def _error_num(response) -> int | None:
+    try:
+        return response.json().get("errorNum")
+    except ValueError:
+        return None

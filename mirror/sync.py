@@ -88,7 +88,8 @@ def write_batch(db, batch: Batch) -> dict:
         wanted = {edge["_key"] for edge in batch.docs[collection]}
         stale = [e for e in arango.edges_of_steps(db, collection, batch.step_keys)
                  if e["_key"] not in wanted and (e.get("version") or 0) < batch.version]
-        arango.delete_keys(db, collection, [e["_key"] for e in stale])
+        # Guarded again on the server: a newer writer may have re-linked the edge since the read.
+        arango.delete_keys(db, collection, [e["_key"] for e in stale], older_than=batch.version)
         unlinked.update(e["collection"] for e in stale if e.get("collection"))
     prune_collections(db, unlinked)
     return {owner: "; ".join(messages) for owner, messages in errors.items()}
@@ -306,7 +307,7 @@ def mirror_resync(*, truncate: bool = False, chunk_size: int = 500) -> dict[str,
             # Older than this resync and unknown to PostgreSQL; newer ones came from a concurrent drain.
             orphans = [doc["_key"] for doc in arango.all_documents(db, name)
                        if doc["_key"] not in seen[name] and (doc.get("version") or 0) < version]
-            removed += arango.delete_keys(db, name, orphans)
+            removed += arango.delete_keys(db, name, orphans, older_than=version)
     counts = {name: len(seen[name]) for name in d.VERTEX_COLLECTIONS + d.EDGE_COLLECTIONS}
     counts.update(removed=removed, errors=len(errors))
     if errors:

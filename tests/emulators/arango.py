@@ -1,35 +1,36 @@
 """In-process ArangoDB HTTP emulator for tests (no ArangoDB server can be installed here).
 
-It speaks enough of ArangoDB's REST API over real HTTP for the real ``python-arango`` client:
+It speaks enough of ArangoDB's REST API over real HTTP for the real ``python-arango`` client, and is
+exactly as strict as a real 3.11/3.12 single server where the product depends on it; the contract
+suite ``tests/emulators/test_arango_emulator.py`` runs the same assertions against a real server.
 
-* ``/_db/<name>/...`` prefixes, HTTP basic auth (401 / errorNum 401 on bad credentials),
-  ``GET /_api/version``, databases (list / create / delete), collections (list / create / get /
-  count / truncate / delete), indexes (``persistent`` plus the ``hash``/``skiplist`` aliases, with
-  "ensure" semantics; unique ones are enforced), documents (insert single and array with
-  ``overwrite``/``overwriteMode``/``keepNull``/``mergeObjects``/``returnNew``/``returnOld``/
-  ``silent``; get / head / update / replace / delete by key with ``If-Match``), ``POST /_api/import``
-  (type array, ``onDuplicate``, ``complete``, ``overwrite``, ``details``), named graphs (gharial:
-  create / get / list / delete, vertex and edge insert), and the cursor API with batches.
-* Every write gets a fresh ``_rev``.  Errors use ArangoDB's envelope
-  ``{"error": true, "errorNum": N, "errorMessage": "...", "code": HTTP}``.
+* ``/_db/<name>/...`` prefixes; users with per-database access levels (``rw``/``ro``/``none``, the
+  ``*`` wildcard, ``_system`` access separate), managed through ``/_api/user`` like the real server.
+  The constructor's user is the superuser (``rw`` everywhere). Bad credentials -> 401 (errorNum 11);
+  a database that does not exist -> 404 (1228); no access to an existing one -> 401 (11); a write
+  with ``ro`` access -> 403 (11); listing or creating databases needs ``_system`` access.
+  Collection-level grants are stored but not enforced (the database level decides).
+* ``GET /_api/version``, databases (list / list the caller's / current / create / delete),
+  collections (list / create / get / count / truncate / delete), indexes (``persistent`` plus the
+  ``hash``/``skiplist`` aliases, with "ensure" semantics; unique ones are enforced), documents
+  (insert single and array with ``overwrite``/``overwriteMode``/``keepNull``/``mergeObjects``/
+  ``returnNew``/``returnOld``/``silent``; get / head / update / replace / delete by key with
+  ``If-Match``; bulk delete with a list body), ``POST /_api/import`` (type array, ``onDuplicate``,
+  ``complete``, ``overwrite``, ``details``), named graphs (gharial: create / get / list / delete,
+  vertex and edge insert), and the cursor API with batches and write statistics.
+* AQL: the subset in ``arango_aql.py`` (reads, traversals, and the UPSERT/REMOVE shapes the mirror
+  uses); anything else -> HTTP 400, errorNum 1501. A query is atomic.
+* Every write gets a fresh ``_rev``. Errors use ArangoDB's envelope
+  ``{"error": true, "errorNum": N, "errorMessage": "...", "code": HTTP}`` with the real numbers
+  (1202 document not found, 1203 collection not found, 1207 duplicate name, 1210 unique constraint,
+  1228 database not found, 11 forbidden / not authorized).
+* Test hooks: ``requests`` (a log, with the AQL text of cursor requests), ``after_request`` (called
+  with the log entry once a request was applied and before its answer is sent, e.g. to let another
+  writer in between two requests of a client), ``go_down``/``come_back`` (an outage).
 
-Supported AQL subset (anything else -> HTTP 400, errorNum 1501, message says so)::
-
-    FOR d IN @@col | collname          FOR v[, e[, p]] IN [min[..max]] OUTBOUND|INBOUND|ANY start
-                                                          GRAPH 'name' | @graph
-    followed by any sequence of  FILTER cond [AND cond]...   and   LIMIT [offset,] count
-    then                         RETURN [DISTINCT] operand
-
-    cond     := operand (== | != | IN | NOT IN) operand
-    operand  := var | var.attr.attr... | @bind | 'string' | "string" | number | true | false | null
-
-``start`` is a bind value / string literal holding a document id (or a document with ``_id``).
-Traversals use ArangoDB's defaults: depth-first, ``uniqueEdges: path``, ``uniqueVertices: none``,
-min..max default 1..1; ``p`` is ``{"vertices": [...], "edges": [...]}``.  Equality is AQL's
-(type-strict, deep).  Not supported: SORT, COLLECT, LET, OR, <, >, functions, sub-queries, object
-literals, array indexing, writes in AQL, anonymous-graph (edge collection list) traversals,
-JWT auth, bulk update/replace/delete, JSONL imports, other index types (answered with 501).
-Result order of scans/traversals is insertion order, which real ArangoDB does not guarantee.
+Not supported: JWT auth, bulk update/replace, JSONL imports, other index types (answered with
+501), anonymous-graph traversals. Scan order is insertion order, which real ArangoDB does not
+guarantee.
 """
 import base64
 import copy
@@ -40,48 +41,15 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from .arango_aql import ArangoError, _AqlParser, _attr, _eval, _holds, aql_equal
+
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254}$")
 _ID_RE = re.compile(r"^([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254})$")
-
-
-class ArangoError(Exception):
-    def __init__(self, code, num, msg, **extra):
-        super().__init__(msg)
-        self.code, self.num, self.msg, self.extra = code, num, msg, extra
-
-    def body(self):
-        return {"error": True, "errorNum": self.num, "errorMessage": self.msg, "code": self.code, **self.extra}
-
-
-def _unsupported(detail):
-    return ArangoError(400, 1501, f"AQL: syntax error, unexpected or unsupported construct {detail}: the test "
-                                  "emulator supports only a small AQL subset (see tests/emulators/arango.py)")
 
 
 def _flag(params, name, default=False):
     value = params.get(name)
     return default if value is None else value.lower() in ("1", "true", "yes", "on")
-
-
-def _rank(v):
-    return 0 if v is None else 1 if isinstance(v, bool) else 2 if isinstance(v, (int, float)) \
-        else 3 if isinstance(v, str) else 4 if isinstance(v, list) else 5
-
-
-def aql_equal(a, b):
-    if _rank(a) != _rank(b):
-        return False
-    if isinstance(a, list):
-        return len(a) == len(b) and all(aql_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(aql_equal(a[k], b[k]) for k in a)
-    return a == b
-
-
-def _attr(value, path):
-    for name in path:
-        value = value.get(name) if isinstance(value, dict) else None
-    return value
 
 
 def _merge(old, patch, keep_null, merge_objects, top=True):
@@ -113,175 +81,14 @@ class _Collection:
                 "status": 3, "globallyUniqueId": f"emu{self.id}"}
 
 
-# ---------------------------------------------------------------- AQL subset parser
-_TOKEN_RE = re.compile(r"""(?P<ws>\s+|//[^\n]*|/\*.*?\*/)|(?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
-    |(?P<num>-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)|(?P<bind>@@?[A-Za-z_][A-Za-z0-9_]*)
-    |(?P<name>[A-Za-z_][A-Za-z0-9_]*|`[^`]+`)|(?P<op>\.\.|==|!=|<=|>=|[<>,.(){}\[\]:*+\-/%!=?])""", re.S | re.X)
-_DIRECTIONS = ("OUTBOUND", "INBOUND", "ANY")
-
-
-class _AqlParser:
-    def __init__(self, text, bind_vars):
-        self.toks, pos = [], 0
-        while pos < len(text):
-            m = _TOKEN_RE.match(text, pos)
-            if not m:
-                raise _unsupported(f"near '{text[pos:pos + 30]}'")
-            pos = m.end()
-            if m.lastgroup == "str":
-                escapes = {"n": "\n", "t": "\t", "r": "\r"}
-                text_value = re.sub(r"\\(.)", lambda e: escapes.get(e.group(1), e.group(1)),
-                                    m.group()[1:-1], flags=re.S)
-                self.toks.append(("str", text_value))
-            elif m.lastgroup != "ws":
-                self.toks.append((m.lastgroup, m.group().strip("`")))
-        self.i, self.binds, self.used = 0, bind_vars, set()
-
-    def peek(self, offset=0):
-        return self.toks[self.i + offset] if self.i + offset < len(self.toks) else ("end", "")
-
-    def is_kw(self, *words, offset=0):
-        kind, val = self.peek(offset)
-        return kind == "name" and val.upper() in words
-
-    def take(self):
-        tok = self.peek()
-        if tok[0] == "end":
-            raise _unsupported("(unexpected end of query)")
-        self.i += 1
-        return tok
-
-    def expect(self, *words):
-        kind, val = self.take()
-        if not ((kind == "name" and val.upper() in words) or (kind == "op" and val in words)):
-            raise _unsupported(f"near '{val}' (expected {' or '.join(words)})")
-        return val
-
-    def bind(self, name):
-        if name not in self.binds:
-            raise ArangoError(400, 1551, f"AQL: no value specified for declared bind parameter '{name}'")
-        self.used.add(name)
-        return self.binds[name]
-
-    def int_value(self):
-        kind, val = self.take()
-        value = self.bind(val[1:]) if kind == "bind" else None if kind == "name" and val.lower() == "null" \
-            else int(val) if kind == "num" and val.lstrip("-").isdigit() else "bad"
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-            raise _unsupported(f"near '{val}' (expected a non-negative integer)")
-        return value
-
-    def operand(self, variables):
-        kind, val = self.take()
-        if kind == "name" and val in variables:
-            path = []
-            while self.peek() == ("op", "."):
-                self.take()
-                k, attr = self.take()
-                if k != "name":
-                    raise _unsupported(f"near '.{attr}'")
-                path.append(attr)
-            return ("var", val, path)
-        if kind in ("str", "num"):
-            return ("const", val if kind == "str" else json.loads(val))
-        if kind == "bind" and not val.startswith("@@"):
-            return ("const", self.bind(val[1:]))
-        if kind == "name" and val.lower() in ("true", "false", "null"):
-            return ("const", {"true": True, "false": False, "null": None}[val.lower()])
-        raise _unsupported(f"near '{val}'")
-
-    def parse(self):
-        self.expect("FOR")
-        variables = [self.variable()]
-        while self.peek() == ("op", ","):
-            self.take()
-            variables.append(self.variable())
-        self.expect("IN")
-        traversal = self.is_kw(*_DIRECTIONS) or (self.peek()[0] in ("num", "bind") and (
-            self.peek(1) == ("op", "..") or self.is_kw(*_DIRECTIONS, offset=1)))
-        if traversal:
-            low = high = 1
-            if not self.is_kw(*_DIRECTIONS):
-                low = high = self.int_value()
-                if self.peek() == ("op", ".."):
-                    self.take()
-                    high = self.int_value()
-            direction = self.expect(*_DIRECTIONS).upper()
-            start = self.operand(())[1]
-            self.expect("GRAPH")
-            kind, val = self.take()
-            graph = val if kind == "str" else self.bind(val[1:]) if kind == "bind" and val[1] != "@" else None
-            if not isinstance(graph, str) or len(variables) > 3 or None in (low, high):
-                raise _unsupported("in traversal (use: FOR v[, e[, p]] IN min..max DIRECTION start GRAPH 'name')")
-            source = ("traversal", low, high, direction, start, graph)
-        else:
-            kind, val = self.take()
-            name = self.bind(val[1:]) if kind == "bind" and val.startswith("@@") else val if kind == "name" else None
-            if not isinstance(name, str) or len(variables) != 1:
-                raise _unsupported(f"near '{val}' (expected a collection name or @@bind)")
-            source = ("collection", name)
-        ops = []
-        while self.is_kw("FILTER", "LIMIT"):
-            if self.take()[1].upper() == "LIMIT":
-                first = self.int_value()
-                if self.peek() == ("op", ","):
-                    self.take()
-                    ops.append(("limit", first or 0, self.int_value()))
-                else:
-                    ops.append(("limit", 0, first))
-                continue
-            conds = [self.condition(variables)]
-            while self.is_kw("AND"):
-                self.take()
-                conds.append(self.condition(variables))
-            ops.append(("filter", conds))
-        self.expect("RETURN")
-        distinct = self.is_kw("DISTINCT")
-        if distinct:
-            self.take()
-        ret = self.operand(variables)
-        if self.peek()[0] != "end":
-            raise _unsupported(f"near '{self.peek()[1]}'")
-        unused = set(self.binds) - self.used
-        if unused:
-            raise ArangoError(400, 1552, f"AQL: bind parameter '{sorted(unused)[0]}' was not declared in the query")
-        return {"vars": variables, "source": source, "ops": ops, "distinct": distinct, "ret": ret}
-
-    def variable(self):
-        kind, val = self.take()
-        if kind != "name" or val.upper() in _DIRECTIONS + ("FOR", "IN", "FILTER", "LIMIT", "RETURN", "GRAPH"):
-            raise _unsupported(f"near '{val}' (expected a variable name)")
-        return val
-
-    def condition(self, variables):
-        left = self.operand(variables)
-        if self.is_kw("NOT") and self.is_kw("IN", offset=1):
-            self.i += 2
-            return (left, "NOT IN", self.operand(variables))
-        kind, val = self.take()
-        if (kind, val) not in (("op", "=="), ("op", "!=")) and not (kind == "name" and val.upper() == "IN"):
-            raise _unsupported(f"near '{val}' (only ==, !=, IN, NOT IN and AND are supported in FILTER)")
-        return (left, val.upper(), self.operand(variables))
-
-
-def _eval(operand, row):
-    return _attr(row[operand[1]], operand[2]) if operand[0] == "var" else operand[1]
-
-
-def _holds(cond, row):
-    left, op, right = _eval(cond[0], row), cond[1], _eval(cond[2], row)
-    if op in ("IN", "NOT IN"):
-        found = isinstance(right, list) and any(aql_equal(left, x) for x in right)
-        return found if op == "IN" else not found
-    return aql_equal(left, right) == (op == "==")
-
-
 # ---------------------------------------------------------------- the emulator
 class ArangoEmulator:
     def __init__(self, username="root", password="", version="3.11.0"):
-        self.users = {username: password}
+        # name -> password, access levels by database ("*" = any), collection grants (stored only)
+        self.users = {username: {"password": password, "databases": {"*": "rw"}, "collections": {}}}
         self.version = version
-        self.requests = []  # request log: dicts with method, path, params, db, status
+        self.requests = []  # request log: dicts with method, path, params, db, status (and query)
+        self.after_request = None  # test hook, see the module docstring
         self._lock = threading.RLock()
         self._dbs = {"_system": {"collections": {}, "graphs": {}}}
         self._ids = itertools.count(1000)
@@ -363,25 +170,32 @@ class ArangoEmulator:
         db = "_system"
         if len(parts) >= 2 and parts[0] == "_db":
             db, parts = parts[1], parts[2:]
-        status, body = 500, None
+        status, body, data = 500, None, None
         try:
             raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
             try:
                 data = json.loads(raw) if raw.strip() else None
             except ValueError as exc:
                 raise ArangoError(400, 600, f"VPackError error: {exc}")
-            if not self._authorized(h.headers.get("Authorization", "")):
-                raise ArangoError(401, 401, "not authorized to execute this request")
             with self._lock:
+                self._caller = self._authenticate(h.headers.get("Authorization", ""))
+                if self._caller is None:
+                    raise ArangoError(401, 11, "not authorized to execute this request")
                 if db not in self._dbs:
                     raise ArangoError(404, 1228, "database not found")
+                if self._level(db) == "none":
+                    raise ArangoError(401, 11, "not authorized to execute this request")
                 status, body = self._route(h.command, parts, params, data, db, h.headers)
         except ArangoError as err:
             status, body = err.code, err.body()
         except Exception as exc:  # a bug in the emulator must be loud, not a hang
             status, body = 500, ArangoError(500, 4, f"emulator internal error: {exc!r}").body()
-        self.requests.append({"method": h.command, "path": url.path, "params": params, "db": db,
-                              "status": status})
+        entry = {"method": h.command, "path": url.path, "params": params, "db": db, "status": status}
+        if parts[-1:] == ["cursor"] and isinstance(data, dict):
+            entry["query"] = data.get("query")
+        self.requests.append(entry)
+        if self.after_request is not None:
+            self.after_request(entry)
         payload = b"" if h.command == "HEAD" else json.dumps(body).encode()
         h.send_response(status)
         h.send_header("Content-Type", "application/json; charset=utf-8")
@@ -394,20 +208,31 @@ class ArangoEmulator:
         h.end_headers()
         h.wfile.write(payload)
 
-    def _authorized(self, header):
+    def _authenticate(self, header):
         if not header.startswith("Basic "):
-            return False
+            return None
         try:
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except ValueError:
-            return False
-        return user in self.users and self.users[user] == password
+            return None
+        return user if user in self.users and self.users[user]["password"] == password else None
+
+    def _level(self, db, user=None):
+        """The caller's access level on a database: an explicit grant, else the "*" default, else none."""
+        grants = self.users.get(user or self._caller, {}).get("databases", {})
+        return grants.get(db) or grants.get("*") or "none"
+
+    def _require_rw(self, db):
+        if self._level(db) != "rw":
+            raise ArangoError(403, 11, "forbidden")
 
     def _route(self, method, parts, params, data, db, headers):
         path = "/" + "/".join(parts)
         if parts[:1] != ["_api"] or len(parts) < 2:
             raise ArangoError(404, 404, f"unknown path '{path}'")
         area, rest = parts[1], parts[2:]
+        if method not in ("GET", "HEAD") and area in ("collection", "index", "document", "import", "gharial"):
+            self._require_rw(db)
         handler = getattr(self, f"_api_{area}", None)
         result = handler(method, rest, params, data, db, headers) if handler else None
         if result is None:
@@ -416,10 +241,11 @@ class ArangoEmulator:
         return result
 
     # helpers ---------------------------------------------------------------
-    def _coll(self, db, name):
+    def _coll(self, db, name, aql=False):
         coll = self._dbs[db]["collections"].get(name)
         if coll is None:
-            raise ArangoError(404, 1203, f"collection or view not found: {name}")
+            raise ArangoError(404, 1203, f"AQL: collection or view not found: {name} (while parsing)" if aql
+                              else f"collection or view not found: {name}")
         return coll
 
     def _new_rev(self):
@@ -490,12 +316,16 @@ class ArangoEmulator:
 
     def _api_database(self, method, rest, params, data, db, headers):
         ok = {"error": False, "code": 200, "result": True}
-        if method == "GET" and rest == ["user"] or (method == "GET" and not rest and db == "_system"):
+        if method == "GET" and rest == ["user"]:
+            return 200, {"error": False, "code": 200, "result": [n for n in sorted(self._dbs) if self._level(n) != "none"]}
+        if method == "GET" and not rest and db == "_system":
             return 200, {"error": False, "code": 200, "result": sorted(self._dbs)}
         if method == "GET" and rest == ["current"]:
             return 200, {"error": False, "code": 200, "result": {"name": db, "id": "1", "isSystem": db == "_system"}}
         if db != "_system" and (method in ("POST", "DELETE") or not rest):
             raise ArangoError(403, 1230, "operation only allowed in system database")
+        if method in ("POST", "DELETE"):
+            self._require_rw("_system")
         if method == "POST" and not rest:
             name = (data or {}).get("name")
             if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$", name):
@@ -503,12 +333,52 @@ class ArangoEmulator:
             if name in self._dbs:
                 raise ArangoError(409, 1207, "duplicate database name")
             self._dbs[name] = {"collections": {}, "graphs": {}}
+            # Like the real server: the listed users get rw on the new database (created if missing);
+            # the creating user gets nothing unless listed or granted "*".
+            for spec in (data or {}).get("users") or []:
+                user = self.users.setdefault(spec["username"], {"password": spec.get("passwd") or "",
+                                                                "databases": {}, "collections": {}})
+                if "passwd" in spec:
+                    user["password"] = spec["passwd"] or ""
+                user["databases"][name] = "rw"
             return 201, {**ok, "code": 201}
         if method == "DELETE" and len(rest) == 1:
             if rest[0] not in self._dbs or rest[0] == "_system":
                 raise ArangoError(404, 1228, "database not found")
             del self._dbs[rest[0]]
             return 200, ok
+
+    def _api_user(self, method, rest, params, data, db, headers):
+        """Users and their database access levels; changing them needs rw on _system."""
+        if method != "GET" or (rest and rest[0] != self._caller):
+            self._require_rw("_system")
+        data = data if isinstance(data, dict) else {}
+        if method == "POST" and not rest:
+            name = data.get("user")
+            if not isinstance(name, str) or not name:
+                raise ArangoError(400, 1700, "invalid user name")
+            if name in self.users:
+                raise ArangoError(409, 1702, "duplicate user")
+            self.users[name] = {"password": data.get("passwd") or "", "databases": {}, "collections": {}}
+            return 201, {"error": False, "code": 201, "user": name, "active": True, "extra": data.get("extra") or {}}
+        user = self.users.get(rest[0]) if rest else None
+        if user is None:
+            raise ArangoError(404, 1703, "user not found")
+        if method == "DELETE" and len(rest) == 1:
+            del self.users[rest[0]]
+            return 202, {"error": False, "code": 202}
+        if len(rest) in (3, 4) and rest[1] == "database":
+            if method == "GET" and len(rest) == 3:
+                return 200, {"error": False, "code": 200, "result": self._level(rest[2], rest[0])}
+            if method == "PUT":
+                grant = data.get("grant")
+                if grant not in ("rw", "ro", "none"):
+                    raise ArangoError(400, 10, "invalid grant: use rw, ro or none")
+                if len(rest) == 3:
+                    user["databases"][rest[2]] = grant
+                else:
+                    user["collections"][(rest[2], rest[3])] = grant
+                return 200, {"error": False, "code": 200, "/".join(rest[2:]): grant}
 
     def _create_collection(self, db, name, ctype):
         if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_\-]{0,255}$", name):
@@ -600,6 +470,14 @@ class ArangoEmulator:
                 except ArangoError as err:
                     out.append({"error": True, "errorNum": err.num, "errorMessage": err.msg})
             return wrote, out
+        if method == "DELETE" and len(rest) == 1 and isinstance(data, list):
+            out = []
+            for item in data:  # like the bulk insert: per-document errors in place, no atomicity
+                key = item.get("_key") if isinstance(item, dict) else item
+                old = coll.docs.pop(key, None) if isinstance(key, str) else None
+                out.append({"error": True, "errorNum": 1202, "errorMessage": "document not found"} if old is None
+                           else {k: old[k] for k in ("_id", "_key", "_rev")})
+            return (200 if wrote == 201 else 202), out
         if len(rest) != 2 or method not in ("GET", "HEAD", "PATCH", "PUT", "DELETE"):
             return None
         key = rest[1]
@@ -670,9 +548,9 @@ class ArangoEmulator:
             batch = data.get("batchSize") or 1000
             if not isinstance(batch, int) or batch < 1:
                 raise ArangoError(400, 10, "batchSize must be a positive integer")
-            rows = json.loads(json.dumps(self._run_aql(db, data["query"], data.get("bindVars") or {})))
-            cursor = {"id": str(next(self._ids)), "rows": rows, "batch": batch,
-                      "count": len(rows) if data.get("count") else None}
+            rows, stats = self._run_aql(db, data["query"], data.get("bindVars") or {})
+            cursor = {"id": str(next(self._ids)), "rows": json.loads(json.dumps(rows)), "batch": batch,
+                      "count": len(rows) if data.get("count") else None, "stats": stats}
             return 201, self._next_batch(cursor, 201)
         cursor = self._cursors.get(rest[0]) if len(rest) == 1 else None
         if method in ("PUT", "POST", "DELETE") and len(rest) == 1 and cursor is None:
@@ -686,7 +564,7 @@ class ArangoEmulator:
     def _next_batch(self, cursor, code):
         batch, cursor["rows"] = cursor["rows"][:cursor["batch"]], cursor["rows"][cursor["batch"]:]
         body = {"result": batch, "hasMore": bool(cursor["rows"]), "cached": False, "error": False, "code": code,
-                "extra": {"warnings": [], "stats": {"writesExecuted": 0, "writesIgnored": 0}}}
+                "extra": {"warnings": [], "stats": dict(cursor["stats"])}}
         if cursor["count"] is not None:
             body["count"] = cursor["count"]
         if body["hasMore"]:
@@ -699,7 +577,12 @@ class ArangoEmulator:
     def _run_aql(self, db, query, bind_vars):
         plan = _AqlParser(query, bind_vars).parse()
         source = plan["source"]
-        if source[0] == "collection":
+        if plan["write"] is not None:
+            self._require_rw(db)
+            self._coll(db, plan["write"]["collection"], aql=True)
+        if source[0] == "array":
+            rows = [{plan["vars"][0]: v} for v in source[1]]
+        elif source[0] == "collection":
             if source[1] not in self._dbs[db]["collections"]:
                 raise ArangoError(404, 1203, f"AQL: collection or view not found: {source[1]} (while parsing)")
             rows = [{plan["vars"][0]: d} for d in self._dbs[db]["collections"][source[1]].docs.values()]
@@ -714,11 +597,54 @@ class ArangoEmulator:
                 rows = [r for r in rows if all(_holds(c, r) for c in op[1])]
             else:
                 rows = rows[op[1]:] if op[2] is None else rows[op[1]:op[1] + op[2]]
+        stats = {"writesExecuted": 0, "writesIgnored": 0}
+        if plan["write"] is not None:
+            rows = self._apply_writes(db, plan["write"], rows, stats)
         out = []
         for row in rows:
+            if plan["ret"] is None:
+                continue
             value = _eval(plan["ret"], row)
             if not plan["distinct"] or not any(aql_equal(value, seen) for seen in out):
                 out.append(value)
+        return out, stats
+
+    # Errors a write query may skip with ignoreErrors: the document-level ones.
+    _IGNORABLE = {1200, 1202, 1210, 1221, 1227, 1233}
+
+    def _apply_writes(self, db, write, rows, stats):
+        """Run UPSERT/REMOVE over the rows on a scratch copy: all or nothing, like one transaction."""
+        coll = self._coll(db, write["collection"], aql=True)
+        options = write["options"]
+        keep_null, merge = options.get("keepNull", True), options.get("mergeObjects", True)
+        scratch, out = dict(coll.docs), []
+        for row in rows:
+            try:
+                if write["verb"] == "UPSERT":
+                    key = _eval(write["key"], row)
+                    old = scratch.get(key) if isinstance(key, str) else None
+                    if old is None:
+                        new, _, _ = self._write(coll, scratch, _eval(write["insert"], row), "conflict")
+                    else:
+                        change = _eval(write["change"], {**row, "OLD": old})
+                        if not isinstance(change, dict):
+                            raise ArangoError(400, 1227, "invalid document type")
+                        new, _, _ = self._write(coll, scratch, {**change, "_key": key}, write["mode"], keep_null, merge)
+                else:
+                    target = _eval(write["target"], row)
+                    key = target.get("_key") if isinstance(target, dict) else target
+                    old, new = (scratch.pop(key, None) if isinstance(key, str) else None), None
+                    if old is None:
+                        raise ArangoError(404, 1202, "document not found")
+            except ArangoError as err:
+                if options.get("ignoreErrors") and err.num in self._IGNORABLE:
+                    stats["writesIgnored"] += 1
+                    continue
+                err.msg = f"AQL: {err.msg} (while executing)"
+                raise
+            stats["writesExecuted"] += 1
+            out.append({**row, "OLD": old, "NEW": new})
+        coll.docs = scratch
         return out
 
     def _traverse(self, db, graph, start, low, high, direction, names):

@@ -1,56 +1,67 @@
-"""Mirror fixtures: the ArangoDB emulator, or a real ArangoDB when ARANGO_URL is set in the environment."""
+"""Mirror fixtures: the ArangoDB emulator, or a real ArangoDB when ARANGO_CONTRACT_URL is set.
+
+The mirror always runs as a least-privilege user: `rw` on its own per-test database, no access to
+`_system`, exactly as a production deployment should grant it. The database and user are created by
+the server's superuser (the emulator's, or root with ARANGO_CONTRACT_ROOT_PASSWORD on a real server).
+"""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
-from arango import ArangoClient
-from arango.http import DefaultHTTPClient
 
 from mirror import documents as d
+from tests.emulators.contract import TARGETS, arango_target, grant_user
 
 
-class RealArango:
-    """A real server: same interface as the emulator minus outages (those tests skip)."""
-
-    def __init__(self, url):
-        self.url = url
-
-
-@pytest.fixture
-def arango_server():
-    if os.environ.get("ARANGO_URL"):
-        yield RealArango(os.environ["ARANGO_URL"])
-        return
-    from tests.emulators.arango import ArangoEmulator
-
-    with ArangoEmulator(username="mirror", password="mirror-pw") as emulator:
-        yield emulator
+@pytest.fixture(params=TARGETS)
+def arango_server(request):
+    """The emulator, or the real server (skipped unless configured); see tests/emulators/contract.py."""
+    with arango_target(request.param) as server:
+        yield server
 
 
 @pytest.fixture
-def mirror(settings, arango_server):
-    """Mirror switched on against a fresh database; `.db` reads it back through python-arango."""
-    real = isinstance(arango_server, RealArango)
-    settings.ARANGO_URL = arango_server.url
+def mirror_user(arango_server):
+    """A fresh user (name, password) with no rights at all yet."""
+    name, password = f"mirror_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    arango_server.admin.create_user(name, password)
+    yield name, password
+    arango_server.admin.delete_user(name, ignore_missing=True)
+
+
+def _switch_on(settings, server, user, database):
+    settings.ARANGO_URL = server.url
     settings.ARANGO_ENABLED = True
-    settings.ARANGO_DB = f"mirror_test_{uuid.uuid4().hex[:10]}"
-    settings.ARANGO_USER = os.environ.get("ARANGO_USER", "root") if real else "mirror"
-    settings.ARANGO_PASSWORD = os.environ.get("ARANGO_PASSWORD", "") if real else "mirror-pw"
-    client = ArangoClient(hosts=arango_server.url, http_client=DefaultHTTPClient(retry_attempts=0))
-    handle = MirrorHandle(client, settings, arango_server)
-    yield handle
-    if real:
-        system = client.db("_system", username=settings.ARANGO_USER, password=settings.ARANGO_PASSWORD)
-        if system.has_database(settings.ARANGO_DB):
-            system.delete_database(settings.ARANGO_DB)
+    settings.ARANGO_DB = database
+    settings.ARANGO_USER, settings.ARANGO_PASSWORD = user
+
+
+@pytest.fixture
+def mirror(settings, arango_server, mirror_user):
+    """Mirror switched on against a fresh database it may only read and write; `.db` reads it back."""
+    database = f"mirror_test_{uuid.uuid4().hex[:10]}"
+    arango_server.admin.create_database(database)
+    grant_user(arango_server.admin, mirror_user[0], database, "rw")
+    _switch_on(settings, arango_server, mirror_user, database)
+    yield MirrorHandle(arango_server, settings)
+    arango_server.admin.delete_database(database, ignore_missing=True)
+
+
+@pytest.fixture
+def mirror_without_database(settings, arango_server, mirror_user):
+    """Mirror switched on for a database that does not exist yet; the user has no rights anywhere."""
+    database = f"mirror_test_{uuid.uuid4().hex[:10]}"
+    _switch_on(settings, arango_server, mirror_user, database)
+    yield database
+    arango_server.admin.delete_database(database, ignore_missing=True)
 
 
 class MirrorHandle:
-    def __init__(self, client, settings, server):
+    def __init__(self, server, settings):
         self.server = server
-        self.db = client.db(settings.ARANGO_DB, username=settings.ARANGO_USER, password=settings.ARANGO_PASSWORD)
+        self.db = server.client.db(settings.ARANGO_DB, username=settings.ARANGO_USER,
+                                   password=settings.ARANGO_PASSWORD)
 
     def docs(self, collection: str) -> dict[str, dict]:
         """Documents by key, without ArangoDB's own _id/_rev."""
@@ -63,10 +74,14 @@ class MirrorHandle:
     def query(self, aql: str, **bind_vars) -> list:
         return list(self.db.aql.execute(aql, bind_vars=bind_vars))
 
+    @property
+    def emulator(self):
+        if self.server.emulator is None:
+            pytest.skip("needs the emulator (outages and request hooks cannot be staged on a real server)")
+        return self.server.emulator
+
     def go_down(self):
-        if not hasattr(self.server, "go_down"):
-            pytest.skip("outages can only be simulated with the emulator")
-        self.server.go_down()
+        self.emulator.go_down()
 
     def come_back(self):
-        self.server.come_back()
+        self.emulator.come_back()
