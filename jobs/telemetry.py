@@ -5,27 +5,30 @@ batch is written in one transaction: events are stored (deduplicated by a conten
 is applied with one UPDATE for the whole batch, state changes go through compare-and-set
 transitions. Applying the same event twice changes nothing (records_written only grows, a
 transition that already happened does not happen again), so at-least-once delivery is safe.
+
+Runs: a retried step keeps its telemetry_id, so an event belongs to the run it names (`run`, sent
+by workers from STEP_RUN) or, without one, to the step's run current when it arrives. The run is
+part of the dedupe key (the same body counts once per run); an event of an earlier run is stored
+for the history but changes nothing; one of a later run than the step's is refused.
+Validation (one bad event is refused alone, naming the field) lives in jobs.telemetry_input.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 
 import psycopg
 from django.db import DataError, connection, transaction
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from jobs.telemetry_input import STATUSES, Event, InvalidEvent, canonical, event_key, normalize  # noqa: F401 (API)
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 from queues.signals import telemetry_ingested
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("started", "loading", "progress", "interrupted", "error", "finished", "pong")
 PROGRESS_STATUSES = ("started", "loading", "progress")
 INTERRUPTED_MESSAGE = "The worker reported `interrupted` without a stop request from the manager."
 
@@ -33,27 +36,8 @@ INTERRUPTED_MESSAGE = "The worker reported `interrupted` without a stop request 
 # What ingestion reads of a step; the rest loads lazily only when a state actually changes.
 _STEP_FIELDS = (
     "queue_id", "telemetry_id", "state", "reported_status", "records_written", "message", "started_at",
-    "stop_requested_at", "drain_requested_at",
+    "stop_requested_at", "drain_requested_at", "run",
 )
-
-
-class InvalidEvent(ValueError):
-    """The event cannot be used; the message is the dead-letter reason."""
-
-
-@dataclass
-class Event:
-    queue_id: str
-    producer: str
-    status: str
-    raw: dict
-    text: str  # canonical JSON of raw
-    key: str
-    records_written: int | None = None
-    message: str = ""
-    extra: dict | None = None
-    sent_at: datetime | None = None
-    index: int = -1  # position in the submitted batch
 
 
 @dataclass
@@ -62,75 +46,6 @@ class IngestResult:
     duplicates: int = 0
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
     changed_queues: set[int] = field(default_factory=set)
-
-
-def canonical(raw: dict) -> str:
-    """The event as canonical JSON: hashed for the dedupe key and stored as the payload."""
-    return json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
-
-
-def event_key(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def normalize(raw: object, text: str | None = None) -> Event:
-    """Read either field dialect (event/status, producer/telemetry_id, records_written/message_count…).
-
-    `text` is the event's JSON as received (a Kafka message): stored and hashed as is, which saves
-    serialising it again on the hot path. Without it the canonical JSON of `raw` is used.
-    """
-    if not isinstance(raw, dict):
-        raise InvalidEvent("not a JSON object")
-    status = raw.get("event") or raw.get("status")
-    if not status and raw.get("finished") is True:
-        status = "finished"
-    if not isinstance(status, str) or status.lower() not in STATUSES:
-        raise InvalidEvent(f"unknown or missing status {status!r}")
-    status = status.lower()
-    if status == "progress" and raw.get("finished") is True:
-        status = "finished"
-    queue_id = raw.get("queue_id")
-    if not isinstance(queue_id, str) or not queue_id:
-        raise InvalidEvent("missing queue_id")
-    producer = raw.get("producer") or raw.get("telemetry_id") or ""
-    if not isinstance(producer, str) or (not producer and status != "pong"):
-        raise InvalidEvent("missing producer/telemetry_id")
-    records = raw.get("records_written", raw.get("message_count"))
-    if records is not None:
-        if isinstance(records, bool) or not isinstance(records, (int, float)) or records < 0:
-            raise InvalidEvent(f"records_written must be a non-negative number, got {records!r}")
-        records = int(records)
-    extra = raw.get("extra")
-    message = raw.get("error_message") or raw.get("message") or ""
-    text = text if text is not None else canonical(raw)
-    if "\\u0000" in text:  # PostgreSQL cannot store NUL in jsonb; the batch must not fail on it
-        raise InvalidEvent("contains a NUL character (\\u0000)")
-    return Event(
-        queue_id=queue_id,
-        producer=producer,
-        status=status,
-        raw=raw,
-        text=text,
-        key=event_key(text),
-        records_written=records,
-        message=str(message)[:2000],
-        extra=extra if isinstance(extra, dict) else None,
-        sent_at=_parse_time(raw.get("timestamp", raw.get("sent_at"))),
-    )
-
-
-def _parse_time(value) -> datetime | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return datetime.fromtimestamp(value, tz=dt_timezone.utc)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if isinstance(value, str):
-        parsed = parse_datetime(value)
-        if parsed is not None and timezone.is_naive(parsed):
-            parsed = timezone.make_aware(parsed, dt_timezone.utc)
-        return parsed
-    return None
 
 
 def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | None = None) -> IngestResult:
@@ -158,9 +73,10 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         new = _store_safely(matched, queues, source, result)
         result.duplicates = len(matched) - len(new)
         result.accepted = len(new)
-        _apply_progress(new)
-        for event, step in new:
-            if step is not None and _apply_state(step, event):
+        current = [(event, step) for event, step in new if step is not None and not event.stale]
+        _apply_progress(current)
+        for event, step in current:
+            if _apply_state(step, event):
                 result.changed_queues.add(step.queue_id)
         _count(new)
         if new:
@@ -176,12 +92,12 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
 
 _STORE_COLUMNS = (
     "queue_id", "step_id", "event_key", "status", "producer", "records_written",
-    "message", "payload", "source", "sent_at", "received_at",
+    "message", "payload", "source", "sent_at", "received_at", "run",
 )
 
 
 def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, QueueRequest | None]]:
-    """Pair each event with its step by (queue_id, producer); the rest is rejected with a reason."""
+    """Pair each event with its step by (queue_id, producer) and its run; the rest is rejected with a reason."""
     queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
     steps = {
         (queue_id_of[s.queue_id], s.telemetry_id): s
@@ -196,6 +112,14 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
         if step is None and event.status != "pong":
             result.rejected.append((index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
             continue
+        if step is not None:
+            if event.run is None:
+                event.run = step.run  # workers that do not send their run: the run current now
+            elif event.run > step.run:
+                result.rejected.append((index, f"invalid run: {event.run} has not started (step is in run {step.run})"))
+                continue
+            event.stale = event.run < step.run
+        event.key = event_key(event.text, event.run)
         matched.append((event, step))
     return matched
 
@@ -225,7 +149,7 @@ def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueReq
                     copy.write_row((
                         queues[event.queue_id], step.pk if step else None, event.key, event.status,
                         event.producer[:100], event.records_written, event.message,
-                        event.text, source, event.sent_at, now,
+                        event.text, source, event.sent_at, now, event.run,
                     ))
     return list(unique.values())
 

@@ -280,6 +280,9 @@ class TelemetryEvent(models.Model):
     source = models.CharField(max_length=16, default="http", help_text="http or kafka")
     sent_at = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
+    run = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The step's run it belongs to (sent by the worker, else the run current on arrival)."
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]

@@ -239,3 +239,114 @@ def test_it_rejects_an_event_the_database_cannot_store_and_keeps_the_rest(queue)
     assert sorted(index for index, _ in result.rejected) == [1, 2]
     step.refresh_from_db()
     assert step.records_written == 10
+
+
+# --- issue #10 §1: one bad event never blocks the others ----------------------------------------
+
+BIGINT_MAX = 2**63 - 1
+
+
+def _deep(levels: int) -> dict:
+    value: dict = {"leaf": 1}
+    for _ in range(levels):
+        value = {"next": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"records_written": float("inf")}, "records_written"),  # 1e400 as Python's json reads it
+        ({"records_written": float("nan")}, "records_written"),
+        ({"message_count": float("-inf")}, "message_count"),
+        ({"records_written": BIGINT_MAX + 1}, "records_written"),
+        ({"records_written": [1, 2]}, "records_written"),
+        ({"timestamp": "2024-06-31T00:00:00"}, "timestamp"),  # an impossible date
+        ({"timestamp": "2024-06-01T25:00:00"}, "timestamp"),
+        ({"timestamp": 1717200000 * 10**6}, "timestamp"),  # microseconds: far beyond year 9999
+        ({"timestamp": float("inf")}, "timestamp"),
+        ({"sent_at": {"at": 1}}, "sent_at"),
+        ({"timestamp": "yesterday"}, "timestamp"),
+        ({"queue_id": ["tel-q"]}, "queue_id"),
+        ({"producer": {"id": "x"}}, "producer"),
+        ({"event": ["loading"]}, "event"),
+        ({"message": ["a", "list"]}, "message"),
+        ({"error_message": {"code": 1}}, "error_message"),
+        ({"finished": "yes"}, "finished"),
+        ({"extra": ["not", "an", "object"]}, "extra"),
+        ({"extra": {"loss": float("nan")}}, "extra.loss"),
+        ({"extra": _deep(40)}, "extra"),
+        ({"message": "x" * 100_000}, "message"),
+        ({"shard": "y" * 100_000}, "shard"),
+        ({"note": "lone \ud800 surrogate"}, "note"),
+        ({"run": "two"}, "run"),
+        ({"run": 0}, "run"),
+    ],
+)
+def test_it_rejects_each_kind_of_malformed_event_naming_the_field_and_applies_the_rest(queue, fields, named):
+    """Issue #10 §1: non-finite numbers, numbers beyond bigint, impossible or out-of-range times, wrong
+    types, very long strings and deep nesting are refused alone, with a reason naming the field."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    result = ingest_events([
+        _event(step, "loading", records_written=10, timestamp=1),
+        {**_event(step, "loading", records_written=20, timestamp=2), **fields},
+        _event(step, "loading", records_written=30, timestamp=3),
+    ])
+    assert [index for index, _ in result.rejected] == [1], result.rejected
+    assert named in result.rejected[0][1]
+    assert result.accepted == 2
+    step.refresh_from_db()
+    assert step.records_written == 30
+
+
+def test_it_accepts_the_largest_bigint_and_a_float_count(queue):
+    """Issue #10 §1, the edge of the bigint case: the largest value PostgreSQL holds is accepted."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    result = ingest_events([_event(step, "loading", records_written=12.0, timestamp=1),
+                            _event(step, "loading", records_written=BIGINT_MAX, timestamp=2)])
+    assert result.accepted == 2 and not result.rejected
+    step.refresh_from_db()
+    assert step.records_written == BIGINT_MAX
+
+
+# --- issue #10 §3: a retried step's new run does not take the old run's telemetry ------------------
+
+
+def test_it_counts_identical_events_of_two_runs_each_for_its_own_run(queue):
+    """Issue #10 §3 (run in the dedupe key): a worker that does not send its run reports the same body
+    in run 1 and run 2; both count, each for the run current when it arrives."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    body = _event(step, "loading", records_written=50)
+    assert ingest_events([dict(body)]).accepted == 1
+    step = put(step, StepState.RUNNING, run=2, records_written=0)  # as after a retry and a new launch
+    second = ingest_events([dict(body)])
+    assert (second.accepted, second.duplicates) == (1, 0)
+    step.refresh_from_db()
+    assert step.records_written == 50
+    assert sorted(TelemetryEvent.objects.filter(step=step).values_list("run", flat=True)) == [1, 2]
+    # With the run sent by the worker, the same holds.
+    assert ingest_events([{**body, "run": 2}]).accepted == 1
+    assert ingest_events([{**body, "run": 2}]).duplicates == 1
+
+
+def test_it_ignores_a_late_event_of_an_earlier_run(queue):
+    """Issue #10 §3 (late events): run 1's `finished` arriving during run 2 changes nothing in run 2."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING, run=2, records_written=10)
+    result = ingest_events([_event(step, "finished", records_written=999, run=1, timestamp=5)])
+    assert not result.rejected
+    step.refresh_from_db()
+    assert step.state == StepState.RUNNING and step.records_written == 10
+    assert result.changed_queues == set()
+    stored = TelemetryEvent.objects.get(step=step)  # kept for the history of run 1
+    assert stored.run == 1
+    # Run 2's own events still apply.
+    ingest_events([_event(step, "finished", records_written=20, run=2)])
+    step.refresh_from_db()
+    assert step.state == StepState.SUCCEEDED and step.records_written == 20
+
+
+def test_it_rejects_an_event_of_a_run_that_has_not_started(queue):
+    """Issue #10 §3: a run beyond the step's current one cannot exist yet; refused, naming `run`."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    result = ingest_events([_event(step, "loading", records_written=5, run=2)])
+    assert result.accepted == 0 and "run" in result.rejected[0][1]
