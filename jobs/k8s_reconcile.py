@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
+from django.utils import timezone
 
 from jobs.launchers.base import Observation, Phase
 from jobs.manifests import JOB_NAME_LABELS, LABEL_QUEUE, LABEL_STEP, label_value
@@ -201,3 +203,47 @@ def handle_orphans(launcher, snapshot: Snapshot) -> list[str]:
     if orphans and settings.K8S_DELETE_ORPHANS:
         delete_orphans(launcher, orphans)
     return orphans
+
+
+# --------------------------------------------------------------------------- leftovers of ended steps
+
+
+def _still_running(job: dict) -> bool:
+    ended = _condition(job, "Complete") or _condition(job, "Failed") or _condition(job, "SuccessCriteriaMet")
+    return not ended and not job["metadata"].get("deletionTimestamp")
+
+
+def find_leftovers(snapshot: Snapshot) -> list[str]:
+    """Jobs still running for no live step ("no workload without a live step", DESIGN §11).
+
+    Two kinds: the Job of a step that ended (failed, stopped, lost, or succeeded by telemetry while
+    its pod lingers) more than STOP_GRACE_SECONDS ago, and the Job of an earlier run of a step that
+    is in a later run now. Finished Jobs are left to their TTL (their pods keep the logs).
+    """
+    from queues.models import QueueRequest, StepState
+
+    running = {name: job for name, job in snapshot.jobs.items() if _still_running(job)}
+    if not running:
+        return []
+    ended_before = timezone.now() - timedelta(seconds=settings.STOP_GRACE_SECONDS)
+    rows = QueueRequest.objects.filter(job_name__in=list(running)).values_list("job_name", "state", "finished_at")
+    current = {name: (state, finished) for name, state, finished in rows}
+    _, known_steps = known_in_database(Snapshot(jobs=running))
+    leftovers = []
+    for name, job in running.items():
+        if name in current:
+            state, finished = current[name]
+            if state in StepState.TERMINAL and finished is not None and finished <= ended_before:
+                leftovers.append(name)
+        elif _step_key(job) in known_steps:
+            leftovers.append(name)  # an earlier run of a step the database has moved past
+    return sorted(leftovers)
+
+
+def delete_leftovers(launcher, snapshot: Snapshot) -> list[str]:
+    """Delete the Jobs find_leftovers names (with their pods); returns them."""
+    leftovers = find_leftovers(snapshot)
+    for name in leftovers:
+        logger.warning("deleting the Job of a step that ended", extra={"job_name": name})
+        launcher.delete_job(name)
+    return leftovers

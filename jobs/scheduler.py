@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
@@ -110,33 +111,135 @@ def _drain_consumers(steps) -> None:
         request_step_stop(consumer, reason=reason, drain=True)
 
 
+class RetryLaunch(Exception):
+    """A launch attempt failed and the step's budget allows another one after `countdown` seconds."""
+
+    def __init__(self, countdown: float, reason: str):
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+def attempt_deadline() -> timedelta:
+    """How long one launch attempt may take: after it, no task can still be running it (the Celery
+    hard time limit kills it), so reconcile may send the launch again."""
+    return timedelta(seconds=max(settings.LAUNCH_STUCK_SECONDS, settings.CELERY_TASK_TIME_LIMIT))
+
+
 def step_launch(step_pk: int) -> str:
-    """Launch one step (idempotent). Returns 'launched', 'skipped', or raises LaunchError to retry."""
+    """Launch one step (idempotent): 'launched', 'skipped' (not launching any more) or 'failed'.
+
+    Every attempt is counted in the database before it starts (`launch_attempts`, a bounded budget
+    per run); any exception from it raises RetryLaunch while the budget lasts, else fails the step
+    with the reason. A launch that returns after the step stopped, failed or moved to another run
+    removes what it just created.
+    """
     step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
     if step is None or step.state != StepState.LAUNCHING:
         return "skipped"
-    QueueRequest.objects.filter(pk=step.pk).update(launch_attempts=step.launch_attempts + 1)
-    handle = get_launcher().launch(step)  # LaunchError propagates to the task's retry policy
+    if not _claim_attempt(step):
+        step.refresh_from_db(fields=["state", "run", "message", "launch_attempts"])
+        if step.state != StepState.LAUNCHING:
+            return "skipped"
+        _fail_launch(step, f"gave up after {step.launch_attempts} attempts: {step.message or 'no reason recorded'}")
+        return "failed"
+    try:
+        handle = get_launcher().launch(step)
+        return _record_launch(step, handle)
+    except Exception as exc:  # timeouts, SoftTimeLimitExceeded, client errors: all spend the budget
+        countdown = _attempt_failed(step, exc)
+        if countdown is None:
+            return "failed"
+        raise RetryLaunch(countdown, str(exc)) from exc
+
+
+def _claim_attempt(step: QueueRequest) -> bool:
+    """Count one attempt of this run, if the budget allows it (one UPDATE, no read-then-write)."""
+    claimed = QueueRequest.objects.filter(
+        pk=step.pk, run=step.run, state=StepState.LAUNCHING, launch_attempts__lt=settings.LAUNCH_MAX_ATTEMPTS
+    ).update(launch_attempts=F("launch_attempts") + 1, next_launch_at=timezone.now() + attempt_deadline())
+    return claimed == 1
+
+
+def _record_launch(step: QueueRequest, handle: dict) -> str:
     now = timezone.now()
-    # Store the handle first: a fast worker may already have reported `started` (launching → running).
-    QueueRequest.objects.filter(pk=step.pk).update(launcher_handle=handle, launched_at=now)
-    step.launcher_handle, step.launched_at = handle, now
-    step.transition(StepState.PENDING, from_states=[StepState.LAUNCHING])
-    queue_refresh_status(queue=step.queue)
+    with transaction.atomic():
+        queue = Queue.objects.lock(step.queue_id)
+        # The handle first: a fast worker may already have reported `started` (launching → running),
+        # and a stop may have come meanwhile (then the stop flow needs to know the launch happened).
+        recorded = QueueRequest.objects.filter(
+            pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
+        ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
+        if recorded:
+            state = QueueRequest.objects.filter(pk=step.pk).values_list("state", flat=True).get()
+            step.launcher_handle, step.launched_at, step.state = handle, now, state
+            if step.transition(StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run):
+                queue_refresh_status(queue=queue)
+            elif state == StepState.STOPPING:
+                # Its stop command may have gone out before the workload existed: send it again.
+                from jobs.tasks import enqueue_on_commit, step_stop_task
+
+                enqueue_on_commit(step_stop_task, step.pk)
+    if not recorded:
+        # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
+        # another run: what was just created belongs to no live step.
+        logger.warning("launch returned after the step moved on; removing its workload",
+                       extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
+        step_discard(step.pk, job_name=step.job_name, step=step)
+        return "discarded"
     logger.info("step launched", extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
     return "launched"
 
 
-def step_launch_failed(step_pk: int, error: LaunchError) -> None:
-    step = QueueRequest.objects.filter(pk=step_pk).first()
-    if step is None:
-        return
-    kind = "permanent error" if error.permanent else f"gave up after {step.launch_attempts} attempts"
-    if step.transition(StepState.FAILED, from_states=[StepState.LAUNCHING], message=f"Launch failed ({kind}): {error}"):
-        logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": str(error)})
+def _attempt_failed(step: QueueRequest, error: Exception) -> float | None:
+    """Fail the step when the error is permanent or the budget is spent; else the retry countdown."""
+    reason = str(error) or type(error).__name__
+    attempts = QueueRequest.objects.filter(pk=step.pk).values_list("launch_attempts", flat=True).first() or 0
+    if isinstance(error, LaunchError) and error.permanent:
+        _fail_launch(step, f"permanent error: {reason}")
+        return None
+    if attempts >= settings.LAUNCH_MAX_ATTEMPTS:
+        _fail_launch(step, f"gave up after {attempts} attempts: {reason}")
+        return None
+    countdown = settings.LAUNCH_RETRY_BACKOFF_SECONDS * 2 ** (attempts - 1)
+    # Reconcile re-sends the launch only once this has passed, so it never starts a second chain
+    # beside this one while it backs off.
+    QueueRequest.objects.filter(pk=step.pk, run=step.run, state=StepState.LAUNCHING).update(
+        message=f"Launch attempt {attempts} of {settings.LAUNCH_MAX_ATTEMPTS} failed: {reason}",
+        next_launch_at=timezone.now() + timedelta(seconds=countdown) + attempt_deadline(),
+    )
+    logger.warning("step launch attempt failed", extra={"queue_id": step.queue.queue_id, "step": step.name,
+                                                         "attempt": attempts, "error": reason})
+    return countdown
+
+
+def _fail_launch(step: QueueRequest, reason: str) -> None:
+    if step.transition(StepState.FAILED, from_states=[StepState.LAUNCHING], in_run=step.run, message=f"Launch failed ({reason})"):
+        logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": reason})
         from jobs.tasks import enqueue, queue_advance
 
         enqueue(queue_advance, step.queue_id)
+
+
+def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = None) -> None:
+    """Remove the workload of one run of a step that ended (failed, stopped, lost) or moved on.
+
+    Keeps the log tail first (the step's only record once the pods are gone). Raises LaunchError
+    when the launcher cannot remove it (the task retries).
+    """
+    step = step or QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
+    if step is None:
+        return
+    current = QueueRequest.objects.filter(pk=step_pk).values_list("state", "job_name").first()
+    same_run = current is not None and current[1] == job_name
+    if same_run and current[0] not in StepState.TERMINAL:
+        return  # never remove the workload of a live run
+    step.job_name = job_name
+    launcher = get_launcher()
+    if same_run:
+        logs = _safe_logs(step, launcher)
+        if logs:
+            QueueRequest.objects.filter(pk=step_pk, job_name=job_name, logs="").update(logs=logs)
+    launcher.discard(step)
 
 
 def step_stop_now(step_pk: int) -> None:
@@ -189,14 +292,9 @@ def _reconcile_steps() -> dict:
     now = timezone.now()
     steps = list(QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue"))
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
-    stuck = [s for s in steps if s.state == StepState.LAUNCHING and now - s.state_changed_at > timedelta(seconds=settings.LAUNCH_STUCK_SECONDS)]
-    if stuck:
-        from jobs.tasks import enqueue, step_launch
-
-        for step in stuck:
-            enqueue(step_launch, step.pk)
-            QueueRequest.objects.filter(pk=step.pk).update(state_changed_at=now)
-        summary["relaunched"] = len(stuck)
+    for step in steps:
+        if step.state == StepState.LAUNCHING and _launch_due(step, now) and _resend_launch(step, now):
+            summary["relaunched"] += 1
     observed = [s for s in steps if s.state != StepState.LAUNCHING]
     try:
         if hasattr(launcher, "observe_many"):
@@ -216,9 +314,39 @@ def _reconcile_steps() -> dict:
     return summary
 
 
+def _launch_due(step: QueueRequest, now) -> bool:
+    """A launching step whose launch should have happened by now (its worker died, a task was lost).
+
+    `next_launch_at` is the end of the attempt in flight or of the retry backing off; before any
+    attempt, LAUNCH_STUCK_SECONDS after the step became launching.
+    """
+    due = step.next_launch_at or step.state_changed_at + timedelta(seconds=settings.LAUNCH_STUCK_SECONDS)
+    return now >= due
+
+
+def _resend_launch(step: QueueRequest, now) -> bool:
+    """Send the launch again, once: compare-and-set on the deadline this pass saw."""
+    moved = QueueRequest.objects.filter(
+        pk=step.pk, state=StepState.LAUNCHING, run=step.run, next_launch_at=step.next_launch_at
+    ).update(next_launch_at=now + attempt_deadline())
+    if moved:
+        from jobs.tasks import enqueue, step_launch
+
+        enqueue(step_launch, step.pk)
+    return bool(moved)
+
+
+def _launch_settled(step: QueueRequest, now) -> bool:
+    """Whether *missing* can mean *gone*: the launch returned (launched_at), or no attempt can still
+    be creating the workload (none started, or its deadline passed)."""
+    return step.launched_at is not None or step.next_launch_at is None or now >= step.next_launch_at
+
+
 def apply_observation(step: QueueRequest, observation: Observation, *, launcher, now) -> bool:
     """Bring one step in line with what the launcher sees; returns True if its state changed."""
     phase, reason = observation.phase, observation.reason
+    if phase == Phase.MISSING and not _launch_settled(step, now):
+        return False  # a launch in flight may still create it; ending now would leak what it creates
     if step.state == StepState.STOPPING:
         if phase in (Phase.SUCCEEDED, Phase.FAILED, Phase.MISSING):
             to = StepState.SUCCEEDED if step.drain_requested_at else StepState.STOPPED

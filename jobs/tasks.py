@@ -37,14 +37,23 @@ def queue_advance(queue_pk: int) -> None:
 
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=None)
 def step_launch(self, step_pk: int) -> str:
+    # The budget lives in the database (launch_attempts), not in this chain's retry count: a chain
+    # re-sent by reconcile continues the same budget instead of starting a new one.
     try:
         return scheduler.step_launch(step_pk)
+    except scheduler.RetryLaunch as retry:
+        raise self.retry(countdown=retry.countdown, exc=retry)
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=5)
+def step_discard_task(self, step_pk: int, job_name: str) -> None:
+    try:
+        scheduler.step_discard(step_pk, job_name=job_name)
     except LaunchError as exc:
-        attempts = self.request.retries + 1
-        if exc.permanent or attempts >= settings.LAUNCH_MAX_ATTEMPTS:
-            scheduler.step_launch_failed(step_pk, exc)
-            return "failed"
-        raise self.retry(exc=exc, countdown=settings.LAUNCH_RETRY_BACKOFF_SECONDS * 2 ** (attempts - 1))
+        if exc.permanent:
+            raise
+        # Reconcile also removes live workloads of ended steps; this only makes it sooner.
+        raise self.retry(exc=exc, countdown=settings.LAUNCH_RETRY_BACKOFF_SECONDS * 2 ** self.request.retries)
 
 
 @shared_task(acks_late=True, ignore_result=True)

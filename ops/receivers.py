@@ -4,6 +4,7 @@
 - queue_status_changed       → streamforge_queues_finished_total{outcome} on entering a terminal status
 - step_state_changed         → launch latency (launched_at → running) and stop latency
                                (stop_requested_at → terminal)
+All are recorded when the transaction commits, so a rolled-back change is never counted.
 """
 from __future__ import annotations
 
@@ -28,21 +29,23 @@ def on_queue_status_changed(sender, queue, previous, status, **kwargs) -> None:
     from queues.models import QueueStatus
 
     if status in QueueStatus.TERMINAL and previous not in QueueStatus.TERMINAL:
-        metrics.count_queue_finished(status)
+        # On commit: a transition rolled back (or retried after a conflict) must not count.
+        transaction.on_commit(lambda: metrics.count_queue_finished(status))
 
 
 def on_step_state_changed(sender, step, previous, state, **kwargs) -> None:
     from queues.models import StepState
 
     now = timezone.now()
+    # Recorded on commit (values taken now): a rolled-back transition leaves no trace in the metrics.
     # Launch latency: the first time a launched step is seen running.
     if state == StepState.RUNNING and previous in (StepState.LAUNCHING, StepState.PENDING) and step.launched_at:
-        started = step.started_at or now
-        metrics.observe_launch(step.target, (started - step.launched_at).total_seconds())
+        target, seconds = step.target, ((step.started_at or now) - step.launched_at).total_seconds()
+        transaction.on_commit(lambda: metrics.observe_launch(target, seconds))
     # Stop latency: a stop request that ended the step.
     if state in StepState.TERMINAL and previous not in StepState.TERMINAL and step.stop_requested_at:
-        finished = step.finished_at or now
-        metrics.observe_stop((finished - step.stop_requested_at).total_seconds())
+        seconds = ((step.finished_at or now) - step.stop_requested_at).total_seconds()
+        transaction.on_commit(lambda: metrics.observe_stop(seconds))
 
 
 def connect() -> None:

@@ -37,6 +37,11 @@ StepState.LAUNCHED = (StepState.LAUNCHING, StepState.PENDING, StepState.RUNNING,
 StepState.TERMINAL = (StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.LOST)
 StepState.FAILED_STATES = (StepState.FAILED, StepState.LOST)
 StepState.RETRYABLE = (StepState.FAILED, StepState.STOPPED, StepState.LOST)
+# Ends whose workload must not outlive the step ("no workload without a live step"): a failed Job
+# would be rerun up to backoffLimit and a streaming one would run forever. A succeeded step's
+# workload ends by itself (reconcile removes it if it does not).
+StepState.DISCARD_WORKLOAD = (StepState.FAILED, StepState.STOPPED, StepState.LOST)
+
 
 
 class DependencyKind(models.TextChoices):
@@ -164,7 +169,11 @@ class QueueRequest(models.Model):
     records_written = models.BigIntegerField(default=0)
     extra = models.JSONField(default=dict, blank=True, help_text="Last `extra` the worker reported (e.g. epoch, loss).")
     message = models.TextField(blank=True)
-    launch_attempts = models.PositiveIntegerField(default=0)
+    launch_attempts = models.PositiveIntegerField(default=0, help_text="Launch attempts of this run (bounded budget).")
+    next_launch_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="While launching: when the next attempt is due; reconcile re-sends the launch only after it.",
+    )
     run = models.PositiveIntegerField(default=1, help_text="1 for the first run, +1 for each retry.")
     launcher_handle = models.JSONField(default=dict, blank=True)
     logs = models.TextField(blank=True, help_text="Tail of the step's logs, kept when it ends.")
@@ -207,23 +216,34 @@ class QueueRequest(models.Model):
             self.state == StepState.STOPPING and self.started_at is not None
         )
 
-    def transition(self, to: str, *, from_states=None, **fields) -> bool:
-        """Compare-and-set state change; returns False if another actor moved the step first."""
+    def transition(self, to: str, *, from_states=None, in_run: int | None = None, **fields) -> bool:
+        """Compare-and-set state change; returns False if another actor moved the step first.
+
+        `in_run` also requires the step to still be in that run (a retry since makes it a no-op).
+        A step that ends failed, stopped or lost from a launched state gets its workload deleted
+        once this commits (jobs.scheduler.step_discard), whoever ended it (telemetry, reconcile, a launch).
+        """
         allowed = from_states if from_states is not None else [s for s in StepState.values if s != to]
         now = timezone.now()
         values = {"state": to, "state_changed_at": now, "updated_at": now, **fields}
         if to in StepState.TERMINAL:
             values.setdefault("finished_at", now)
+            values.setdefault("next_launch_at", None)
         previous = self.state
+        match = {"pk": self.pk, "state__in": allowed, **({"run": in_run} if in_run is not None else {})}
         # One transaction for the change and what its receivers record (e.g. the mirror's outbox).
         with transaction.atomic():
-            changed = QueueRequest.objects.filter(pk=self.pk, state__in=allowed).update(**values) == 1
+            changed = QueueRequest.objects.filter(**match).update(**values) == 1
             if changed:
                 for key, value in values.items():
                     setattr(self, key, value)
                 from queues.signals import step_state_changed
 
                 step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
+                if to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
+                    from jobs.tasks import enqueue_on_commit, step_discard_task
+
+                    enqueue_on_commit(step_discard_task, self.pk, self.job_name)
         return changed
 
     def reads(self) -> list[str]:

@@ -205,27 +205,32 @@ def queue_retry(*, queue: Queue, user=None) -> int:
 
 
 def queue_refresh_status(*, queue: Queue) -> str:
-    """Recompute and store the queue's status from its steps (the only writer of Queue.status)."""
-    states = list(queue.steps.values_list("state", flat=True))
-    status = queue.derive_status(states)
-    now = timezone.now()
-    fields: dict = {"status": status}
-    if status != QueueStatus.PENDING and queue.started_at is None:
-        fields["started_at"] = now
-    if status in QueueStatus.TERMINAL:
-        fields["finished_at"] = queue.finished_at or now
-    else:
-        fields["finished_at"] = None
-    changed = any(getattr(queue, k) != v for k, v in fields.items())
-    if changed:
-        Queue.objects.filter(pk=queue.pk).update(updated_at=now, **fields)
-        previous = queue.status
-        for key, value in fields.items():
-            setattr(queue, key, value)
-        if previous != status:
+    """Recompute and store the queue's status from its steps (the only writer of Queue.status).
+
+    Always under the queue's lock and from the locked row, never from the caller's copy: two
+    writers deciding from stale copies could make the status flap or count a finish twice.
+    """
+    with transaction.atomic():
+        locked = Queue.objects.lock(queue.pk)  # re-taking it in the same transaction costs nothing
+        states = list(locked.steps.values_list("state", flat=True))
+        status = locked.derive_status(states)
+        now = timezone.now()
+        fields: dict = {"status": status}
+        if status != QueueStatus.PENDING and locked.started_at is None:
+            fields["started_at"] = now
+        if status in QueueStatus.TERMINAL:
+            fields["finished_at"] = locked.finished_at or now
+        else:
+            fields["finished_at"] = None
+        changed = any(getattr(locked, k) != v for k, v in fields.items())
+        if changed:
+            Queue.objects.filter(pk=queue.pk).update(updated_at=now, **fields)
+        for key in ("status", "started_at", "finished_at", "stop_requested_at", "message"):
+            setattr(queue, key, fields.get(key, getattr(locked, key)))
+        if changed and locked.status != status:
             from queues.signals import queue_status_changed
 
-            queue_status_changed.send(sender=Queue, queue=queue, previous=previous, status=status)
+            queue_status_changed.send(sender=Queue, queue=queue, previous=locked.status, status=status)
     return status
 
 

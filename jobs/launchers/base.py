@@ -1,6 +1,6 @@
 """The launcher interface: how a step becomes a running workload and how we observe it.
 
-Every launcher (local processes, Kubernetes Jobs) implements `launch / stop / status / logs`.
+Every launcher (local processes, Kubernetes Jobs) implements `launch / stop / discard / status / logs`.
 `launch` is idempotent: called twice for the same step it returns the same workload. Errors say
 whether retrying can help (`LaunchError.permanent`).
 """
@@ -47,6 +47,9 @@ class Launcher(Protocol):
 
     def stop(self, step: QueueRequest, *, force: bool) -> None:
         """Ask the workload to stop (graceful), or remove it with everything it runs (force)."""
+
+    def discard(self, step: QueueRequest) -> None:
+        """Remove this run's workload (`step.job_name`) at once, and nothing of any other run."""
 
     def status(self, step: QueueRequest) -> Observation:
         """Observe the workload now."""

@@ -188,8 +188,9 @@ class KubernetesLauncher:
         if handle_orphans:
             try:
                 k8s_reconcile.handle_orphans(self, snapshot)
+                k8s_reconcile.delete_leftovers(self, snapshot)
             except LaunchError:
-                logger.exception("could not handle orphan Jobs this pass")
+                logger.exception("could not handle orphan or leftover Jobs this pass")
         return observations
 
     def stop(self, step, *, force: bool) -> None:
@@ -200,6 +201,10 @@ class KubernetesLauncher:
         for name in sorted(names):
             self.delete_job(name)
         self._delete_leftover_pods(step_selector(step))
+
+    def discard(self, step) -> None:
+        """This run's Job only (its pods go with it): a later run of the step keeps its own."""
+        self.delete_job(step.job_name)
 
     def delete_job(self, name: str) -> None:
         """Delete a Job; Background propagation makes the garbage collector remove all its pods."""

@@ -134,6 +134,10 @@ class LocalLauncher:
         except PermissionError as exc:
             raise LaunchError(f"not allowed to signal the step process: {exc}", permanent=True) from exc
 
+    def discard(self, step: QueueRequest) -> None:
+        # The state directory is per run (job name), so this never touches another run's process.
+        self.stop(step, force=True)
+
     def logs(self, step: QueueRequest, *, tail_bytes: int) -> str:
         path = self.state_dir(step) / "output.log"
         try:

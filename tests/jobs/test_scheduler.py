@@ -315,9 +315,9 @@ def test_it_relaunches_a_step_stuck_in_launching(queue, settings, monkeypatch):
     assert sent == [stuck.pk]
     assert summary["relaunched"] == 1
     stuck.refresh_from_db()
-    assert stuck.state == StepState.LAUNCHING and timezone.now() - stuck.state_changed_at < timedelta(seconds=10)
+    assert stuck.state == StepState.LAUNCHING and stuck.next_launch_at > timezone.now()
     assert fresh.pk not in sent
-    assert scheduler.reconcile()["relaunched"] == 0  # the clock restarted: not sent again right away
+    assert scheduler.reconcile()["relaunched"] == 0  # a new deadline: not sent again right away
 
 
 def test_it_reconciles_every_launched_step_with_the_launcher(queue, monkeypatch):
