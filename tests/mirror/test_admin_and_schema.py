@@ -41,3 +41,32 @@ def test_it_shows_the_mirror_status_in_the_admin(mirror, admin_client, historica
 def test_it_keeps_the_admin_to_staff(mirror, client, operator):
     client.force_login(operator)
     assert client.get("/admin/mirror/mirrorstate/").status_code == 302
+
+
+class StaleListing:
+    """A database handle whose listings were read just before another process created everything."""
+
+    def __init__(self, db):
+        self._db = db
+
+    def collections(self):
+        return []
+
+    def has_graph(self, name):
+        return False
+
+    def collection(self, name):
+        collection = self._db.collection(name)
+        collection.indexes = lambda: []
+        return collection
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
+
+
+def test_it_counts_a_concurrent_schema_creator_as_success(mirror):
+    """Case (issue #13): schema creation races (duplicate name / graph exists) count as success."""
+    db = arango.connect()
+    arango.ensure_schema(StaleListing(db))  # every create answers "already exists"
+    assert {c["name"] for c in db.collections() if not c["system"]} >= {"queues", "steps", "queue_steps"}
+    assert db.has_graph("lineage")
