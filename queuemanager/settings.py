@@ -288,3 +288,6 @@ LOGGING["handlers"]["console"]["filters"] = ["log_context", "redact_secrets"]
 LOGGING["formatters"]["text"]["()"] = "ops.logging.ContextTextFormatter"
 # Keep Django's LOGGING (JSON, filters) in Celery processes instead of Celery's own handlers.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# /metrics' database-backed state and /health/ready's checks are computed at most once per this many
+# seconds per process (they answer anonymous requests); 0 computes them per request.
+OPS_CACHE_SECONDS = env_float("OPS_CACHE_SECONDS", 5.0, minimum=0)

@@ -14,6 +14,8 @@ TEST_ENV = {
     "DRAIN_IDLE_SECONDS": "5",
     "RECONCILE_INTERVAL_SECONDS": "1",
     "LAUNCH_RETRY_BACKOFF_SECONDS": "0.2",
+    # Probes and scrapes answer fresh in tests; tests/ops/test_probe_cache.py switches the cache on.
+    "OPS_CACHE_SECONDS": "0",
 }
 
 
