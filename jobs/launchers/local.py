@@ -149,6 +149,18 @@ class LocalLauncher:
         except FileNotFoundError:
             return ""
 
+    def read_log(self, step: QueueRequest, *, offset: int, limit: int) -> tuple[str, int]:
+        """Whole lines of the output from byte `offset` (at most `limit` bytes) and the offset after them."""
+        try:
+            with open(self.state_dir(step) / "output.log", "rb") as handle:
+                handle.seek(max(offset, 0))
+                data = handle.read(limit)
+        except FileNotFoundError:
+            return "", offset
+        if len(data) == limit and b"\n" in data:
+            data = data[: data.rindex(b"\n") + 1]  # never split a line (or a UTF-8 character) between two reads
+        return data.decode("utf-8", "replace"), max(offset, 0) + len(data)
+
     def manifest(self, step: QueueRequest) -> dict:
         env = step_environment(step)
         return {"launcher": self.name, "command": self.command, "env": env, "secrets": sorted(secret_values())}

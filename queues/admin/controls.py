@@ -9,12 +9,11 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from django.utils.html import conditional_escape
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from queues import services
-from queues.admin import display
+from queues.admin.live import queue_can_retry, queue_can_stop, queue_live, step_can_stop  # noqa: F401 (used by pages)
 from queues.models import Queue, QueueRequest, StepState
 
 STOP_PERMS = ("queues.stop_queue",)
@@ -27,62 +26,6 @@ def may_stop(user) -> bool:
 
 def may_retry(user) -> bool:
     return user.has_perms(RETRY_PERMS)
-
-
-def step_can_stop(step: QueueRequest) -> bool:
-    return not step.is_terminal and not step.stop_requested_at
-
-
-def queue_can_stop(queue: Queue) -> bool:
-    return queue.is_active and not queue.stop_requested_at
-
-
-def queue_can_retry(queue: Queue, steps) -> bool:
-    return any(step.state in StepState.RETRYABLE for step in steps)
-
-
-def _when(value) -> str | None:
-    return value.isoformat() if value else None
-
-
-def queue_live(queue: Queue) -> dict:
-    """What the queue page needs to update itself: raw fields plus the same cells the page rendered."""
-    steps = list(queue.steps.order_by("position"))
-    done = sum(step.state == StepState.SUCCEEDED for step in steps)
-    return {
-        "queue_id": queue.queue_id,
-        "status": queue.status,
-        "active": queue.is_active,
-        "message": queue.message,
-        "started_at": _when(queue.started_at),
-        "finished_at": _when(queue.finished_at),
-        "can_stop": queue_can_stop(queue),
-        "can_retry": queue_can_retry(queue, steps),
-        "cells": {
-            "status": str(display.badge(queue.status)),
-            "progress": str(display.progress(done, len(steps))),
-            "message": str(conditional_escape(queue.message or "—")),
-        },
-        "steps": [
-            {
-                "id": step.pk,
-                "name": step.name,
-                "state": step.state,
-                "reported_status": step.reported_status,
-                "records_written": step.records_written,
-                "extra": step.extra,
-                "message": step.message,
-                "run": step.run,
-                "job_name": step.job_name,
-                "launched_at": _when(step.launched_at),
-                "started_at": _when(step.started_at),
-                "finished_at": _when(step.finished_at),
-                "can_stop": step_can_stop(step),
-                "cells": {name: str(render(step)) for name, render in display.STEP_CELLS.items()},
-            }
-            for step in steps
-        ],
-    }
 
 
 def queue_live_view(model_admin):

@@ -1,12 +1,17 @@
-"""Small rendering helpers shared by the queue and step admin pages."""
+"""Small rendering helpers shared by the queue and step admin pages and their live JSON.
+
+Styles live in queues/static/queues/console.css (classes, CSS variables of the admin's light and dark themes).
+"""
 from __future__ import annotations
 
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from queues.admin.progress import QueueCounts
+
 # Colours by meaning: grey not started, blue in flight, green done, red failed, amber stopping/stopped.
-_COLOURS = {
+COLOURS = {
     "pending": "#6c757d",
     "waiting": "#6c757d",
     "launching": "#0d6efd",
@@ -20,67 +25,112 @@ _COLOURS = {
 
 
 def badge(value: str, label: str | None = None):
-    colour = _COLOURS.get(value, "#6c757d")
     return format_html(
-        '<span class="sf-badge" style="background:{};color:#fff;border-radius:10px;padding:2px 9px;'
-        'font-size:11px;font-weight:600;white-space:nowrap">{}</span>',
-        colour,
-        label or value,
+        '<span class="sf-badge" style="background:{}">{}</span>', COLOURS.get(value, "#6c757d"), label or value
     )
 
 
-def progress(done: int, total: int):
-    percent = int(100 * done / total) if total else 0
-    return format_html(
-        '<span title="{}% of steps succeeded" style="white-space:nowrap">{}/{} done '
-        '<span style="display:inline-block;width:60px;height:7px;background:#e5e7eb;border-radius:4px;'
-        'vertical-align:middle"><span style="display:block;width:{}%;height:7px;background:#198754;'
-        'border-radius:4px"></span></span></span>',
-        percent,
-        done,
-        total,
-        percent,
-    )
-
-
-# --- Step cells: rendered once here for both the page and its live JSON, so a refresh looks identical. ---
+def when(value) -> str:
+    """The one time format of the console (FORMAT_MODULE_PATH): date, seconds and time zone."""
+    if value is None:
+        return ""
+    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
 
 
 def clock(value):
     if value is None:
         return None
-    local = timezone.localtime(value)
-    return format_html('<span title="{}">{}</span>', local.isoformat(timespec="seconds"), local.strftime("%H:%M:%S"))
+    return format_html('<time datetime="{}">{}</time>', value.isoformat(), when(value))
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+    if hours:
+        return f"{hours}h {minutes:02d}m {secs:02d}s"
+    return f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def span(begin, end) -> float | None:
+    """Seconds from begin to end (or to now while it lasts)."""
+    if begin is None:
+        return None
+    return ((end or timezone.now()) - begin).total_seconds()
+
+
+def bar(parts, title: str):
+    """A bar of coloured segments [(css class, percent)]; its empty track reads as empty in both themes."""
+    segments = format_html_join("", '<span class="sf-bar-seg {}" style="width:{}%"></span>', parts)
+    return format_html('<span class="sf-bar" role="img" aria-label="{}" title="{}">{}</span>', title, title, segments)
+
+
+def queue_progress(counts: QueueCounts):
+    """E.g. "7 running · 0 failed · 2/9 succeeded": running streaming steps read as healthy, not as 0 %."""
+    total = counts.total or 1
+    parts = [
+        ("sf-succeeded", round(100 * counts.succeeded / total, 2)),
+        ("sf-running", round(100 * counts.running / total, 2)),
+        ("sf-failed", round(100 * counts.failed / total, 2)),
+        ("sf-stopped", round(100 * counts.stopped / total, 2)),
+    ]
+    title = (f"{counts.succeeded} succeeded, {counts.running} running, {counts.waiting} waiting, "
+             f"{counts.failed} failed, {counts.stopped} stopped of {counts.total}")
+    failed = format_html('<span class="{}">{} failed</span>', "sf-text-failed" if counts.failed else "", counts.failed)
+    return format_html(
+        '<span class="sf-progress">{} <span class="sf-progress-text">{} running · {} · {}/{} succeeded{}</span></span>',
+        bar([p for p in parts if p[1]], title), counts.running, failed, counts.succeeded, counts.total,
+        f" · {counts.waiting} waiting" if counts.waiting else "",
+    )  # fmt: skip
+
+
+# --- Step cells: rendered once here for both the page and its live JSON, so a refresh looks identical. ---
 
 
 def step_times(step):
     parts = [(label, clock(getattr(step, field))) for label, field in
              (("launched", "launched_at"), ("started", "started_at"), ("finished", "finished_at"))]
-    parts = [(label, clock) for label, clock in parts if clock is not None]
+    parts = [(label, value) for label, value in parts if value is not None]
     if not parts:
         return mark_safe('<span class="sf-muted">not launched</span>')
     lines = format_html_join(mark_safe("<br>"), "{} {}", parts)
     begin = step.started_at or step.launched_at
     if begin is None:
         return lines
-    took = _duration(((step.finished_at or timezone.now()) - begin).total_seconds())
+    took = duration(span(begin, step.finished_at))
     return format_html('{}<br><span class="sf-muted">{} {}</span>', lines, "took" if step.finished_at else "for", took)
 
 
-def step_progress(step):
-    """Records written, the worker's last reported status and its `extra` (epoch, loss, ...)."""
+def step_state(step, info: dict | None = None):
+    """The state badge, and for a waiting step what it waits for."""
+    waiting_for = (info or {}).get("waiting_for") or []
+    if step.state != "waiting" or not waiting_for:
+        return badge(step.state)
+    return format_html(
+        '{}<br><span class="sf-muted sf-waits">waits for {}</span>', badge(step.state),
+        format_html_join(", ", "<strong>{}</strong> {}", ((name, words) for name, words in waiting_for)),
+    )
+
+
+def step_progress(step, info: dict | None = None):
+    """A bar (the fraction when known, a running stripe for a live step without an end), records and `extra`."""
+    fraction = (info or {}).get("fraction")
     extra = step.extra if isinstance(step.extra, dict) else {}
     extras = format_html_join(" · ", "{}&nbsp;{}", ((key, _short(value)) for key, value in extra.items()))
+    if fraction is not None:
+        css = "sf-succeeded" if step.state == "succeeded" else "sf-failed" if step.state in ("failed", "lost") else "sf-running"
+        shown, label = bar([(css, round(100 * fraction, 2))], f"{fraction:.0%} done"), f" · {fraction:.0%}"
+    elif step.state in ("running", "stopping") or (step.streaming and step.state == "pending"):
+        shown, label = format_html('<span class="sf-bar sf-bar-live" title="running (no end to measure)"></span>'), ""
+    else:
+        shown, label = bar([], "not measurable yet"), ""
     return format_html(
-        '<strong>{}</strong> records<br><span class="sf-muted">{}</span>{}',
+        '{}<br><strong>{}</strong> records{}<br><span class="sf-muted">{}</span>{}',
+        shown,
         f"{step.records_written:,}",
+        label,
         step.reported_status or "no report yet",
         format_html("<br>{}", extras) if extra else "",
     )
@@ -92,15 +142,29 @@ def step_message(step):
     return format_html('<span class="sf-message">{}</span>', step.message)
 
 
+def step_kind(step):
+    # Streaming is a kind of step, not a fault: a neutral tag, never a red cross.
+    return format_html('<span class="sf-tag">{}</span>', "streaming" if step.streaming else "batch")
+
+
 def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-STEP_CELLS = {"state": lambda step: badge(step.state), "progress": step_progress, "message": step_message, "times": step_times}
+STEP_CELLS = {
+    "state": step_state,
+    "progress": step_progress,
+    "message": lambda step, info=None: step_message(step),
+    "times": lambda step, info=None: step_times(step),
+}
 
 
-def step_cell(step, name: str):
-    """A cell the queue page's script can find and replace in place."""
-    return format_html('<div data-sf-step="{}" data-sf-cell="{}">{}</div>', step.pk, name, STEP_CELLS[name](step))
+def step_cell(step, name: str, info: dict | None = None):
+    """A cell the queue page's script can find and replace in place (info: see queues.admin.live.step_info)."""
+    return format_html('<div data-sf-step="{}" data-sf-cell="{}">{}</div>', step.pk, name, STEP_CELLS[name](step, info))
+
+
+def met(value: bool):
+    return format_html('<span class="{}">{}</span>', "sf-met" if value else "sf-unmet", "✔ met" if value else "… not yet")

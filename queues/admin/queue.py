@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import Count, Q
+from django.db.models import Case, When
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from queues import services
-from queues.admin import controls, display
+from queues.admin import bulk, controls, display, listing, live
 from queues.admin.start import start_queue_view
 from queues.models import Queue, QueueRequest, StepDependency, StepState
 
@@ -38,10 +39,27 @@ class ReadOnlyInline(admin.TabularInline):
 
 class StepInline(ReadOnlyInline):
     model = QueueRequest
-    verbose_name_plural = "steps"
+    verbose_name_plural = "steps (in the order they run)"
     fields = ["number", "step", "state_cell", "progress_cell", "message_cell", "times_cell", "job_name", "stop_button"]
     readonly_fields = fields
-    ordering = ["position"]
+
+    def _view(self, queue_pk: int) -> live.QueueView:
+        # One computation per page (inline instances live for one request): two queries, not one per row.
+        cached = getattr(self, "_queue_view", None)
+        if cached is None or cached.queue.pk != queue_pk:
+            cached = self._queue_view = live.QueueView.load(Queue.objects.get(pk=queue_pk))
+        return cached
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        object_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
+        if not str(object_id or "").isdigit() or not Queue.objects.filter(pk=object_id).exists():
+            return queryset.order_by("position")
+        order = [step.pk for step in self._view(int(object_id)).steps]
+        return queryset.order_by(Case(*(When(pk=pk, then=i) for i, pk in enumerate(order)), default=len(order)), "position")
+
+    def _cell(self, step: QueueRequest, name: str):
+        return display.step_cell(step, name, self._view(step.queue_id).info.get(step.pk))
 
     @admin.display(description="#")
     def number(self, step: QueueRequest) -> int:
@@ -50,28 +68,27 @@ class StepInline(ReadOnlyInline):
     @admin.display(description="step")
     def step(self, step: QueueRequest):
         url = reverse("admin:queues_queuerequest_change", args=[step.pk])
-        kind = "streaming" if step.streaming else "batch"
         return format_html(
             '<a href="{}" title="Logs, events and dependencies of this step"><strong>{}</strong></a><br>'
             '<small>{} · {} · {}{}</small>',
-            url, step.name, step.target, step.type, kind, f" · run {step.run}" if step.run > 1 else "",
+            url, step.name, step.target, step.type, display.step_kind(step), f" · run {step.run}" if step.run > 1 else "",
         )  # fmt: skip
 
     @admin.display(description="state")
     def state_cell(self, step: QueueRequest):
-        return display.step_cell(step, "state")
+        return self._cell(step, "state")
 
     @admin.display(description="progress")
     def progress_cell(self, step: QueueRequest):
-        return display.step_cell(step, "progress")
+        return self._cell(step, "progress")
 
     @admin.display(description="last message")
     def message_cell(self, step: QueueRequest):
-        return display.step_cell(step, "message")
+        return self._cell(step, "message")
 
     @admin.display(description="times")
     def times_cell(self, step: QueueRequest):
-        return display.step_cell(step, "times")
+        return self._cell(step, "times")
 
     @admin.display(description="")
     def stop_button(self, step: QueueRequest):
@@ -117,14 +134,18 @@ class EdgeInline(ReadOnlyInline):
     def upstream_name(self, edge: StepDependency) -> str:
         return edge.upstream.name
 
-    @admin.display(description="met", boolean=True)
-    def met(self, edge: StepDependency) -> bool:
-        return edge.is_met
+    @admin.display(description="met")
+    def met(self, edge: StepDependency):
+        return format_html('<span data-sf-edge="{}-{}">{}</span>', edge.upstream_id, edge.downstream_id,
+                           display.met(live.edge_met(edge, edge.upstream, edge.downstream)))
 
 
 @admin.register(Queue)
 class QueueAdmin(admin.ModelAdmin):
-    list_display = ["queue_id", "status_badge", "symbol", "time_range", "step_progress", "created_at", "submitted_by", "source"]
+    list_display = [
+        "queue_id", "status_badge", "step_progress", "duration", "last_message", "symbol", "time_range", "created_at",
+        "submitted_by", "source",
+    ]  # fmt: skip
     list_filter = ["status", "symbol", "source", "created_at"]
     search_fields = ["queue_id", "symbol"]
     date_hierarchy = "created_at"
@@ -132,26 +153,22 @@ class QueueAdmin(admin.ModelAdmin):
     actions = ["stop_selected", "retry_selected"]
     inlines = [StepInline, EdgeInline]
     fieldsets = [
-        (None, {"fields": ["queue_id", "status_badge", "step_progress", "symbol", "time_range", "queue_message"]}),
-        ("Submitted", {"fields": ["source", "submitted_by", "created_at", "started_at", "finished_at", "stop_requested_at"]}),
+        (None, {"fields": ["queue_id", "status_badge", "step_progress", "duration", "symbol", "time_range", "queue_message"]}),
+        ("Submitted", {"fields": ["source", "submitted_by", "created_at", "started_cell", "finished_cell", "stop_requested_cell"]}),
         ("Warnings", {"fields": ["warnings_list"]}),
         ("Payload", {"fields": ["payload_json"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "queue_id", "status_badge", "step_progress", "symbol", "time_range", "queue_message", "source", "submitted_by",
-        "created_at", "started_at", "finished_at", "stop_requested_at", "warnings_list", "payload_json",
+        "queue_id", "status_badge", "step_progress", "duration", "symbol", "time_range", "queue_message", "source",
+        "submitted_by", "created_at", "started_cell", "finished_cell", "stop_requested_cell", "warnings_list",
+        "payload_json",
     ]  # fmt: skip
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("submitted_by")
-            .annotate(
-                steps_total=Count("steps"),
-                steps_done=Count("steps", filter=Q(steps__state=StepState.SUCCEEDED)),
-            )
-        )
+        return super().get_queryset(request).select_related("submitted_by")
+
+    def get_changelist(self, request, **kwargs):
+        return listing.QueueChangeList
 
     # Queues are created only through the start page or the API, and their data is derived.
     def has_add_permission(self, request) -> bool:
@@ -184,17 +201,44 @@ class QueueAdmin(admin.ModelAdmin):
     def status_badge(self, queue: Queue):
         return format_html('<span data-sf-queue-cell="status">{}</span>', display.badge(queue.status))
 
+    def _figures(self, queue: Queue) -> None:
+        # The list attaches them per page (listing.py); the queue page computes them for its one queue.
+        if not hasattr(queue, "step_counts"):
+            listing.attach_step_figures([queue])
+
     @admin.display(description="steps")
     def step_progress(self, queue: Queue):
-        done, total = getattr(queue, "steps_done", None), getattr(queue, "steps_total", None)
-        if done is None or total is None:
-            states = list(queue.steps.values_list("state", flat=True))
-            done, total = states.count(StepState.SUCCEEDED), len(states)
-        return format_html('<span data-sf-queue-cell="progress">{}</span>', display.progress(done, total))
+        self._figures(queue)
+        return format_html('<span data-sf-queue-cell="progress">{}</span>', display.queue_progress(queue.step_counts))
+
+    @admin.display(description="duration")
+    def duration(self, queue: Queue):
+        took = display.duration(display.span(queue.started_at or queue.created_at, queue.finished_at))
+        return format_html('<span data-sf-queue-cell="duration">{}</span>', took)
+
+    @admin.display(description="last message")
+    def last_message(self, queue: Queue):
+        self._figures(queue)
+        text = queue.message or queue.last_failure
+        return format_html('<span class="sf-list-message" title="{}">{}</span>', text, text or "—")
 
     @admin.display(description="message")
     def queue_message(self, queue: Queue):
-        return format_html('<span data-sf-queue-cell="message">{}</span>', queue.message or "—")
+        self._figures(queue)
+        return format_html('<span data-sf-queue-cell="message">{}</span>', queue.message or queue.last_failure or "—")
+
+    @admin.display(description="started at")
+    def started_cell(self, queue: Queue):
+        return format_html('<span data-sf-queue-cell="started_at">{}</span>', display.when(queue.started_at) or "—")
+
+    @admin.display(description="finished at")
+    def finished_cell(self, queue: Queue):
+        return format_html('<span data-sf-queue-cell="finished_at">{}</span>', display.when(queue.finished_at) or "—")
+
+    @admin.display(description="stop requested at")
+    def stop_requested_cell(self, queue: Queue):
+        value = display.when(queue.stop_requested_at) or "—"
+        return format_html('<span data-sf-queue-cell="stop_requested_at">{}</span>', value)
 
     @admin.display(description="time range")
     def time_range(self, queue: Queue) -> str:
@@ -210,26 +254,13 @@ class QueueAdmin(admin.ModelAdmin):
     def payload_json(self, queue: Queue):
         return format_html("<pre style='margin:0'>{}</pre>", json.dumps(queue.payload, indent=2))
 
-    @admin.action(description="Stop selected queues", permissions=["stop"])
+    @admin.action(description="Stop selected queues…", permissions=["stop"])
     def stop_selected(self, request, queryset):
-        stopped = 0
-        for queue in queryset:
-            if queue.is_active and not queue.stop_requested_at:
-                services.queue_stop(queue=queue, user=request.user)
-                stopped += 1
-        skipped = queryset.count() - stopped
-        self.message_user(request, f"Stop requested for {stopped} queue(s).", messages.SUCCESS)
-        if skipped:
-            self.message_user(request, f"{skipped} queue(s) were already finished or stopping.", messages.WARNING)
+        return bulk.stop_selected(self, request, queryset)
 
-    @admin.action(description="Retry failed/stopped steps of selected queues", permissions=["retry"])
+    @admin.action(description="Retry failed/stopped steps of selected queues…", permissions=["retry"])
     def retry_selected(self, request, queryset):
-        retried = {queue.queue_id: services.queue_retry(queue=queue, user=request.user) for queue in queryset}
-        count = sum(1 for n in retried.values() if n)
-        steps = sum(retried.values())
-        self.message_user(request, f"Retrying {steps} step(s) in {count} queue(s).", messages.SUCCESS)
-        if nothing := sorted(queue_id for queue_id, n in retried.items() if not n):
-            self.message_user(request, f"Nothing to retry in: {', '.join(nothing)}.", messages.INFO)
+        return bulk.retry_selected(self, request, queryset)
 
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
@@ -266,6 +297,7 @@ class QueueAdmin(admin.ModelAdmin):
             "has_retryable_steps": bool(queue and queue.steps.filter(state__in=StepState.RETRYABLE).exists()),
             "live_url": reverse("admin:queues_queue_live", args=[object_id]) if queue else None,
             "manifests_url": _manifests_url(queue),
+            "TIME_ZONE": timezone.get_current_timezone_name(),
         }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
 

@@ -7,13 +7,14 @@ import logging
 from django.conf import settings
 from django.contrib import admin
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html, format_html_join, json_script
 
-from queues.admin import controls, display
+from queues.admin import controls, display, logs
 from queues.models import QueueRequest
 
 logger = logging.getLogger(__name__)
 RECENT_EVENTS = 50
+CHART_EVENTS = 500
 
 
 @admin.register(QueueRequest)
@@ -24,10 +25,11 @@ class QueueRequestAdmin(admin.ModelAdmin):
     list_select_related = ["queue"]
     # What an operator needs first (state, progress, timing, logs) comes first; derived details last.
     fieldsets = [
-        (None, {"fields": ["queue_link", "number", "name", "target", "type", "streaming", "state_badge", "message"]}),
+        (None, {"fields": ["queue_link", "number", "name", "target", "type", "kind", "state_badge", "message"]}),
         ("Progress", {"fields": ["reported_status", "records_written", "extra", "launch_attempts"]}),
         ("Timing", {"fields": ["created_at", "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "run"]}),
         ("Logs", {"fields": ["logs_view"]}),
+        ("Charts", {"fields": ["charts"]}),
         ("Dependencies", {"fields": ["waits_for", "waited_on_by"]}),
         ("Recent telemetry events", {"fields": ["recent_events"]}),
         ("Derived names", {"fields": ["job_name", "telemetry_id", "kafka_topic", "image"]}),
@@ -35,11 +37,11 @@ class QueueRequestAdmin(admin.ModelAdmin):
         ("Request as submitted", {"fields": ["params_json"], "classes": ["collapse"]}),
     ]
     readonly_fields = [
-        "queue_link", "number", "name", "target", "type", "streaming", "state_badge", "message", "job_name",
+        "queue_link", "number", "name", "target", "type", "kind", "state_badge", "message", "job_name",
         "telemetry_id", "kafka_topic", "image", "interval", "collections_read", "collections_written",
         "inference_interval", "reported_status", "records_written", "extra", "launch_attempts", "created_at",
         "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "params_json",
-        "logs_view", "waits_for", "waited_on_by", "recent_events", "run",
+        "logs_view", "charts", "waits_for", "waited_on_by", "recent_events", "run",
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:
@@ -62,7 +64,11 @@ class QueueRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="state", ordering="state")
     def state_badge(self, step: QueueRequest):
-        return display.badge(step.state)
+        return format_html('<span data-sf-step-state="{}">{}</span>', step.state, display.badge(step.state))
+
+    @admin.display(description="kind")
+    def kind(self, step: QueueRequest):
+        return display.step_kind(step)
 
     @admin.display(description="reads")
     def collections_read(self, step: QueueRequest) -> str:
@@ -74,23 +80,52 @@ class QueueRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="logs")
     def logs_view(self, step: QueueRequest):
-        from jobs.views import step_logs
+        from jobs.log_stream import step_log_since
 
         try:
-            result = step_logs(step, tail_bytes=settings.STEP_LOG_TAIL_BYTES)
+            first = step_log_since(step, offset=0)
         except Exception as exc:  # the page must still open when the launcher is unreachable
             logger.exception("step logs unavailable", extra={"job_name": step.job_name})
-            result = {"live": False, "logs": step.logs, "error": f"{type(exc).__name__}: {exc}"}
-        if result.get("live"):
-            source = f"live from the launcher (last {settings.STEP_LOG_TAIL_BYTES // 1024} KiB); reload the page for more"
-        elif result["logs"]:
-            source = "stored tail, kept when the step ended"
-        else:
-            source = "no logs yet" if not step.launched_at else "no logs were kept"
-        error = format_html('<p class="errornote">Live logs unavailable: {}</p>', result["error"]) if result.get("error") else ""
+            first = {"source": "none", "next": 0, "text": step.logs, "error": f"{type(exc).__name__}: {exc}"}
+        error = format_html('<p class="errornote">Live logs unavailable: {}</p>', first["error"]) if first.get("error") else ""
+        empty = "no logs yet" if not step.launched_at else "no logs were kept"
         return format_html(
-            '{}<p class="sf-muted">{}</p><pre class="sf-logs" id="sf-logs">{}</pre>', error, source, result["logs"] or "—"
-        )
+            '{}<div class="sf-log-tools" id="sf-log-tools">'
+            '<label><input type="checkbox" id="sf-log-follow" checked> follow (scroll to the end)</label>'
+            '<button type="button" class="sf-button" id="sf-log-pause" aria-pressed="false">Pause</button>'
+            '<input type="search" id="sf-log-search" placeholder="Search the log" aria-label="Search the log">'
+            '<span id="sf-log-matches" class="sf-muted"></span>'
+            '<a href="{}?download=1" id="sf-log-download" download>Download full log</a>'
+            '<span id="sf-log-status" class="sf-muted" aria-live="polite">{}</span></div>'
+            '<pre class="sf-logs" id="sf-logs" data-url="{}" data-next="{}" data-source="{}" data-ended="{}">{}</pre>',
+            error, reverse("admin:queues_queuerequest_log", args=[step.pk]), _log_source(first["source"]),
+            reverse("admin:queues_queuerequest_log", args=[step.pk]), first["next"], first["source"],
+            "yes" if step.is_terminal else "no", first["text"] or empty,
+        )  # fmt: skip
+
+    @admin.display(description="charts")
+    def charts(self, step: QueueRequest):
+        """Records written over time and each numeric `extra` of the worker (per epoch when it reports one)."""
+        events = list(step.events.order_by("-received_at", "-id").values("received_at", "sent_at", "records_written", "payload")[:CHART_EVENTS])
+        records, series = [], {}
+        for event in reversed(events):
+            when = (event["sent_at"] or event["received_at"]).timestamp()
+            if event["records_written"] is not None:
+                records.append([when, event["records_written"]])
+            extra = event["payload"].get("extra") if isinstance(event["payload"], dict) else None
+            if not isinstance(extra, dict):
+                continue
+            epoch = extra.get("epoch")
+            for key, value in extra.items():
+                if key != "epoch" and _number(value):
+                    axis = "epoch" if _number(epoch) else "time"
+                    series.setdefault((key, axis), []).append([epoch if axis == "epoch" else when, value])
+        charts = [{"title": "records written", "x": "time", "points": records}]
+        charts += [{"title": key, "x": axis, "points": points} for (key, axis), points in series.items()]
+        charts = [chart for chart in charts if len(chart["points"]) > 1]
+        if not charts:
+            return "Nothing to draw yet: charts appear once the step has reported progress twice."
+        return format_html('<div id="sf-charts"></div>{}', json_script(charts, "sf-chart-data"))
 
     @admin.display(description="waits for")
     def waits_for(self, step: QueueRequest):
@@ -131,7 +166,11 @@ class QueueRequestAdmin(admin.ModelAdmin):
     def get_urls(self):
         info = self.opts.app_label, self.opts.model_name
         stop = self.admin_site.admin_view(controls.step_stop_view(self))
-        return [path("<path:object_id>/stop/", stop, name="%s_%s_stop" % info)] + super().get_urls()
+        log = self.admin_site.admin_view(logs.step_log_view(self))
+        return [
+            path("<path:object_id>/stop/", stop, name="%s_%s_stop" % info),
+            path("<path:object_id>/log/", log, name="%s_%s_log" % info),
+        ] + super().get_urls()
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         step = QueueRequest.objects.filter(pk=object_id).select_related("queue").first() if str(object_id).isdigit() else None
@@ -139,7 +178,7 @@ class QueueRequestAdmin(admin.ModelAdmin):
             "step": step,
             "can_stop": controls.may_stop(request.user),
             "step_can_stop": bool(step and controls.step_can_stop(step)),
-            # Reload the page while the step runs, so logs and progress stay current.
+            # Without scripts, reload the page while the step runs (with them, the log streams instead).
             "refresh_seconds": 5 if step and not step.is_terminal and step.launched_at else None,
         }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
@@ -172,6 +211,15 @@ def _edge_list(edges, other_of, wording: str):
             ((url, name, badge, words, css, met, reason) for url, name, badge, words, met, css, reason in items),
         ),
     )  # fmt: skip
+
+
+def _log_source(source: str) -> str:
+    return {"file": "live from the launcher", "window": "live from the launcher (recent part)",
+            "stored": "kept when the step ended", "none": ""}.get(source, source)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _extra(payload) -> str:

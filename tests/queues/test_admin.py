@@ -23,7 +23,7 @@ def test_it_lists_queues_with_status_progress_and_a_start_button(client, staff_o
     response = client.get(LIST_URL)
     html = response.content.decode()
     assert response.status_code == 200
-    assert "listed-q" in html and "3/6 done" in html and "sf-badge" in html
+    assert "listed-q" in html and "3/6 succeeded" in html and "sf-badge" in html
     assert "2024-06-01:2024-06-30" in html
     assert START_URL in html
     assert "/admin/queues/queue/add/" not in html  # queues are started, not added
@@ -139,7 +139,11 @@ def test_it_stops_selected_queues(client, staff_operator):
     a, b = make_queue(queue_id="stop-a"), make_queue(queue_id="stop-b")
     keep = make_queue(queue_id="keep-running")
     client.force_login(staff_operator)
-    response = client.post(LIST_URL, {"action": "stop_selected", "_selected_action": [a.pk, b.pk]}, follow=True)
+    form = {"action": "stop_selected", "_selected_action": [a.pk, b.pk]}
+    confirm = client.post(LIST_URL, form).content.decode()  # a confirmation page listing them; nothing stops yet
+    assert "Stop 2 queues" in confirm and "stop-a" in confirm and "stop-b" in confirm and "keep-running" not in confirm
+    assert not Queue.objects.filter(status=QueueStatus.STOPPED).exists()
+    response = client.post(LIST_URL, {**form, "post": "yes"}, follow=True)
     assert "Stop requested for 2 queue(s)." in response.content.decode()
     assert set(Queue.objects.filter(status=QueueStatus.STOPPED).values_list("queue_id", flat=True)) == {"stop-a", "stop-b"}
     keep.refresh_from_db()

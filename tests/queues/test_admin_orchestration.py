@@ -43,7 +43,10 @@ def test_it_reports_the_queue_and_its_steps_live_as_json(admin_client):
     data = response.json()
     assert response.status_code == 200 and "no-store" in response["Cache-Control"]
     assert data["queue_id"] == "live-q" and data["status"] == QueueStatus.RUNNING and data["active"] is True
-    assert [s["name"] for s in data["steps"]] == list(queue.steps.order_by("position").values_list("name", flat=True))
+    names = [s["name"] for s in data["steps"]]  # in the order they run: every upstream before its downstreams
+    assert sorted(names) == sorted(queue.steps.values_list("name", flat=True))
+    for edge in queue.edges.select_related("upstream", "downstream"):
+        assert names.index(edge.upstream.name) < names.index(edge.downstream.name)
     row = next(s for s in data["steps"] if s["id"] == trainer.pk)
     assert row["state"] == "running" and row["records_written"] == 12345 and row["reported_status"] == "loading"
     assert row["extra"] == {"epoch": 3, "loss": 0.4213} and row["message"] == "epoch 3 done"
@@ -79,7 +82,7 @@ def test_it_renders_the_queue_page_with_live_cells_links_and_buttons(client, sta
     client.force_login(staff_operator)
     html = client.get(queue_url(queue)).content.decode()
     step = step_at(queue, 0)
-    assert live_url(queue) in html and "setTimeout(poll, 2000)" in html
+    assert live_url(queue) in html and "SFConsole.queuePage" in html and 'id="sf-dag"' in html
     assert f'data-sf-step="{step.pk}" data-sf-cell="state"' in html and "connected to Kafka" in html
     assert reverse("admin:queues_queuerequest_change", args=[step.pk]) in html
     assert reverse("admin:queues_queuerequest_stop", args=[step.pk]) in html and 'id="sf-step-stop-form"' in html
@@ -93,7 +96,8 @@ def test_it_does_not_poll_a_finished_queue(client, staff_operator):
     services.queue_stop(queue=queue, user=staff_operator)
     client.force_login(staff_operator)
     html = client.get(queue_url(queue)).content.decode()
-    assert "active = false" in html and '<meta http-equiv="refresh"' not in html
+    assert '<meta http-equiv="refresh"' not in html
+    assert client.get(live_url(queue)).json()["active"] is False  # the page's script stops after its first poll
 
 
 def test_it_shows_stored_logs_events_and_dependencies_on_the_step_page(client, staff_viewer):
@@ -111,7 +115,7 @@ def test_it_shows_stored_logs_events_and_dependencies_on_the_step_page(client, s
         )  # fmt: skip
     client.force_login(staff_viewer)
     html = client.get(reverse("admin:queues_queuerequest_change", args=[builder.pk])).content.decode()
-    assert 'id="sf-logs"' in html and "built 42 edges &lt;ok&gt;" in html and "stored tail" in html
+    assert 'id="sf-logs"' in html and "built 42 edges &lt;ok&gt;" in html and "kept when the step ended" in html
     assert "progress 54" in html and "progress 05" in html and "progress 04" not in html  # the last 50 only
     assert "batch=54" in html
     for step in upstream:
@@ -129,7 +133,7 @@ def test_it_opens_the_page_of_a_running_step_without_kept_logs(client, staff_ope
     response = client.get(reverse("admin:queues_queuerequest_change", args=[step.pk]))
     html = response.content.decode()
     assert response.status_code == 200 and 'id="sf-logs"' in html
-    assert "No telemetry received" in html and "Stop step" in html and 'id="sf-follow"' in html
+    assert "No telemetry received" in html and "Stop step" in html and 'id="sf-log-follow"' in html
 
 
 def test_it_stops_one_step_from_the_queue_page(client, staff_operator):
@@ -180,9 +184,11 @@ def test_it_retries_selected_queues_from_the_list(client, staff_operator):
     failed, untouched = make_queue("retry-a"), make_queue("retry-b")
     services.queue_stop(queue=failed, user=staff_operator)  # every waiting step cancelled: stopped
     client.force_login(staff_operator)
-    response = client.post(
-        "/admin/queues/queue/", {"action": "retry_selected", "_selected_action": [failed.pk, untouched.pk]}, follow=True
-    )
+    form = {"action": "retry_selected", "_selected_action": [failed.pk, untouched.pk]}
+    confirm = client.post("/admin/queues/queue/", form).content.decode()  # a confirmation page first; nothing acts yet
+    assert "Retry 1 queue" in confirm and "skipped: no failed, stopped or lost step" in confirm
+    assert set(failed.steps.values_list("run", flat=True)) == {1}
+    response = client.post("/admin/queues/queue/", {**form, "post": "yes"}, follow=True)
     html = response.content.decode()
     assert "Retrying 6 step(s) in 1 queue(s)." in html and "Nothing to retry in: retry-b." in html
     assert set(failed.steps.values_list("state", "run")) == {(StepState.WAITING, 2)}
