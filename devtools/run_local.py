@@ -36,12 +36,14 @@ from devtools.servers import (
     start_postgres,
     start_redis,
 )
+from queuemanager.env import LOCAL_RUN_PROCESS, process_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / ".data"
 STEPS_DIR = DATA / "steps"
 METRICS_DIR = DATA / "prometheus"
 LOGS = DATA / "logs"
+LOCAL_ENV_FILE = DATA / "local.env"
 PY = sys.executable
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
 FLOWER_PORT = 5555
@@ -267,6 +269,7 @@ class Supervisor:
                 running.spec = child
                 self.children.append(running)
             self.env = env
+            write_local_env(LOCAL_ENV_FILE, env, pid=os.getpid())
             print_banner(env, admin_user, admin_password, [c.name for c in self.children])
             self.watch()
         except Stop:
@@ -368,37 +371,73 @@ def _persistent_secret(path: Path, length: int = 32) -> str:
     return value
 
 
-def reset_metrics_dir() -> None:
+def reset_metrics_dir(metrics_dir: Path = METRICS_DIR) -> None:
     """Multiprocess metrics files of a previous run would be added to this run's figures."""
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    for stale in METRICS_DIR.glob("*.db"):
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
         stale.unlink()
 
 
-def build_env(server_env: dict[str, str]) -> dict[str, str]:
-    reset_metrics_dir()
+def build_env(server_env: dict[str, str], *, data: Path = DATA) -> dict[str, str]:
+    """The environment of every child: the servers' URLs plus local-development settings kept in ``data``."""
+    reset_metrics_dir(data / "prometheus")
     env = dict(os.environ)
     env.update(server_env)
     env.update(
         {
             "JOB_LAUNCHER": "local",
             "DEBUG": "1",
-            "SECRET_KEY": _persistent_secret(DATA / "secret_key", 50),
+            "SECRET_KEY": _persistent_secret(data / "secret_key", 50),
             "MANAGER_BASE_URL": BASE_URL,
             # Simulated workers report over HTTP with this shared token when Kafka is off.
-            "TELEMETRY_TOKEN": _persistent_secret(DATA / "telemetry_token", 32),
-            "LOCAL_LAUNCHER_DIR": str(STEPS_DIR),
+            "TELEMETRY_TOKEN": _persistent_secret(data / "telemetry_token", 32),
+            "LOCAL_LAUNCHER_DIR": str(data / "steps"),
             # Every process writes its metrics here; the web's /metrics adds them up.
-            "PROMETHEUS_MULTIPROC_DIR": str(METRICS_DIR),
+            "PROMETHEUS_MULTIPROC_DIR": str(data / "prometheus"),
             # Children write through pipes: unbuffered keeps lines timely.
             "PYTHONUNBUFFERED": "1",
         }
     )
     if not (env.get("DJANGO_SUPERUSER_USERNAME") and env.get("DJANGO_SUPERUSER_PASSWORD")):
         env["DJANGO_SUPERUSER_USERNAME"] = "admin"
-        env["DJANGO_SUPERUSER_PASSWORD"] = _persistent_secret(DATA / "admin_password", 12)
+        env["DJANGO_SUPERUSER_PASSWORD"] = _persistent_secret(data / "admin_password", 12)
     env.setdefault("DJANGO_SUPERUSER_EMAIL", "admin@localhost")
     return env
+
+
+# What a `manage.py` in a second terminal needs to act on this run. Not the metrics directory: a
+# one-off command's figures would stay in the web's sums after it exits.
+LOCAL_ENV_KEYS = (
+    "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "KAFKA_BOOTSTRAP_SERVERS", "JOB_LAUNCHER", "DEBUG",
+    "SECRET_KEY", "MANAGER_BASE_URL", "TELEMETRY_TOKEN", "LOCAL_LAUNCHER_DIR",
+)
+
+
+def write_local_env(path: Path, env: dict[str, str], *, pid: int) -> None:
+    """Leave this run's settings in ``path`` (mode 600) for ``manage.py`` (see load_local_run_env).
+
+    The running supervisor is named by pid and start time, so the settings can tell a file left by a
+    run that has ended from the live one, even after the pid was reused.
+    """
+    identity = process_identity(pid)
+    if identity is None:
+        raise ValueError(f"process {pid} is not running")
+    lines = [
+        "# Written by `make run` for manage.py in another terminal; used only while that run is up",
+        "# and only when DATABASE_URL is not set (queuemanager/env.py: load_local_run_env).",
+        f'{LOCAL_RUN_PROCESS}="{identity}"',
+    ]
+    for key in LOCAL_ENV_KEYS:
+        if env.get(key):
+            escaped = env[key].replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{key}="{escaped}"')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    os.chmod(partial, 0o600)  # O_CREAT's mode does not apply to a file left by an interrupted write
+    os.replace(partial, path)  # a reader never sees half a file
 
 
 def print_banner(env: dict[str, str], user: str, password: str, running: list[str]) -> None:

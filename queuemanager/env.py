@@ -1,4 +1,4 @@
-"""Typed readers for settings that come from the environment (and an optional `.env`).
+"""Typed readers for settings that come from the environment (and an optional `.env`, or `make run`'s file).
 
 Each reader raises ImproperlyConfigured naming the variable, so a bad value stops start-up
 with a message an operator can act on instead of a traceback deep inside a library.
@@ -21,6 +21,51 @@ def load_dotenv_file(path: Path) -> None:
         from dotenv import load_dotenv
 
         load_dotenv(path, override=False)
+
+
+# `make run` names itself in `.data/local.env` by "<pid>:<start time>" (see load_local_run_env).
+LOCAL_RUN_PROCESS = "LOCAL_RUN_PROCESS"
+
+
+def process_identity(pid: int) -> str | None:
+    """``<pid>:<start time>`` of a running process, None if it is gone: unlike a pid, never names a later process."""
+    try:
+        # Field 22 (start time since boot); the name in field 2 may hold spaces, so split after it.
+        return f"{pid}:{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        if Path("/proc/self/stat").exists():
+            return None
+    try:  # no /proc (macOS): the pid alone
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return f"{pid}:"
+
+
+def load_local_run_env(path: Path) -> None:
+    """Take the settings a running `make run` left in ``path``, so manage.py works in a second terminal.
+
+    Read only when DATABASE_URL is set neither in the environment nor in `.env`: every deployment and
+    the test suite set it, so a development run's file never reaches them. Variables already set win.
+    A file whose `make run` has ended stops start-up with that reason instead of a confusing one later.
+    """
+    if os.environ.get("DATABASE_URL") or not path.is_file():
+        return
+    from dotenv import dotenv_values
+
+    values = dotenv_values(path, interpolate=False)
+    writer = values.pop(LOCAL_RUN_PROCESS, None) or ""
+    pid = writer.partition(":")[0]
+    if not pid.isdigit() or process_identity(int(pid)) != writer:  # ended, or its pid now names another process
+        raise ImproperlyConfigured(
+            f"{path} is left from a `make run` that is no longer running (pid {pid or '?'}): "
+            "start `make run` in another terminal, or set DATABASE_URL"
+        )
+    for name, value in values.items():
+        if value is not None:
+            os.environ.setdefault(name, value)
 
 
 def env_str(name: str, default: str = "") -> str:

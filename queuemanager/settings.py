@@ -21,10 +21,13 @@ from queuemanager.env import (
     env_str,
     env_url,
     load_dotenv_file,
+    load_local_run_env,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 load_dotenv_file(BASE_DIR / ".env")
+# manage.py beside a running `make run` (never with DATABASE_URL set, i.e. never deployed or in tests).
+load_local_run_env(BASE_DIR / ".data" / "local.env")
 
 DEBUG = env_bool("DEBUG", False)
 SECRET_KEY = env_str("SECRET_KEY")
