@@ -205,11 +205,18 @@ LAUNCH_MAX_ATTEMPTS = env_int("LAUNCH_MAX_ATTEMPTS", 5, minimum=1)
 LAUNCH_RETRY_BACKOFF_SECONDS = env_float("LAUNCH_RETRY_BACKOFF_SECONDS", 2.0, minimum=0)
 # A step still `launching` after this long (its task lost with a killed worker) is launched again.
 LAUNCH_STUCK_SECONDS = env_float("LAUNCH_STUCK_SECONDS", 30.0, minimum=1)
+# Payloads with more steps are refused (400): validation and graph cost grow with the step count.
+MAX_STEPS_PER_QUEUE = env_int("MAX_STEPS_PER_QUEUE", 100, minimum=1)
 STEP_LOG_TAIL_BYTES = env_int("STEP_LOG_TAIL_BYTES", 64 * 1024, minimum=1024)
 LOCAL_LAUNCHER_DIR = Path(env_str("LOCAL_LAUNCHER_DIR", str(BASE_DIR / ".data" / "steps")))
 # How simulated workers reach the manager when Kafka is off (POST /api/telemetry/).
 MANAGER_BASE_URL = env_url("MANAGER_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
 TELEMETRY_TOKEN = env_str("TELEMETRY_TOKEN")
+# Each step run reports with its own credential (jobs/credentials.py), an HMAC made with this key
+# (empty: derived from SECRET_KEY with a salt of its own). The shared TELEMETRY_TOKEN lets its
+# holder report for any step, so it is accepted only when switched on for legacy workers.
+TELEMETRY_SIGNING_KEY = env_str("TELEMETRY_SIGNING_KEY")
+TELEMETRY_SHARED_TOKEN_ALLOWED = env_bool("TELEMETRY_SHARED_TOKEN_ALLOWED", False)
 
 # --- Kubernetes ---
 K8S_NAMESPACE = env_str("K8S_NAMESPACE", "streamforge")
@@ -220,6 +227,9 @@ K8S_CREDENTIALS_SECRET = env_str("K8S_CREDENTIALS_SECRET", "streamforge-credenti
 K8S_CA_CONFIGMAP = env_str("K8S_CA_CONFIGMAP")
 K8S_IMAGE_REGISTRY = env_str("K8S_IMAGE_REGISTRY", "registry.local/streamforge")
 K8S_IMAGE_TAG = env_str("K8S_IMAGE_TAG", "latest")
+# Registries (host or host/path prefixes) a request's `image` may name; others need the permission
+# queues.override_image, because a step's container receives the platform's credentials.
+ALLOWED_IMAGE_REGISTRIES = env_list("ALLOWED_IMAGE_REGISTRIES", [K8S_IMAGE_REGISTRY])
 K8S_DELETE_ORPHANS = env_bool("K8S_DELETE_ORPHANS", False)
 K8S_MANAGER_ID = env_str("K8S_MANAGER_ID", "queue-manager")
 

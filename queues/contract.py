@@ -11,15 +11,18 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 
-from queues import catalogue, naming
+from django.conf import settings
+
+from queues import catalogue, images, naming
 from queues.graph import Edge, infer_edges
 
 TOP_LEVEL_KEYS = ("symbol", "time_range", "requests", "microservices", "queue_id")
-_DATE_RANGE = re.compile(r"^(\d{4}-\d{2}-\d{2}):(\d{4}-\d{2}-\d{2})$")
-_COLLECTION = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,127}$")
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
-_IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
-_STEP_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$")
+# Patterns are applied with fullmatch only: `$` also matches before a final newline, so
+# `re.match(r"^…$")` accepted `"abc\n"` as a queue_id, a step name or a time range.
+_DATE_RANGE = re.compile(r"(\d{4}-\d{2}-\d{2}):(\d{4}-\d{2}-\d{2})", re.ASCII)
+_COLLECTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,127}")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_STEP_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?")
 
 
 class PayloadError(Exception):
@@ -109,8 +112,12 @@ class _Errors:
         return bool(self.items)
 
 
-def parse_payload(payload: object, *, queue_id: str | None = None) -> PipelineSpec:
-    """Validate `payload` and return the pipeline it describes, or raise PayloadError."""
+def parse_payload(payload: object, *, queue_id: str | None = None, user=None) -> PipelineSpec:
+    """Validate `payload` and return the pipeline it describes, or raise PayloadError.
+
+    `user` is who submits it (None for Kafka commands): an `image` outside ALLOWED_IMAGE_REGISTRIES
+    needs their `queues.override_image` permission.
+    """
     errors = _Errors()
     if not isinstance(payload, dict):
         raise PayloadError({"non_field_errors": ["The payload must be a JSON object."]})
@@ -134,6 +141,13 @@ def parse_payload(payload: object, *, queue_id: str | None = None) -> PipelineSp
         errors.add(key, "Must be a list of step requests.")
     elif not raw_requests:
         errors.add(key, "At least one request is required.")
+    elif len(raw_requests) > settings.MAX_STEPS_PER_QUEUE:
+        # Checked before anything else is parsed: the cost of validation and of the graph follows it.
+        errors.add(
+            key,
+            f"Too many steps: {len(raw_requests)}; a queue has at most {settings.MAX_STEPS_PER_QUEUE} "
+            f"(MAX_STEPS_PER_QUEUE). Split the pipeline into several queues.",
+        )
     else:
         for index, raw in enumerate(raw_requests):
             step = _parse_request(index, raw, f"{key}[{index}]", errors)
@@ -144,6 +158,7 @@ def parse_payload(payload: object, *, queue_id: str | None = None) -> PipelineSp
         if start is None and "time_range" not in errors.items:
             errors.add("time_range", "Required for historical (api_*) types: YYYY-MM-DD:YYYY-MM-DD.")
 
+    _check_image_registries(steps, key, user, errors)
     if errors:
         raise PayloadError(errors.items)
 
@@ -176,7 +191,7 @@ def _parse_symbol(value: object, errors: _Errors) -> str:
     if value is None:
         errors.add("symbol", "This field is required.")
         return ""
-    if not isinstance(value, str) or not naming.SYMBOL_RE.match(value.strip().upper()):
+    if not isinstance(value, str) or not naming.is_symbol(value.strip().upper()):
         errors.add("symbol", "Must be an exchange symbol of 2-20 characters A-Z, 0-9 (e.g. BTCUSDT).")
         return ""
     return value.strip().upper()
@@ -185,7 +200,7 @@ def _parse_symbol(value: object, errors: _Errors) -> str:
 def _parse_time_range(value: object, errors: _Errors) -> tuple[date | None, date | None]:
     if value is None:
         return None, None
-    match = _DATE_RANGE.match(value) if isinstance(value, str) else None
+    match = _DATE_RANGE.fullmatch(value) if isinstance(value, str) else None
     if not match:
         errors.add("time_range", "Must be YYYY-MM-DD:YYYY-MM-DD.")
         return None, None
@@ -285,7 +300,7 @@ def _check_field(key: str, value: object, path: str, errors: _Errors):
             errors.add(path, "Contains duplicates.")
         pattern = _STEP_NAME if key == "depends_on" else _COLLECTION
         for item in value:
-            if not pattern.match(item):
+            if not pattern.fullmatch(item):
                 errors.add(path, f"{item!r} is not a valid {'step' if key == 'depends_on' else 'collection'} name.")
         return value
     if not isinstance(value, str) or not value:
@@ -298,13 +313,15 @@ def _check_field(key: str, value: object, path: str, errors: _Errors):
         "interval": (None, None),
         "inference_interval": (None, None),
         "kafka_topic": (_TOPIC, "Must be a Kafka topic name (letters, digits, '.', '_', '-')."),
-        "image": (_IMAGE, "Must be a container image reference."),
     }
     check = checks.get(key, (_COLLECTION, "Must be a collection name (a letter, then letters, digits, '_' or '-')."))
     if key in ("interval", "inference_interval"):
         if value not in catalogue.INTERVALS:
             errors.add(path, f"Unknown interval {value!r}. Known: {', '.join(catalogue.INTERVALS)}.")
-    elif check is not None and check[0] is not None and not check[0].match(value):
+    elif key == "image":
+        if not images.is_valid(value):
+            errors.add(path, "Must be a container image reference ([registry/]path[:tag][@digest]).")
+    elif check is not None and check[0] is not None and not check[0].fullmatch(value):
         errors.add(path, check[1])
     return value
 
@@ -315,6 +332,20 @@ def _check_interval(type_name: str, family: str, interval: str, path: str, error
         errors.add(path, f"Contradicts type {type_name!r}, which implies interval {implied!r}.")
     elif implied is None and catalogue.STEP_TYPES[family].market_data:
         errors.add(path, f"Type {type_name!r} has no interval.")
+
+
+def _check_image_registries(steps: list[StepSpec], key: str, user, errors: _Errors) -> None:
+    """An image from outside the allowed registries needs `queues.override_image` (DESIGN §11)."""
+    foreign = [step for step in steps if step.image and not images.is_from_allowed_registry(step.image)]
+    if not foreign or images.may_override(user):
+        return
+    allowed = ", ".join(settings.ALLOWED_IMAGE_REGISTRIES) or "none"
+    for step in foreign:
+        errors.add(
+            f"{key}[{step.index}].image",
+            f"Images may only come from the allowed registries ({allowed}); another registry needs the "
+            f"permission {images.OVERRIDE_IMAGE!r}.",
+        )
 
 
 def _assign_step_names(steps: list[StepSpec], key: str, errors: _Errors) -> None:

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -93,46 +94,56 @@ def infer_edges(steps: list[StepSpec], key: str = "requests") -> tuple[list[Edge
 
 
 def find_cycle(count: int, edges) -> list[int] | None:
-    """A cycle as a list of indexes (first repeated at the end), or None."""
+    """A cycle as a list of indexes (first repeated at the end), or None.
+
+    Depth-first with an explicit stack, not recursion: a long dependency chain must not reach
+    Python's recursion limit (a RecursionError was a 500), whatever MAX_STEPS_PER_QUEUE allows.
+    """
     children: dict[int, list[int]] = defaultdict(list)
     for edge in edges:
         children[edge.upstream].append(edge.downstream)
-    state = [0] * count  # 0 new, 1 on stack, 2 done
-    stack: list[int] = []
-
-    def visit(node: int) -> list[int] | None:
-        state[node] = 1
-        stack.append(node)
-        for child in children[node]:
-            if state[child] == 1:
-                return stack[stack.index(child):] + [child]
-            if state[child] == 0:
-                found = visit(child)
-                if found:
-                    return found
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for node in range(count):
-        if state[node] == 0:
-            found = visit(node)
-            if found:
-                return found
+    state = [0] * count  # 0 new, 1 on the current path, 2 done
+    for root in range(count):
+        if state[root]:
+            continue
+        path: list[int] = [root]
+        pending = [iter(children[root])]  # the children still to visit, per node on the path
+        state[root] = 1
+        while pending:
+            child = next(pending[-1], None)
+            if child is None:
+                state[path.pop()] = 2
+                pending.pop()
+            elif state[child] == 1:
+                return path[path.index(child):] + [child]
+            elif state[child] == 0:
+                state[child] = 1
+                path.append(child)
+                pending.append(iter(children[child]))
     return None
 
 
 def topological_order(count: int, edges) -> list[int]:
-    """Indexes in an order where every upstream precedes its downstreams (stable by index)."""
-    parents: dict[int, set[int]] = defaultdict(set)
+    """Indexes in an order where every upstream precedes its downstreams (stable by index).
+
+    Kahn's algorithm with a heap: O(E log N) and no recursion, whatever the chain length.
+    """
+    children: dict[int, set[int]] = defaultdict(set)
+    waiting_on = [0] * count
     for edge in edges:
-        parents[edge.downstream].add(edge.upstream)
+        if edge.downstream not in children[edge.upstream]:
+            children[edge.upstream].add(edge.downstream)
+            waiting_on[edge.downstream] += 1
+    ready = [i for i in range(count) if waiting_on[i] == 0]
+    heapq.heapify(ready)
     done: list[int] = []
-    remaining = list(range(count))
-    while remaining:
-        ready = [i for i in remaining if parents[i] <= set(done)]
-        if not ready:  # a cycle; validation prevents this
-            return done + remaining
-        done.append(ready[0])
-        remaining.remove(ready[0])
+    while ready:
+        node = heapq.heappop(ready)
+        done.append(node)
+        for child in children[node]:
+            waiting_on[child] -= 1
+            if waiting_on[child] == 0:
+                heapq.heappush(ready, child)
+    if len(done) < count:  # a cycle; validation prevents this
+        done += [i for i in range(count) if waiting_on[i] > 0]
     return done

@@ -43,7 +43,6 @@ StepState.RETRYABLE = (StepState.FAILED, StepState.STOPPED, StepState.LOST)
 StepState.DISCARD_WORKLOAD = (StepState.FAILED, StepState.STOPPED, StepState.LOST)
 
 
-
 class DependencyKind(models.TextChoices):
     READY = "ready", "ready (upstream running)"
     SUCCESS = "success", "success (upstream succeeded)"
@@ -95,6 +94,7 @@ class Queue(models.Model):
         permissions = [
             ("start_queue", "Can start queues"),
             ("stop_queue", "Can stop queues and steps"),
+            ("override_image", "Can run steps with an image from any registry"),
         ]
 
     def __str__(self) -> str:

@@ -8,10 +8,12 @@ import secrets
 import string
 from datetime import date
 
-DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Used with fullmatch only: `$` also matches before a final newline, so `re.match(r"…$")` let
+# `abc\n` through as a label.
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 QUEUE_ID_MAX = 40
 JOB_NAME_MAX = 63
-SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+SYMBOL_RE = re.compile(r"[A-Z0-9]{2,20}")
 
 # Longest first, so BTCFDUSD is btc and not btcfd.
 QUOTE_ASSETS = ("FDUSD", "USDT", "USDC", "BUSD", "TUSD", "DAI", "EUR", "TRY", "BRL", "BTC", "ETH", "BNB")
@@ -19,7 +21,11 @@ _ALPHABET = string.ascii_lowercase + string.digits
 
 
 def is_dns1123_label(value: str, max_length: int = 63) -> bool:
-    return len(value) <= max_length and bool(DNS1123_LABEL.match(value))
+    return len(value) <= max_length and bool(DNS1123_LABEL.fullmatch(value))
+
+
+def is_symbol(value: str) -> bool:
+    return bool(SYMBOL_RE.fullmatch(value))
 
 
 def _slug(value: str) -> str:

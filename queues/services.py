@@ -35,7 +35,7 @@ def queue_create(*, payload: dict, queue_id: str | None = None, user=None, sourc
     Idempotent on a client-supplied queue_id: the same payload returns the existing queue,
     another payload raises QueueConflict. Raises contract.PayloadError on invalid input.
     """
-    spec = parse_payload(payload, queue_id=queue_id)
+    spec = parse_payload(payload, queue_id=queue_id, user=user)
     if spec.queue_id:
         existing = _existing_same_payload(spec)
         if existing is not None:

@@ -69,6 +69,13 @@ BAD_INPUTS = {
     "queue_id ending with dash": (lambda d: d.update(queue_id="my-queue-"), "queue_id"),
     "bad collection name": (_set_request(4, collection_output="bad name!"), "requests[4].collection_output"),
     "requests and microservices both": (lambda d: d.update(microservices=d["requests"]), "microservices"),
+    # Issue #10 §4: a pattern ending in `$` also matched a value with a trailing newline.
+    "queue_id with a trailing newline": (lambda d: d.update(queue_id="abc\n"), "queue_id"),
+    "time_range with a trailing newline": (lambda d: d.update(time_range="2024-06-01:2024-06-30\n"), "time_range"),
+    "step name with a trailing newline": (_set_request(0, name="load\n"), "requests[0].name"),
+    "collection with a trailing newline": (_set_request(4, collection_output="graph\n"), "requests[4].collection_output"),
+    "kafka_topic with a trailing newline": (_set_request(0, kafka_topic="topic\n"), "requests[0].kafka_topic"),
+    "image with a trailing newline": (_set_request(0, image="registry.local/streamforge/loader:1\n"), "requests[0].image"),
 }
 
 
@@ -86,6 +93,14 @@ def test_it_rejects_bad_input_naming_the_field(api, case):
     body = response.json()
     assert path in body, body
     assert all(isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages) for messages in body.values())
+    _assert_nothing_created()
+
+
+def test_it_refuses_a_depends_on_name_with_a_trailing_newline_as_malformed(api):
+    """Issue #10 §4 (trailing newline): `depends_on` items are checked as step names by full match."""
+    response = api.post(URL, _with(_set_request(5, depends_on=["graph-builder-gnn-graph\n"])), format="json")
+    assert response.status_code == 400
+    assert any("not a valid step name" in m for m in response.json()["requests[5].depends_on"])
     _assert_nothing_created()
 
 

@@ -87,3 +87,48 @@ def test_it_names_the_steps_of_a_cycle(api):
     assert response.status_code == 400
     (message,) = response.json()["requests"]
     assert "cycle" in message.lower() and "graph-builder-gnn-graph" in message
+
+
+def _chain(length: int) -> dict:
+    """A streaming payload whose steps each depend on the one before: the deepest graph per step."""
+    requests = [{"target": LP, "type": "ws_trades", "name": "s0"}]
+    requests += [{"target": LP, "type": "ws_trades", "name": f"s{i}", "depends_on": [f"s{i - 1}"]} for i in range(1, length)]
+    return {"symbol": "BTCUSDT", "requests": requests}
+
+
+def test_it_refuses_more_steps_than_the_cap_with_a_clear_message(api):
+    """Issue #10 §4 (step cap): above MAX_STEPS_PER_QUEUE (default 100) the payload is a 400 on `requests`."""
+    response = api.post("/api/queues/", _chain(101), format="json")
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["requests"]
+    assert "101" in message and "100" in message and "MAX_STEPS_PER_QUEUE" in message
+    assert api.post("/api/queues/", _chain(100), format="json").status_code == 201
+
+
+def test_it_answers_a_1200_step_chain_with_400_not_500(api):
+    """Issue #10 §4 (RecursionError): a ~1,200-step dependency chain was a RecursionError, i.e. a 500."""
+    response = api.post("/api/queues/", _chain(1200), format="json")
+    assert response.status_code == 400
+    assert "requests" in response.json()
+
+
+def test_it_validates_a_1200_step_chain_when_the_cap_is_raised(settings):
+    """Issue #10 §4 (iterative cycle check): with the cap raised, a long chain still validates (no recursion)."""
+    from queues.contract import parse_payload
+
+    settings.MAX_STEPS_PER_QUEUE = 2000
+    spec = parse_payload(_chain(1200))
+    assert len(spec.steps) == 1200 and len(spec.edges) == 1199
+
+
+def test_it_names_a_cycle_closing_a_long_chain(settings):
+    """Issue #10 §4 (iterative cycle check): a cycle at the end of a 1,500-step chain is found and named."""
+    from queues.contract import PayloadError, parse_payload
+
+    settings.MAX_STEPS_PER_QUEUE = 2000
+    data = _chain(1500)
+    data["requests"][0]["depends_on"] = ["s1499"]
+    with pytest.raises(PayloadError) as raised:
+        parse_payload(data)
+    (message,) = raised.value.errors["requests"]
+    assert "cycle" in message.lower() and "s0 → s1 →" in message and "s1499 → s0" in message

@@ -14,13 +14,13 @@ DNS1123 = naming.DNS1123_LABEL
 def test_it_generates_queue_ids_as_short_dns_labels():
     queue_id = naming.generate_queue_id("BTCUSDT", "api_candles_5m", date(2024, 6, 1))
     assert queue_id.startswith("btcusdt-api-candles-5m-20240601-")
-    assert len(queue_id) <= 40 and DNS1123.match(queue_id)
+    assert len(queue_id) <= 40 and DNS1123.fullmatch(queue_id)
     assert len(queue_id.rsplit("-", 1)[1]) == 6
 
 
 def test_it_keeps_long_generated_queue_ids_within_40_chars():
     queue_id = naming.generate_queue_id("A" * 20, "realtime_gnn_infer", date(2024, 6, 1))
-    assert len(queue_id) <= 40 and DNS1123.match(queue_id)
+    assert len(queue_id) <= 40 and DNS1123.fullmatch(queue_id)
 
 
 def test_it_generates_different_queue_ids_for_the_same_payload():
@@ -31,7 +31,7 @@ def test_it_generates_different_queue_ids_for_the_same_payload():
 def test_it_keeps_job_names_within_63_chars_and_unique_for_a_40_char_queue_id():
     queue_id = "q" * 40
     names = [naming.job_name(queue_id, "arango-connector", n) for n in range(1, 12)]
-    assert all(len(n) <= 63 and DNS1123.match(n) for n in names)
+    assert all(len(n) <= 63 and DNS1123.fullmatch(n) for n in names)
     assert len(set(names)) == len(names)
     assert naming.job_name(queue_id, "arango-connector", 3) == naming.job_name(queue_id, "arango-connector", 3)
 
@@ -76,7 +76,7 @@ def test_it_gives_every_step_unique_names_with_a_40_char_queue_id_and_repeated_t
     assert response.status_code == 201, response.content
     steps = response.json()["steps"]
     job_names = [s["job_name"] for s in steps]
-    assert all(len(n) <= 63 and DNS1123.match(n) for n in job_names)
+    assert all(len(n) <= 63 and DNS1123.fullmatch(n) for n in job_names)
     assert len(set(job_names)) == len(steps)
     telemetry = [s["telemetry_id"] for s in steps]
     assert len(set(telemetry)) == len(steps)
@@ -107,3 +107,16 @@ def test_it_uses_an_explicit_kafka_topic_and_collection_name(api):
     assert {"upstream": "arango-connector-ws-trades", "downstream": "loader-producer-ws-trades"}.items() <= next(
         e for e in body["edges"] if e["downstream"] == "loader-producer-ws-trades"
     ).items()
+
+
+@pytest.mark.parametrize("value", ["abc\n", "a\n"])
+def test_it_refuses_dns_labels_with_line_breaks(value):
+    """Issue #10 §4 (trailing newline): `$` matched before a final newline, so `abc\\n` passed as a label."""
+    assert not naming.is_dns1123_label(value)
+
+
+def test_it_checks_symbols_by_full_match():
+    """Issue #10 §4 (trailing newline): the symbol pattern must not accept a final newline either."""
+    assert naming.SYMBOL_RE.fullmatch("BTCUSDT")
+    assert not naming.is_symbol("BTCUSDT\n")
+    assert naming.is_symbol("BTCUSDT")

@@ -122,3 +122,74 @@ def test_it_redirects_anonymous_docs_visitors_to_the_login(client):
         response = client.get(url)
         assert response.status_code == 302
         assert response["Location"].startswith("/admin/login/?next=")
+
+
+# --- Image override (issue #10 §5): a step's container receives the platform's credentials. ---
+
+
+def _with_image(image: str, index: int = 2, **changes) -> dict:
+    data = payload(**changes)
+    data["requests"][index]["image"] = image
+    return data
+
+
+def test_it_refuses_an_image_from_another_registry_naming_the_field(operator):
+    """Issue #10 §5 (image override): `start_queue` alone no longer lets a user run any image."""
+    response = _client(operator).post("/api/queues/", _with_image("evil.example.com/miner:1"), format="json")
+    assert response.status_code == 400, response.content
+    (message,) = response.json()["requests[2].image"]
+    assert "registry.local/streamforge" in message and "queues.override_image" in message
+    assert Queue.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.local/streamforge-evil/loader-producer:1",  # a longer name is not the same registry path
+        "registry.local/streamforge",  # the registry itself is no image under it
+        "registry.local/streamforge/../../evil/x",  # not an image reference at all
+        "loader-producer:latest",  # no registry named: the runtime's default registry
+    ],
+)
+def test_it_refuses_lookalikes_of_the_allowed_registry(operator, image):
+    """Issue #10 §5 (image override): only whole registry path components count as "from the registry"."""
+    response = _client(operator).post("/api/queues/", _with_image(image), format="json")
+    assert response.status_code == 400, response.content
+    assert "requests[2].image" in response.json()
+
+
+def test_it_accepts_an_image_from_the_catalogues_registry(operator):
+    """Issue #10 §5 (image override): the default allowed registry is the catalogue's own."""
+    image = "registry.local/streamforge/arango-connector:2.0@sha256:" + "a" * 64
+    response = _client(operator).post("/api/queues/", _with_image(image), format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["steps"][2]["image"] == image
+
+
+def test_it_lets_a_user_with_override_image_use_any_registry():
+    """Issue #10 §5 (image override): the separate permission `queues.override_image` lifts the limit."""
+    user = UserFactory(username="imager", perms=["view_queue", "start_queue", "override_image"])
+    response = _client(user).post("/api/queues/", _with_image("evil.example.com/miner:1"), format="json")
+    assert response.status_code == 201, response.content
+
+
+def test_it_reads_the_allowed_registries_from_settings(operator, settings):
+    """Issue #10 §5 (image override): ALLOWED_IMAGE_REGISTRIES replaces the default list."""
+    settings.ALLOWED_IMAGE_REGISTRIES = ["ghcr.io/acme", "Mirror.Internal:5000"]
+    client = _client(operator)
+    assert client.post("/api/queues/", _with_image("ghcr.io/acme/loader:1", queue_id="a1"), format="json").status_code == 201
+    assert client.post("/api/queues/", _with_image("mirror.internal:5000/x/y", queue_id="a2"), format="json").status_code == 201
+    refused = client.post("/api/queues/", _with_image("registry.local/streamforge/x:1", queue_id="a3"), format="json")
+    assert refused.status_code == 400 and "requests[2].image" in refused.json()
+
+
+def test_it_treats_a_start_without_a_user_as_without_the_permission(historical_payload):
+    """Issue #10 §5 (image override): Kafka `start` commands have no user, so no override permission."""
+    from queues.contract import PayloadError
+    from queues.services import queue_create
+
+    historical_payload["requests"][3]["image"] = "evil.example.com/miner:1"
+    with pytest.raises(PayloadError) as raised:
+        queue_create(payload=historical_payload, source="kafka")
+    assert "requests[3].image" in raised.value.errors
+    assert Queue.objects.count() == 0
