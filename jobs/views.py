@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import generics, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -73,10 +74,20 @@ class IngestResultDoc(serializers.Serializer):
     rejected = serializers.ListField(child=serializers.DictField())
 
 
+class TelemetryJSONParser(JSONParser):
+    """JSON nested deeper than the parser can recurse is bad input (400), not a server error (500)."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("JSON parse error - nested too deeply.") from None
+
+
 class TelemetryView(APIView):
     authentication_classes = [TelemetryTokenAuthentication, *APIView.authentication_classes]
     permission_classes = [CanIngestTelemetry]
-    parser_classes = [JSONParser]
+    parser_classes = [TelemetryJSONParser]
 
     @extend_schema(
         summary="Report worker telemetry",

@@ -308,3 +308,37 @@ def test_it_validates_tail_bytes(api, queue):
 
 def test_it_answers_404_for_the_logs_of_an_unknown_step(api, queue):
     assert api.get("/api/queues/api-q/steps/ghost/logs/").status_code == 404
+
+
+# --- issue #10 §1: a bad telemetry body is a 400 naming the field, never a 500 ----------------------
+
+
+@pytest.fixture
+def reporter() -> APIClient:
+    """A user allowed to post telemetry for any step (whatever credential workers use)."""
+    return _token_client(UserFactory(username="telemetry-reporter", perms=["add_telemetryevent"]))
+
+
+@pytest.mark.parametrize(
+    "body, named",
+    [
+        ('{{"event":"loading","queue_id":"api-q","producer":"{producer}","records_written":1e400}}', "records_written"),
+        ('{{"event":"loading","queue_id":"api-q","producer":"{producer}","timestamp":"2024-06-31T00:00:00"}}', "timestamp"),
+        ('{{"event":"loading","queue_id":"api-q","producer":"{producer}","extra":[1]}}', "extra"),
+        ('{{"event":"loading","queue_id":"api-q","producer":"{producer}","records_written":99999999999999999999}}',
+         "records_written"),
+    ],
+)
+def test_it_answers_400_naming_the_field_of_a_malformed_event(reporter, queue, body, named):
+    """Issue #10 §1 over HTTP: the body of the live try (records_written 1e400) and its class are a 400."""
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    response = reporter.post("/api/telemetry/", body.format(producer=step.telemetry_id), content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert named in response.json()["rejected"][0]["reason"]
+    assert TelemetryEvent.objects.count() == 0
+
+
+def test_it_answers_400_to_a_body_nested_too_deeply_to_parse(reporter, queue):
+    """Issue #10 §1 (deep nesting) over HTTP: JSON the parser cannot even read is a 400, not a 500."""
+    response = reporter.post("/api/telemetry/", "[" * 100_000 + "]" * 100_000, content_type="application/json")
+    assert response.status_code == 400
