@@ -182,7 +182,7 @@ def ensure_schema(db) -> None:
 
 
 # The guard: replace only when the stored version is older (a missing version counts as oldest).
-_UPSERT_AQL = """
+UPSERT_AQL = """
 FOR doc IN @docs
   UPSERT {_key: doc._key} INSERT doc REPLACE (OLD.version < doc.version ? doc : OLD) IN @@col
   OPTIONS {exclusive: true}
@@ -191,7 +191,7 @@ FOR doc IN @docs
 
 
 def _upsert(db, collection: str, docs: list[dict]) -> list:
-    cursor = db.aql.execute(_UPSERT_AQL, bind_vars={"@col": collection, "docs": docs}, batch_size=len(docs) + 1)
+    cursor = db.aql.execute(UPSERT_AQL, bind_vars={"@col": collection, "docs": docs}, batch_size=len(docs) + 1)
     return list(cursor)
 
 

@@ -1,46 +1,82 @@
-"""The ArangoDB emulator, exercised through the real python-arango client over real HTTP."""
+"""ArangoDB contract suite: the same assertions against the emulator and, opt-in, a real server.
+
+Run against a real ArangoDB by setting ARANGO_CONTRACT_URL and ARANGO_CONTRACT_ROOT_PASSWORD (see
+README, "ArangoDB mirror > Tests"); otherwise the `real` cases are skipped with one line. Each test
+gets its own database, created by root; the assertions run as a restricted user with rw on that
+database only (ARANGO_CONTRACT_USER / ARANGO_CONTRACT_PASSWORD, random when unset). Tests that need
+the emulator's inspection or outage hooks take the `emu` fixture and skip on a real server.
+"""
+import os
 import warnings
+import threading
+import uuid
 
 import pytest
-from arango import ArangoClient
 from arango.exceptions import (
     AQLQueryExecuteError,
+    CollectionCreateError,
     CollectionListError,
+    DatabaseCreateError,
+    DatabaseListError,
+    DatabasePropertiesError,
     DocumentDeleteError,
     DocumentInsertError,
     DocumentRevisionError,
     GraphCreateError,
     ServerVersionError,
 )
-from arango.http import DefaultHTTPClient
 
-from .arango import ArangoEmulator
+from mirror import arango as mirror_arango
 
-
-@pytest.fixture
-def emu():
-    with ArangoEmulator(password="s3cret") as emulator:
-        yield emulator
+from .contract import TARGETS, arango_target, grant_user
 
 
-def connect(emu, password="s3cret", name="mirror"):
-    # no urllib3 retries/back-off, one try: an outage must fail fast in tests
-    client = ArangoClient(hosts=emu.url, http_client=DefaultHTTPClient(retry_attempts=0), resolver_max_tries=1)
-    sys_db = client.db("_system", username="root", password=password)
-    if name != "_system" and not sys_db.has_database(name):
-        sys_db.create_database(name)
-    return client.db(name, username="root", password=password)
+@pytest.fixture(params=TARGETS)
+def target(request):
+    with arango_target(request.param) as server:
+        yield server
 
 
 @pytest.fixture
-def db(emu):
-    return connect(emu)
+def emu(target):
+    if target.emulator is None:
+        pytest.skip("emulator only: inspects or stages what a real server cannot")
+    return target.emulator
 
 
-def test_databases_collections_indexes_and_graph(emu, db):
-    sys_db = connect(emu, name="_system")
-    assert sys_db.has_database("mirror") and not sys_db.has_database("other")
-    assert sys_db.version() == "3.11.0"
+@pytest.fixture
+def user(target):
+    """The restricted user: (name, password), rights granted per test."""
+    name = os.environ.get("ARANGO_CONTRACT_USER") or f"contract_{uuid.uuid4().hex[:8]}"
+    password = os.environ.get("ARANGO_CONTRACT_PASSWORD") or uuid.uuid4().hex
+    target.admin.delete_user(name, ignore_missing=True)  # a previous run that died keeps no rights
+    target.admin.create_user(name, password)
+    yield name, password
+    target.admin.delete_user(name, ignore_missing=True)
+
+
+@pytest.fixture
+def database(target):
+    name = f"contract_{uuid.uuid4().hex[:10]}"
+    target.admin.create_database(name)
+    yield name
+    target.admin.delete_database(name, ignore_missing=True)
+
+
+def connect(target, user, name):
+    return target.client.db(name, username=user[0], password=user[1])
+
+
+@pytest.fixture
+def db(target, user, database):
+    grant_user(target.admin, user[0], database, "rw")
+    return connect(target, user, database)
+
+
+def test_databases_collections_indexes_and_graph(target, db):
+    sys_db = target.admin
+    assert sys_db.has_database(db.name) and not sys_db.has_database("other")
+    assert sys_db.version().startswith(("3.11", "3.12"))
     assert not db.has_collection("queues")
     queues = db.create_collection("queues")
     db.create_collection("has_step", edge=True)
@@ -56,7 +92,7 @@ def test_databases_collections_indexes_and_graph(emu, db):
         warnings.simplefilter("ignore", DeprecationWarning)
         legacy = queues.add_persistent_index(["symbol", "time_range"], unique=True)
     assert legacy["new"] and legacy["unique"] and legacy["fields"] == ["symbol", "time_range"]
-    assert {tuple(i["fields"]) for i in emu.indexes("mirror", "queues")} == {
+    assert {tuple(i["fields"]) for i in queues.indexes() if i["type"] in ("primary", "persistent")} == {
         ("_key",), ("status",), ("symbol", "time_range")}
 
     graph = db.create_graph("lineage", edge_definitions=[
@@ -80,7 +116,7 @@ def test_unique_persistent_index_is_enforced(db):
     queues.insert({"_key": "a", "symbol": "BTC", "x": 1}, overwrite_mode="replace")  # same doc: fine
 
 
-def test_insert_with_each_overwrite_mode(emu, db):
+def test_insert_with_each_overwrite_mode(db):
     queues = db.create_collection("queues")
     meta = queues.insert({"_key": "q1", "status": "new", "opts": {"a": 1, "b": 2}})
     assert meta["_id"] == "queues/q1" and meta["_key"] == "q1" and meta["_rev"]
@@ -107,7 +143,7 @@ def test_insert_with_each_overwrite_mode(emu, db):
 
     replaced = queues.insert({"_key": "q1", "message": "fresh"}, overwrite_mode="replace", return_new=True)
     assert replaced["new"] == {"_key": "q1", "_id": "queues/q1", "_rev": replaced["_rev"], "message": "fresh"}
-    assert emu.documents("mirror", "queues")["q1"]["message"] == "fresh"
+    assert queues.get("q1")["message"] == "fresh"
     assert queues.insert({"_key": "q1", "z": 1}, overwrite=True, return_new=True)["new"]["z"] == 1  # = replace
 
     auto = queues.insert({"status": "auto"})
@@ -131,13 +167,13 @@ def test_rev_changes_on_every_write_and_is_checked(db):
         queues.delete({"_key": "q", "_rev": "_stale"})
 
 
-def test_insert_many_reports_per_document_errors(emu, db):
+def test_insert_many_reports_per_document_errors(db):
     queues = db.create_collection("queues")
     queues.insert({"_key": "b", "v": "old"})
     results = queues.insert_many([{"_key": "a"}, {"_key": "b", "v": "new"}, {"_key": "c"}])
     assert [r["_key"] for r in (results[0], results[2])] == ["a", "c"]
     assert isinstance(results[1], DocumentInsertError) and results[1].error_code == 1210
-    assert emu.documents("mirror", "queues")["b"]["v"] == "old"
+    assert queues.get("b")["v"] == "old"
 
     results = queues.insert_many([{"_key": "b", "v": "upd"}, {"_key": "d"}], overwrite_mode="update")
     assert all(isinstance(r, dict) for r in results) and results[0]["_old_rev"]
@@ -149,7 +185,7 @@ def test_insert_many_reports_per_document_errors(emu, db):
         queues.insert_many([{"_key": "a"}], raise_on_document_error=True)
 
 
-def test_import_bulk_on_duplicate_modes(emu, db):
+def test_import_bulk_on_duplicate_modes(db):
     col = db.create_collection("telemetry")
     col.insert({"_key": "e1", "a": 1, "b": 1})
     docs = [{"_key": "e1", "a": 2}, {"_key": "e2", "a": 3}]
@@ -167,7 +203,7 @@ def test_import_bulk_on_duplicate_modes(emu, db):
     res = col.import_bulk([{"_key": "e1", "c": 1}], on_duplicate="replace")
     assert res["updated"] == 1 and "a" not in col.get("e1") and col.get("e1")["c"] == 1
     res = col.import_bulk([{"_key": "x"}], overwrite=True)
-    assert res["created"] == 1 and set(emu.documents("mirror", "telemetry")) == {"x"}
+    assert res["created"] == 1 and {doc["_key"] for doc in col.all()} == {"x"}
 
 
 def test_get_has_delete_count_all_truncate_and_cursor_batches(db):
@@ -180,11 +216,11 @@ def test_get_has_delete_count_all_truncate_and_cursor_batches(db):
     assert info.value.error_code == 1202
     assert col.delete("j1", ignore_missing=True) is False
     assert col.count() == 4 and sorted(d["_key"] for d in col.all()) == ["j0", "j2", "j3", "j4"]
-    assert [d["_key"] for d in col.all(skip=1, limit=2)] == ["j2", "j3"]
+    assert len([d["_key"] for d in col.all(skip=1, limit=2)]) == 2  # order is not guaranteed
 
     cursor = db.aql.execute("FOR d IN @@c RETURN d.i", bind_vars={"@c": "jobs"}, batch_size=2, count=True)
     assert cursor.has_more() and len(cursor) == 4
-    assert list(cursor) == [0, 2, 3, 4]
+    assert sorted(cursor) == [0, 2, 3, 4]
     cursor = db.aql.execute("FOR d IN jobs RETURN d", batch_size=1)
     assert cursor.close() is True
 
@@ -262,33 +298,41 @@ def test_simple_filters_on_a_collection(lineage):
 
 
 @pytest.mark.parametrize("query,bind_vars,error_num", [
-    ("FOR d IN steps SORT d.kind RETURN d", {}, 1501),
-    ("FOR d IN steps FILTER d.n > 1 RETURN d", {}, 1501),
-    ("FOR d IN steps FILTER d.n == 1 OR d.n == 2 RETURN d", {}, 1501),
-    ("FOR d IN steps COLLECT k = d.kind RETURN k", {}, 1501),
-    ("FOR d IN steps RETURN {k: d._key}", {}, 1501),
-    ("FOR d IN steps RETURN LENGTH(d)", {}, 1501),
-    ("FOR v IN 1..2 OUTBOUND 'steps/s1' io RETURN v", {}, 1501),
-    ("INSERT {a: 1} INTO steps", {}, 1501),
     ("FOR d IN steps FILTER d.kind == @k RETURN d", {}, 1551),
     ("FOR d IN steps RETURN d", {"unused": 1}, 1552),
     ("FOR d IN nowhere RETURN d", {}, 1203),
+    ("FOR d IN steps RETURN", {}, 1501),
 ])
-def test_unsupported_or_invalid_aql_is_an_error(lineage, query, bind_vars, error_num):
+def test_invalid_aql_is_an_error(lineage, query, bind_vars, error_num):
     with pytest.raises(AQLQueryExecuteError) as info:
         lineage.aql.execute(query, bind_vars=bind_vars)
     assert info.value.error_code == error_num
-    if error_num == 1501:
-        assert info.value.http_code == 400 and "emulator" in info.value.error_message
 
 
-def test_wrong_credentials_are_rejected(emu, db):
-    bad = connect(emu, password="wrong", name="_system")
+@pytest.mark.parametrize("query", [
+    "FOR d IN steps SORT d.kind RETURN d",
+    "FOR d IN steps FILTER d.n == 1 OR d.n == 2 RETURN d",
+    "FOR d IN steps COLLECT k = d.kind RETURN k",
+    "FOR d IN steps RETURN LENGTH(d)",
+    "FOR v IN 1..2 OUTBOUND 'steps/s1' io RETURN v",
+    "INSERT {a: 1} INTO steps",
+    "FOR d IN steps UPSERT {kind: d.kind} INSERT d UPDATE {} IN steps",
+    "FOR d IN steps REMOVE d IN steps OPTIONS {unknownOption: true}",
+])
+def test_the_emulator_refuses_aql_it_does_not_implement(emu, lineage, query):
+    with pytest.raises(AQLQueryExecuteError) as info:
+        lineage.aql.execute(query)
+    assert info.value.http_code == 400 and info.value.error_code == 1501 and "emulator" in info.value.error_message
+
+
+def test_wrong_credentials_are_rejected(target, user, db):
+    bad = connect(target, (user[0], "wrong"), db.name)
     with pytest.raises(ServerVersionError) as info:
         bad.version()
+    assert (info.value.http_code, info.value.error_code) == (401, 11)
+    with pytest.raises(CollectionListError) as info:
+        connect(target, ("intruder", user[1]), db.name).has_collection("x")
     assert info.value.http_code == 401
-    with pytest.raises(CollectionListError):
-        ArangoClient(hosts=emu.url).db("mirror", username="intruder", password="s3cret").has_collection("x")
 
 
 def test_outage_refuses_connections_and_keeps_data(emu, db):
@@ -302,15 +346,20 @@ def test_outage_refuses_connections_and_keeps_data(emu, db):
     assert db.collection("queues").get("q1")["status"] == "new" and not db.collection("queues").has("q2")
 
 
-def test_request_log_and_unknown_database(emu, db):
+def test_request_log(emu, db):
     db.create_collection("queues")
     entry = emu.requests[-1]
     assert (entry["method"], entry["path"], entry["db"], entry["status"]) == (
-        "POST", "/_db/mirror/_api/collection", "mirror", 200)
-    ghost = ArangoClient(hosts=emu.url).db("ghost", username="root", password="s3cret")
+        "POST", f"/_db/{db.name}/_api/collection", db.name, 200)
+
+
+def test_unknown_database(target, user, db):
     with pytest.raises(CollectionListError) as info:
-        ghost.has_collection("x")
-    assert info.value.error_code == 1228
+        connect(target, user, "ghost").has_collection("x")
+    assert (info.value.http_code, info.value.error_code) == (404, 1228)
+    with pytest.raises(DatabasePropertiesError) as info:
+        connect(target, user, "ghost").properties()
+    assert (info.value.http_code, info.value.error_code) == (404, 1228)
 
 
 def test_database_listing_only_from_system_database(db):
@@ -319,16 +368,14 @@ def test_database_listing_only_from_system_database(db):
     assert info.value.error_code == 1230
 
 
-def test_string_literals_and_concurrent_writers(emu, db):
+def test_string_literals_and_concurrent_writers(target, user, db):
     col = db.create_collection("events")
     col.insert({"_key": "e", "text": "it's \"quoted\"\n"})
     assert keys(db, "FOR d IN events FILTER d.text == 'it\\'s \"quoted\"\\n' RETURN d._key") == ["e"]
     assert keys(db, 'FOR d IN events FILTER d.text == "it\'s \\"quoted\\"\\n" RETURN d._key') == ["e"]
 
-    import threading
-
     def writer(n):
-        mine = connect(emu).collection("events")
+        mine = connect(target, user, db.name).collection("events")
         for i in range(20):
             mine.insert({"_key": f"w{n}-{i % 5}", "i": i}, overwrite_mode="update")
 
@@ -337,7 +384,7 @@ def test_string_literals_and_concurrent_writers(emu, db):
         t.start()
     for t in threads:
         t.join()
-    docs = emu.documents("mirror", "events")
+    docs = {doc["_key"]: doc for doc in col.all()}
     assert len(docs) == 21 and all(docs[f"w{n}-4"]["i"] == 19 for n in range(4))
 
 
@@ -349,3 +396,93 @@ def test_graph_edge_insert_checks_definition_and_vertices(lineage):
     with pytest.raises(DocumentInsertError) as info:
         io.insert({"_from": "steps/s1", "_to": "datasets/ghost"})
     assert info.value.error_code == 1202
+
+
+# ---------------------------------------------------------------- users and rights (issue #13)
+def test_a_user_with_rights_on_one_database_only(target, user, db):
+    """Own database: yes; _system and the database list: no (401, errorNum 11)."""
+    assert db.properties()["name"] == db.name
+    assert db.databases_accessible_to_user() == [db.name]
+    system = connect(target, user, "_system")
+    with pytest.raises(DatabaseListError) as info:
+        system.databases()
+    assert (info.value.http_code, info.value.error_code) == (401, 11)
+    with pytest.raises(DatabaseCreateError) as info:
+        system.create_database("contract_not_mine")
+    assert info.value.http_code == 401
+    assert not target.admin.has_database("contract_not_mine")
+
+
+def test_read_only_and_no_access(target, user, database):
+    """ro: reads pass, writes answer 403 (errorNum 11); none: 401 (errorNum 11) like a missing login."""
+    grant_user(target.admin, user[0], database, "rw")
+    writer = connect(target, user, database)
+    writer.create_collection("queues").insert({"_key": "q", "version": 1})
+    grant_user(target.admin, user[0], database, "ro")
+    reader = connect(target, user, database)
+    assert reader.collection("queues").get("q")["version"] == 1
+    assert list(reader.aql.execute("FOR d IN queues RETURN d._key")) == ["q"]
+    with pytest.raises(CollectionCreateError) as info:
+        reader.create_collection("other")
+    assert (info.value.http_code, info.value.error_code) == (403, 11)
+    with pytest.raises(AQLQueryExecuteError) as info:
+        mirror_arango.delete_keys(reader, "queues", ["q"])
+    assert info.value.http_code == 403
+    grant_user(target.admin, user[0], database, "none")
+    with pytest.raises(CollectionListError) as info:
+        connect(target, user, database).collections()
+    assert (info.value.http_code, info.value.error_code) == (401, 11)
+
+
+def test_a_database_created_for_a_user_is_theirs(target, user):
+    """POST /_api/database with `users`: the listed user gets rw on it, nothing else."""
+    name = f"contract_{uuid.uuid4().hex[:10]}"
+    target.admin.update_permission(user[0], "rw", "_system")
+    creator = connect(target, user, "_system")
+    try:
+        assert creator.create_database(name, users=[{"username": user[0], "password": user[1], "active": True}])
+        with pytest.raises(DatabaseCreateError) as info:
+            creator.create_database(name)
+        assert (info.value.http_code, info.value.error_code) == (409, 1207)
+        connect(target, user, name).create_collection("queues")
+    finally:
+        target.admin.delete_database(name, ignore_missing=True)
+
+
+# ---------------------------------------------------------------- the mirror's write shapes (issue #13)
+def upsert(db, docs, collection="queues"):
+    return list(db.aql.execute(mirror_arango.UPSERT_AQL, bind_vars={"@col": collection, "docs": docs}))
+
+
+def test_the_versioned_upsert_keeps_the_newer_document(db):
+    db.create_collection("queues")
+    assert upsert(db, [{"_key": "a", "version": 5, "x": 1}, {"_key": "b", "version": 1}]) == [None, None]
+    assert upsert(db, [{"_key": "a", "version": 3, "x": 2}, {"_key": "b", "version": 2, "y": 1}]) == [5, 1]
+    assert db.collection("queues").get("a")["x"] == 1  # older: kept the stored one
+    b = db.collection("queues").get("b")
+    assert b["version"] == 2 and b["y"] == 1
+    assert upsert(db, [{"_key": "a", "version": 5}]) == [5]  # same version: no change
+    assert db.collection("queues").get("a")["x"] == 1
+    upsert(db, [{"_key": "a", "version": 9}])
+    assert "x" not in db.collection("queues").get("a")  # a replace, not a merge
+
+
+def test_a_write_query_is_all_or_nothing(db):
+    queues = db.create_collection("queues")
+    queues.add_index({"type": "persistent", "fields": ["job"], "unique": True})
+    queues.insert({"_key": "holder", "job": "j1", "version": 1})
+    with pytest.raises(AQLQueryExecuteError) as info:
+        upsert(db, [{"_key": "a", "version": 1}, {"_key": "b", "job": "j1", "version": 1}])
+    assert (info.value.http_code, info.value.error_code) == (409, 1210)
+    assert not queues.has("a")
+
+
+def test_bulk_removes_with_and_without_a_version_guard(db):
+    col = db.create_collection("telemetry")
+    col.insert_many([{"_key": f"e{i}", "version": i} for i in range(6)] + [{"_key": "plain"}])
+    assert mirror_arango.delete_keys(db, "telemetry", ["e0", "e1", "missing"]) == 2
+    assert mirror_arango.delete_keys(db, "telemetry", ["e2", "e3", "e4", "plain"], older_than=4) == 3
+    assert sorted(doc["_key"] for doc in col.all()) == ["e4", "e5"]
+    results = col.delete_many(["e4", "gone"])  # the document API's bulk delete
+    assert results[0]["_key"] == "e4" and isinstance(results[1], DocumentDeleteError)
+    assert results[1].error_code == 1202
