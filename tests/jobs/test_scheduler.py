@@ -381,3 +381,191 @@ def test_it_launches_on_the_healthy_branch_of_a_failed_queue_when_reconcile_sees
     scheduler.reconcile()
     assert _s(queue, CONN_T).state == StepState.RUNNING
     assert _s(queue, LOADER_T).state == StepState.LAUNCHING
+
+
+# --- issue #10 §2: stop, failure and launch never leave a workload or a stuck step ----------------
+
+
+class LaunchingLauncher(FakeLauncher):
+    """A launcher whose launch runs `during` (what happens while the launch is in flight) and then
+    'creates' the workload; records what was created and discarded."""
+
+    def __init__(self, during=None, error: BaseException | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.during, self.error = during, error
+        self.created: list[str] = []
+        self.discarded: list[str] = []
+
+    def launch(self, step):
+        if self.during:
+            self.during(step)
+        if self.error is not None:
+            raise self.error
+        self.created.append(step.job_name)
+        return {"launcher": self.name, "job_name": step.job_name}
+
+    def discard(self, step):
+        self.discarded.append(step.job_name)
+
+    def status(self, step):
+        return self.observations.get(step.name, Observation(Phase.MISSING, "not found"))
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    launcher = LaunchingLauncher()
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
+    monkeypatch.setattr("jobs.tasks.step_launch.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.step_stop_task.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.queue_advance.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.step_discard_task.delay", lambda pk, name: scheduler.step_discard(pk, job_name=name))
+    return launcher
+
+
+def _stop_and_reconcile(queue, key):
+    from queues.services import step_stop
+
+    def during(step):
+        step_stop(step=_s(queue, key))
+        scheduler.reconcile()
+
+    return during
+
+
+def test_it_does_not_end_a_stopping_step_while_its_launch_is_in_flight(queue, fake):
+    """Issue #10 §2 "Stop racing a launch": reconcile sees no workload yet; missing is not gone."""
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+    fake.during = _stop_and_reconcile(queue, CONN_C)
+
+    assert scheduler.step_launch(step.pk) == "launched"
+
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPING  # not ended while the launch was creating the workload
+    assert step.launched_at is not None and fake.discarded == []  # the stop flow now owns the workload
+    fake.observations[step.name] = Observation(Phase.MISSING, "gone")
+    scheduler.reconcile()  # the launch is known to have happened: missing now means gone
+    assert _s(queue, CONN_C).state == StepState.STOPPED
+
+
+def test_it_removes_what_a_launch_created_after_the_step_ended(queue, fake, settings):
+    """Issue #10 §2 "Stop racing a launch": the attempt outlived its deadline, a stop ended the step,
+    then the launch returned: what it created is removed at once."""
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+
+    def during(step_):
+        QueueRequest.objects.filter(pk=step_.pk).update(next_launch_at=_ago(1))  # the attempt's deadline passed
+        _stop_and_reconcile(queue, CONN_C)(step_)
+        assert _s(queue, CONN_C).state == StepState.STOPPED
+
+    fake.during = during
+    scheduler.step_launch(step.pk)
+
+    assert fake.created == [step.job_name] and fake.discarded == [step.job_name]
+    step.refresh_from_db()
+    assert step.state == StepState.STOPPED and step.launched_at is None
+
+
+def test_it_removes_what_a_late_launch_created_for_an_earlier_run(queue, fake):
+    """Issue #10 §2 "Stop racing a launch": run 1's launch returns after a retry started run 2."""
+    from queues.services import queue_retry
+
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+    first_job = step.job_name
+
+    def during(step_):
+        QueueRequest.objects.filter(pk=step_.pk).update(state=StepState.FAILED)
+        Queue.objects.filter(pk=queue.pk).update(status=QueueStatus.FAILED)
+        queue_retry(queue=queue)
+        scheduler.queue_advance(queue.pk)
+        assert _s(queue, CONN_C).state == StepState.LAUNCHING and _s(queue, CONN_C).run == 2
+
+    fake.during = during
+    scheduler.step_launch(step.pk)
+
+    assert fake.discarded == [first_job]  # run 1's workload only
+    second = _s(queue, CONN_C)
+    assert second.state == StepState.LAUNCHING and second.launched_at is None and second.job_name != first_job
+
+
+def test_it_writes_the_queue_status_from_the_locked_row_after_a_launch(queue, fake):
+    """Issue #10 §2 "Queue status": a stop landing during a launch must not flap the queue to running."""
+    from queues.services import queue_stop
+
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+    fake.during = lambda step_: queue_stop(queue=Queue.objects.get(pk=queue.pk))
+
+    scheduler.step_launch(step.pk)
+
+    queue.refresh_from_db()
+    assert _s(queue, CONN_C).state == StepState.STOPPING
+    assert queue.status == QueueStatus.STOPPING
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("client bug"),
+    TimeoutError("read timed out"),
+    __import__("celery.exceptions", fromlist=["SoftTimeLimitExceeded"]).SoftTimeLimitExceeded("soft time limit"),
+    LaunchError("HTTP 503"),
+], ids=["client-error", "timeout", "soft-time-limit", "transient-launch-error"])
+def test_it_fails_the_step_once_any_launch_error_spent_the_budget(queue, fake, settings, error):
+    """Issue #10 §2 "Launch budget": any exception counts; once spent, the step fails with the reason."""
+    from jobs.tasks import step_launch
+
+    settings.LAUNCH_MAX_ATTEMPTS = 3
+    settings.LAUNCH_RETRY_BACKOFF_SECONDS = 0
+    fake.error = error
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+
+    step_launch.apply(args=[step.pk])  # eager: the task's retries run in line
+
+    step.refresh_from_db()
+    assert step.state == StepState.FAILED
+    assert step.launch_attempts == 3
+    assert str(error) in step.message and "3 attempts" in step.message
+
+
+def test_it_keeps_one_budget_across_a_resent_launch(queue, fake, settings):
+    """Issue #10 §2 "Launch budget": a launch re-sent by reconcile continues the spent budget."""
+    from jobs.tasks import step_launch
+
+    settings.LAUNCH_MAX_ATTEMPTS = 5
+    step = _put(queue, CONN_C, StepState.LAUNCHING, launch_attempts=5,
+                message="Launch attempt 5 of 5 failed: read timed out")  # fmt: skip
+
+    step_launch.apply(args=[step.pk])
+
+    step.refresh_from_db()
+    assert fake.created == []
+    assert step.state == StepState.FAILED and "read timed out" in step.message and step.launch_attempts == 5
+
+
+def test_it_does_not_resend_a_launch_that_is_backing_off(queue, fake, settings, monkeypatch):
+    """Issue #10 §2 "Launch budget": no second retry chain beside one still backing off."""
+    settings.LAUNCH_STUCK_SECONDS = 30
+    settings.LAUNCH_RETRY_BACKOFF_SECONDS = 60
+    sent: list[int] = []
+    monkeypatch.setattr("jobs.tasks.step_launch.delay", lambda pk: sent.append(pk))
+    step = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
+    fake.error = LaunchError("HTTP 503")
+    with pytest.raises(Exception):  # the task retries it after the backoff
+        scheduler.step_launch(step.pk)
+
+    assert scheduler.reconcile()["relaunched"] == 0
+    assert sent == []
+    step.refresh_from_db()
+    assert step.state == StepState.LAUNCHING and step.launch_attempts == 1 and "HTTP 503" in step.message
+
+
+def test_it_removes_the_workload_of_a_step_failed_by_telemetry(queue, fake, django_capture_on_commit_callbacks):
+    """Issue #10 §2 "Failed by telemetry": the workload goes, with its logs kept first."""
+    from jobs.telemetry import ingest_events
+
+    step = _put(queue, CONN_C, StepState.RUNNING, started_at=timezone.now(), launched_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        ingest_events([{"queue_id": queue.queue_id, "producer": step.telemetry_id, "status": "error",
+                        "error_message": "disk full"}])  # fmt: skip
+
+    step.refresh_from_db()
+    assert step.state == StepState.FAILED
+    assert fake.discarded == [step.job_name]
+    assert step.logs == "line 1\nline 2\n"
