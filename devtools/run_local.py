@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import IO, Callable, Sequence
 
 from devtools.servers import (
+    KafkaServer,
     ServerProcess,
     ServerStartError,
+    port_is_free,
     start_kafka,
     start_postgres,
     start_redis,
@@ -47,12 +49,25 @@ LOCAL_ENV_FILE = DATA / "local.env"
 PY = sys.executable
 WEB_HOST, WEB_PORT = "127.0.0.1", 8000
 FLOWER_PORT = 5555
+# Kafka's usual port, so the README's kcat lines paste as written (another one only when it is taken).
+KAFKA_PORT = 9092
 BASE_URL = f"http://{WEB_HOST}:{WEB_PORT}"
 GRACE_SECONDS = 10.0
 # Restart backoff for children marked restart=True: 1 s, 2 s, 4 s … at most 30 s; a child that ran
 # this long before exiting starts again from 1 s.
 RESTART_MAX_SECONDS = 30.0
 RESTART_STABLE_SECONDS = 60.0
+
+
+def start_local_kafka(log_dir: Path, *, port: int = KAFKA_PORT) -> tuple[KafkaServer, str]:
+    """tansu on ``port``, or on a free port when that one is taken; the note (else "") says which."""
+    if port_is_free(port):
+        try:
+            return start_kafka(log_dir, port=port), ""
+        except ServerStartError:
+            pass  # taken between the check and the start: fall through to a free port
+    kafka = start_kafka(log_dir)
+    return kafka, f"port {port} is taken: Kafka listens on {kafka.bootstrap} (use that as KAFKA in the kcat lines)"
 
 
 # ------------------------------------------------------------------ child table
@@ -218,8 +233,10 @@ class Supervisor:
         redis = start_redis(DATA / "redis", LOGS)
         self.servers.append(redis)
         self._check_stop()
-        kafka = start_kafka(LOGS)
+        kafka, note = start_local_kafka(LOGS)
         self.servers.append(kafka)
+        if note:
+            say("run_local", note, "33")
         say("run_local", f"servers ready in {time.monotonic() - started:.1f}s (logs: {LOGS})")
         return {
             "DATABASE_URL": pg.url,

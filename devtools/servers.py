@@ -15,7 +15,7 @@ Handles are context managers, and can be stopped and restarted on the same port:
 
 Public API: :func:`start_postgres`, :func:`start_redis`, :func:`start_kafka`,
 :class:`PostgresServer`, :class:`RedisServer`, :class:`KafkaServer`,
-:class:`ServerStartError`, :func:`free_port`.
+:class:`ServerStartError`, :func:`free_port`, :func:`port_is_free`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ __all__ = [
     "ServerProcess",
     "ServerStartError",
     "free_port",
+    "port_is_free",
     "start_kafka",
     "start_postgres",
     "start_redis",
@@ -65,6 +66,17 @@ def free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
+    """Whether ``port`` can be bound on ``host`` right now (a socket in TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def _tail(path: Path, lines: int = 40) -> str:

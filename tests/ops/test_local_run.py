@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from dotenv import dotenv_values
 from psycopg import sql
 
 from devtools import run_local
+from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # What a user's second terminal has: no project variables at all.
@@ -124,3 +126,36 @@ def test_it_says_when_make_run_has_stopped(running_clone):
     assert result.returncode != 0
     assert "make run" in result.stderr and "no longer running" in result.stderr
     assert "SECRET_KEY must be set" not in result.stderr
+
+
+# ------------------------------------------------------------------ the Kafka address (part 1, case 3)
+
+
+def test_it_starts_the_local_broker_on_the_fixed_port_when_free(tmp_path):
+    """Case 3: `make run`'s broker listens on the fixed port, so the README's kcat lines paste as written."""
+    port = free_port()
+
+    kafka, note = run_local.start_local_kafka(tmp_path, port=port)
+
+    with kafka:
+        assert kafka.bootstrap == f"127.0.0.1:{port}" and note == ""
+
+
+def test_it_takes_another_port_when_the_fixed_one_is_taken_and_says_so(tmp_path):
+    """Case 3: a busy fixed port does not stop `make run`: another port is used and named in the output."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        kafka, note = run_local.start_local_kafka(tmp_path, port=port)
+
+        with kafka:
+            assert kafka.port != port
+            assert f"port {port} is taken" in note and kafka.bootstrap in note
+
+
+def test_it_uses_9092_for_make_run():
+    """Case 3: the default is Kafka's usual port, as in the README."""
+    assert run_local.KAFKA_PORT == 9092
+    assert "KAFKA=127.0.0.1:9092" in (ROOT / "README.md").read_text()
