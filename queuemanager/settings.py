@@ -300,3 +300,15 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # /metrics' database-backed state and /health/ready's checks are computed at most once per this many
 # seconds per process (they answer anonymous requests); 0 computes them per request.
 OPS_CACHE_SECONDS = env_float("OPS_CACHE_SECONDS", 5.0, minimum=0)
+
+# --- Retention (ops/retention.py): beat prunes old telemetry events and processed commands in batches,
+# keeping every row of a queue that is not finished. 0 days keeps that table's history forever.
+TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 30, minimum=0)
+COMMAND_RETENTION_DAYS = env_int("COMMAND_RETENTION_DAYS", 30, minimum=0)
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 5000, minimum=1)
+RETENTION_INTERVAL_SECONDS = env_float("RETENTION_INTERVAL_SECONDS", 600.0, minimum=60)
+CELERY_BEAT_SCHEDULE["prune-history"] = {
+    "task": "ops.tasks.prune_history",
+    "schedule": RETENTION_INTERVAL_SECONDS,
+    "options": {"expires": RETENTION_INTERVAL_SECONDS},
+}
