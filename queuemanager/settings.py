@@ -212,6 +212,8 @@ LOCAL_LAUNCHER_DIR = Path(env_str("LOCAL_LAUNCHER_DIR", str(BASE_DIR / ".data" /
 # How simulated workers reach the manager when Kafka is off (POST /api/telemetry/).
 MANAGER_BASE_URL = env_url("MANAGER_BASE_URL", "http://127.0.0.1:8000", schemes=("http", "https"))
 TELEMETRY_TOKEN = env_str("TELEMETRY_TOKEN")
+# The console links to Flower when set (make run: its local Flower).
+FLOWER_URL = env_url("FLOWER_URL", "http://127.0.0.1:5555/" if DEBUG else "", schemes=("http", "https"))
 
 # --- Kubernetes ---
 K8S_NAMESPACE = env_str("K8S_NAMESPACE", "streamforge")
