@@ -123,7 +123,7 @@ def step_progress(step, info: dict | None = None):
         css = "sf-succeeded" if step.state == "succeeded" else "sf-failed" if step.state in ("failed", "lost") else "sf-running"
         shown, label = bar([(css, round(100 * fraction, 2))], f"{fraction:.0%} done"), f" · {fraction:.0%}"
     elif step.state in ("running", "stopping") or (step.streaming and step.state == "pending"):
-        shown, label = format_html('<span class="sf-bar sf-bar-live" title="running (no end to measure)"></span>'), ""
+        shown, label = mark_safe('<span class="sf-bar sf-bar-live" title="running (no end to measure)"></span>'), ""
     else:
         shown, label = bar([], "not measurable yet"), ""
     return format_html(
