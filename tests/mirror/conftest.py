@@ -27,7 +27,14 @@ def mirror_user(arango_server):
     name, password = f"mirror_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     arango_server.admin.create_user(name, password)
     yield name, password
+    _back_up(arango_server)
     arango_server.admin.delete_user(name, ignore_missing=True)
+
+
+def _back_up(server):
+    """A test that staged an outage may end with the emulator down: clean up needs it."""
+    if server.emulator is not None and not server.emulator.is_up:
+        server.emulator.come_back()
 
 
 def _switch_on(settings, server, user, database):
@@ -45,6 +52,7 @@ def mirror(settings, arango_server, mirror_user):
     grant_user(arango_server.admin, mirror_user[0], database, "rw")
     _switch_on(settings, arango_server, mirror_user, database)
     yield MirrorHandle(arango_server, settings)
+    _back_up(arango_server)
     arango_server.admin.delete_database(database, ignore_missing=True)
 
 
@@ -54,6 +62,7 @@ def mirror_without_database(settings, arango_server, mirror_user):
     database = f"mirror_test_{uuid.uuid4().hex[:10]}"
     _switch_on(settings, arango_server, mirror_user, database)
     yield database
+    _back_up(arango_server)
     arango_server.admin.delete_database(database, ignore_missing=True)
 
 
