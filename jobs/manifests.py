@@ -10,6 +10,7 @@ import re
 
 from django.conf import settings
 
+from jobs.credentials import SECRET_KEY_NAME, TOKEN_ENV, secret_name
 from jobs.environment import CA_MOUNT_DIR, SECRET_ENV, ca_path, step_environment
 from queues.catalogue import TARGETS
 from queues.models import QueueRequest
@@ -79,6 +80,10 @@ def _env(step: QueueRequest) -> list[dict]:
         }
         for name, key in SECRET_ENV.items()
     ]
+    # The step run's own telemetry credential, from the Secret the launcher creates beside its Job.
+    env.append(
+        {"name": TOKEN_ENV, "valueFrom": {"secretKeyRef": {"name": secret_name(step.job_name), "key": SECRET_KEY_NAME}}}
+    )
     return env
 
 

@@ -12,7 +12,9 @@ Behaviour:
   `finished`, and exits 0.
 
 Telemetry goes to Kafka when KAFKA_BOOTSTRAP_SERVERS is set (kafkabus.simulator_io), else to the
-manager's HTTP endpoint (MANAGER_TELEMETRY_URL with MANAGER_TELEMETRY_TOKEN).
+manager's HTTP endpoint (MANAGER_TELEMETRY_URL), authenticated with the step's own credential: read
+from the file MANAGER_TELEMETRY_TOKEN_FILE names (local launcher), else MANAGER_TELEMETRY_TOKEN
+(a Kubernetes Secret reference).
 
 Knobs (environment): SIMULATOR_TICK seconds between reports (0.5), SIMULATOR_TICKS reports of a
 batch step (5), SIMULATOR_RECORDS records a loader writes (1000). Faults (SIMULATOR_FAULT, JSON):
@@ -178,7 +180,15 @@ def build_io(env: dict):
         from kafkabus.simulator_io import kafka_io
 
         return kafka_io(env)
-    return HttpSink(env["MANAGER_TELEMETRY_URL"], env.get("MANAGER_TELEMETRY_TOKEN", "")), SimulatedData()
+    return HttpSink(env["MANAGER_TELEMETRY_URL"], telemetry_token(env)), SimulatedData()
+
+
+def telemetry_token(env: dict) -> str:
+    path = env.get("MANAGER_TELEMETRY_TOKEN_FILE")
+    if path:
+        with open(path) as handle:
+            return handle.read().strip()
+    return env.get("MANAGER_TELEMETRY_TOKEN", "")
 
 
 def main() -> int:

@@ -9,13 +9,14 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from jobs.credentials import StepCredential, step_credential_read
 from jobs.launchers import LaunchError, get_launcher
 from jobs.telemetry import ingest_events
 from queues import services
@@ -28,7 +29,7 @@ INGEST_TELEMETRY = "queues.add_telemetryevent"
 
 
 class WorkerPrincipal:
-    """The identity of a worker that presented the shared TELEMETRY_TOKEN: may only send telemetry."""
+    """A worker that presented the shared TELEMETRY_TOKEN (legacy, opt-in): telemetry for any step."""
 
     is_authenticated = True
     is_active = True
@@ -39,17 +40,46 @@ class WorkerPrincipal:
         return perm == INGEST_TELEMETRY
 
 
+class StepPrincipal(WorkerPrincipal):
+    """A step run that presented its own credential: telemetry for that step and run only."""
+
+    def __init__(self, credential: StepCredential):
+        self.credential = credential
+        self.username = f"step:{credential.queue_id}/{credential.telemetry_id}#{credential.run}"
+
+    def names(self, event) -> bool:
+        """Whether `event` is about this step run: every identifying field it carries must match."""
+        if not isinstance(event, dict):
+            return False
+        own = self.credential
+        producers = [event[key] for key in ("producer", "telemetry_id") if event.get(key) is not None]
+        run = event.get("run")
+        return (
+            event.get("queue_id") == own.queue_id
+            and bool(producers)
+            and all(producer == own.telemetry_id for producer in producers)
+            and (run is None or (type(run) is int and run == own.run))
+        )
+
+
 class TelemetryTokenAuthentication(BaseAuthentication):
-    """`Authorization: Bearer <TELEMETRY_TOKEN>` for workers that report over HTTP."""
+    """`Authorization: Bearer <credential>`: a step's own credential, or the legacy shared token if allowed."""
 
     def authenticate(self, request):
         header = get_authorization_header(request).split()
         if len(header) != 2 or header[0].lower() != b"bearer":
             return None
-        expected = settings.TELEMETRY_TOKEN.encode()
-        if not expected or not hmac.compare_digest(header[1], expected):
-            raise AuthenticationFailed("Invalid telemetry token.")
-        return WorkerPrincipal(), None
+        try:
+            token = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise AuthenticationFailed("Invalid telemetry credential.") from None
+        credential = step_credential_read(token=token)
+        if credential is not None:
+            return StepPrincipal(credential), None
+        shared = settings.TELEMETRY_TOKEN.encode()
+        if settings.TELEMETRY_SHARED_TOKEN_ALLOWED and shared and hmac.compare_digest(header[1], shared):
+            return WorkerPrincipal(), None
+        raise AuthenticationFailed("Invalid telemetry credential.")
 
     def authenticate_header(self, request):
         return "Bearer"
@@ -60,12 +90,55 @@ class TelemetryTokenScheme(OpenApiAuthenticationExtension):
     name = "telemetryToken"
 
     def get_security_definition(self, auto_schema):
-        return {"type": "http", "scheme": "bearer", "description": "The shared TELEMETRY_TOKEN of workers."}
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A step's own credential (MANAGER_TELEMETRY_TOKEN / MANAGER_TELEMETRY_TOKEN_FILE); "
+            "the shared TELEMETRY_TOKEN only with TELEMETRY_SHARED_TOKEN_ALLOWED.",
+        }
 
 
 class CanIngestTelemetry(BasePermission):
     def has_permission(self, request, view) -> bool:
         return bool(request.user and request.user.is_authenticated and request.user.has_perm(INGEST_TELEMETRY))
+
+
+class ReportsOnlyItsOwnStep(BasePermission):
+    """A step credential reports for its step's current run only; users and the legacy token for any.
+
+    The whole request is refused (403, with the indexes of the foreign events) rather than the
+    foreign events dropped: a worker sending another step's events is misconfigured or hostile, and
+    a partial 202 would hide that.
+    """
+
+    def has_permission(self, request, view) -> bool:
+        principal = request.user
+        if not isinstance(principal, StepPrincipal):
+            return True
+        own = principal.credential
+        current_run = (
+            QueueRequest.objects.filter(queue__queue_id=own.queue_id, telemetry_id=own.telemetry_id)
+            .values_list("run", flat=True)
+            .first()
+        )
+        if current_run != own.run:
+            self.message = "This credential is not for the step's current run."
+            return False
+        events = request.data if isinstance(request.data, list) else [request.data]
+        foreign = [index for index, event in enumerate(events) if not principal.names(event)]
+        if foreign:
+            raise ForeignEvents(foreign)
+        return True
+
+
+class ForeignEvents(PermissionDenied):
+    def __init__(self, indexes: list[int]):
+        super().__init__()
+        # Set after init: DRF would turn the indexes into strings.
+        self.detail = {
+            "detail": "A step's credential reports only that step's events (queue_id, producer/telemetry_id, run).",
+            "foreign_events": indexes,
+        }
 
 
 class IngestResultDoc(serializers.Serializer):
@@ -86,15 +159,16 @@ class TelemetryJSONParser(JSONParser):
 
 class TelemetryView(APIView):
     authentication_classes = [TelemetryTokenAuthentication, *APIView.authentication_classes]
-    permission_classes = [CanIngestTelemetry]
+    permission_classes = [CanIngestTelemetry, ReportsOnlyItsOwnStep]
     parser_classes = [TelemetryJSONParser]
 
     @extend_schema(
         summary="Report worker telemetry",
         description=(
             "One event or a list of events in the `queue-events` format (either field dialect). "
-            "Workers authenticate with `Authorization: Bearer <TELEMETRY_TOKEN>`; users need "
-            "`queues.add_telemetryevent`. Duplicates are ignored. 400 if no event could be used."
+            "A step authenticates with `Authorization: Bearer <its own credential>` and may report only "
+            "its own events (else 403 with `foreign_events`); users need `queues.add_telemetryevent` and "
+            "may report for any step. Duplicates are ignored. 400 if no event could be used."
         ),
         request={"application/json": {"oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}]}},
         responses={202: IngestResultDoc, 400: IngestResultDoc},

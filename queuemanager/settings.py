@@ -214,6 +214,11 @@ MANAGER_BASE_URL = env_url("MANAGER_BASE_URL", "http://127.0.0.1:8000", schemes=
 TELEMETRY_TOKEN = env_str("TELEMETRY_TOKEN")
 # The console links to Flower when set (make run: its local Flower).
 FLOWER_URL = env_url("FLOWER_URL", "http://127.0.0.1:5555/" if DEBUG else "", schemes=("http", "https"))
+# Each step run reports with its own credential (jobs/credentials.py), an HMAC made with this key
+# (empty: derived from SECRET_KEY with a salt of its own). The shared TELEMETRY_TOKEN lets its
+# holder report for any step, so it is accepted only when switched on for legacy workers.
+TELEMETRY_SIGNING_KEY = env_str("TELEMETRY_SIGNING_KEY")
+TELEMETRY_SHARED_TOKEN_ALLOWED = env_bool("TELEMETRY_SHARED_TOKEN_ALLOWED", False)
 
 # --- Kubernetes ---
 K8S_NAMESPACE = env_str("K8S_NAMESPACE", "streamforge")

@@ -7,6 +7,7 @@ here with a short backoff and then surfaces as a transient LaunchError for the c
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kubernetes.client.exceptions import ApiException
 
 from jobs import k8s_reconcile
+from jobs.credentials import SECRET_KEY_NAME, secret_name, step_credential_issue
 from jobs.launchers.base import LaunchError, Observation
 from jobs.manifests import (
     LABEL_MANAGED_BY,
@@ -138,6 +140,7 @@ class KubernetesLauncher:
 
     def launch(self, step) -> dict:
         manifest = job_manifest(step)
+        self._create_credential_secret(step)
         try:
             job = self._json(self.batch.create_namespaced_job, self.namespace, manifest)
             created = True
@@ -145,6 +148,7 @@ class KubernetesLauncher:
             if exc.status != 409:
                 raise _permanent(f"creating Job {step.job_name}", exc) from exc
             job, created = self._adopt_existing(step), False
+        self._own_credential_secret(step, job)
         logger.info("job launched" if created else "job already launched",
                     extra={"job_name": step.job_name, "namespace": self.namespace})
         return {
@@ -154,6 +158,45 @@ class KubernetesLauncher:
             "uid": job["metadata"].get("uid", ""),
             "created": created,
         }
+
+    def _create_credential_secret(self, step) -> None:
+        """The step run's telemetry credential, in a Secret created before the Job, so the pod finds it.
+
+        409 means an earlier attempt of this launch created it; the value is deterministic, so it stands.
+        Only create/patch/delete on Secrets are needed: the manager never reads a Secret back.
+        """
+        name = secret_name(step.job_name)
+        token = step_credential_issue(step=step)
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "Opaque",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": step_labels(step)},
+            "data": {SECRET_KEY_NAME: base64.b64encode(token.encode()).decode()},
+        }
+        try:
+            self._request(self.core.create_namespaced_secret, self.namespace, body, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise _permanent(f"creating Secret {name}", exc) from exc
+
+    def _own_credential_secret(self, step, job: dict) -> None:
+        """Make the Job the Secret's owner: the garbage collector then deletes the Secret with the Job,
+        also when the TTL controller removes a finished one."""
+        name = secret_name(step.job_name)
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}
+        try:
+            # A merge patch: the generated patch method would send a JSON patch for this dict.
+            self._request(
+                self.api_client.call_api, f"/api/v1/namespaces/{self.namespace}/secrets/{name}", "PATCH",
+                header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+                body={"metadata": {"ownerReferences": [owner]}}, auth_settings=["BearerToken"],
+                _preload_content=False,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise LaunchError(f"Secret {name} vanished while launching; retry") from exc
+            raise _permanent(f"making Job {step.job_name} the owner of Secret {name}", exc) from exc
 
     def _adopt_existing(self, step) -> dict:
         """After 409: our own Job for this step means "already launched"; anything else is a clash."""
@@ -214,6 +257,13 @@ class KubernetesLauncher:
         except ApiException as exc:
             if exc.status != 404:
                 raise _permanent(f"deleting Job {name}", exc) from exc
+        # The garbage collector removes an owned credential Secret too; this also covers one whose
+        # owner was never set (a launch that died between creating the Secret and the Job).
+        try:
+            self._request(self.core.delete_namespaced_secret, secret_name(name), self.namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise _permanent(f"deleting Secret {secret_name(name)}", exc) from exc
 
     def _delete_leftover_pods(self, selector: str) -> None:
         """Pods with our step labels that no Job owns any more (a Job deleted with Orphan propagation).

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from jobs.credentials import TOKEN_FILE_ENV, TOKEN_FILE_NAME, step_credential_issue, write_private_file
 from jobs.environment import secret_values, step_environment
 from jobs.launchers.base import LaunchError, Observation, Phase
 from queues.models import QueueRequest
@@ -55,7 +56,9 @@ class LocalLauncher:
         env.update(
             {
                 "MANAGER_TELEMETRY_URL": f"{settings.MANAGER_BASE_URL.rstrip('/')}/api/telemetry/",
-                "MANAGER_TELEMETRY_TOKEN": settings.TELEMETRY_TOKEN,
+                # The step's own credential, by file: a process's environment is readable by
+                # whatever inspects processes (ps e, /proc/<pid>/environ of a crash dump, …).
+                TOKEN_FILE_ENV: str(self.state_dir(step) / TOKEN_FILE_NAME),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -79,14 +82,15 @@ class LocalLauncher:
     def launch(self, step: QueueRequest) -> dict:
         directory = self.state_dir(step)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             with open(directory / "launch.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 existing = _read_json(directory / "process.json")
                 if existing:
                     return {"launcher": self.name, "dir": str(directory), **existing}
-                (directory / "env.json").write_text(json.dumps(self.environment(step)))
-                os.chmod(directory / "env.json", 0o600)  # holds credentials, as a Secret would
+                # Both hold credentials, as a Secret would: private from the moment they exist.
+                write_private_file(directory / TOKEN_FILE_NAME, step_credential_issue(step=step).encode())
+                write_private_file(directory / "env.json", json.dumps(self.environment(step)).encode())
                 runner = subprocess.run(
                     [sys.executable, "-m", "jobs.launchers.runner", str(directory), "--", *self.command],
                     cwd=settings.BASE_DIR, timeout=30, check=False, close_fds=True,

@@ -5,13 +5,15 @@
         batch.create_namespaced_job("default", manifest)
         JobController(cluster).mark_succeeded("my-job")
 
-Serves batch/v1 Jobs and core/v1 Pods (namespaced and all-namespaces lists with labelSelector,
+Serves batch/v1 Jobs, core/v1 Pods and Secrets (namespaced and all-namespaces lists with labelSelector,
 create, get, merge/strategic-merge patch, /status, delete with propagationPolicy, delete-collection,
 pods/log) plus discovery. Watch, fieldSelector, replace and JSON patch are rejected, not ignored.
 No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the
 test thread. A few API-server validations are applied (names, label syntax, Job restartPolicy,
-immutable pod template) because real clusters enforce them.
+immutable pod template, Secret data in base64) because real clusters enforce them. Deleting a Job
+also plays the garbage collector for the Secrets it owns (ownerReferences).
 """
+import base64
 import copy
 import datetime
 import http.server
@@ -30,7 +32,8 @@ SERVER_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated",
                   "gitTreeState": "clean", "buildDate": "2024-04-17T00:00:00Z", "goVersion": "go1.22.2",
                   "compiler": "gc", "platform": "linux/amd64"}
 # plural -> (group, version, kind, URL prefix)
-RESOURCES = {"jobs": ("batch", "v1", "Job", "/apis/batch/v1"), "pods": ("", "v1", "Pod", "/api/v1")}
+RESOURCES = {"jobs": ("batch", "v1", "Job", "/apis/batch/v1"), "pods": ("", "v1", "Pod", "/api/v1"),
+             "secrets": ("", "v1", "Secret", "/api/v1")}
 JOB_NAME_LABELS = ("job-name", "batch.kubernetes.io/job-name")
 _PATH = re.compile(r"^(?P<prefix>/api/v1|/apis/batch/v1)(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>[a-z]+)"
                    r"(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$")
@@ -184,7 +187,26 @@ class KubeStore:
                     else:
                         pod["metadata"].pop("ownerReferences", None)
                         self.put("pods", pod)
+                self._collect_owned("secrets", obj, propagation)
             return obj
+
+    def _collect_owned(self, plural, owner, propagation):
+        """The garbage collector: a dependent whose owners are all gone is deleted (orphaned on Orphan)."""
+        uid = owner["metadata"]["uid"]
+        for dependent in self.list(plural, owner["metadata"]["namespace"]):
+            refs = dependent["metadata"].get("ownerReferences") or []
+            if not any(ref.get("uid") == uid for ref in refs):
+                continue
+            rest = [ref for ref in refs if ref.get("uid") != uid]
+            live = [ref for ref in rest if any(o["metadata"].get("uid") == ref.get("uid")
+                                               for o in self.objects.values())]
+            if propagation in ("Background", "Foreground") and not live:
+                self.delete(plural, dependent["metadata"]["namespace"], dependent["metadata"]["name"])
+            else:
+                dependent["metadata"]["ownerReferences"] = rest
+                if not rest:
+                    dependent["metadata"].pop("ownerReferences")
+                self.put(plural, dependent)
 
 
 # --------------------------------------------------------------------------- validation & defaults
@@ -209,6 +231,10 @@ def validate(plural, obj):
     causes = [] if pattern.match(name) and len(name) <= limit else [
         ("metadata.name", f"Invalid value: {name!r}: must be a lowercase RFC 1123 name of at most {limit} chars")]
     causes += _label_problems(obj["metadata"].get("labels"), "metadata.labels")
+    if plural == "secrets":
+        causes += _secret_problems(obj)
+        _raise_invalid(plural, name, causes)
+        return
     pod_spec = spec.get("template", {}).get("spec", {}) if plural == "jobs" else spec
     if plural == "jobs":
         causes += _label_problems(spec.get("template", {}).get("metadata", {}).get("labels"),
@@ -220,6 +246,23 @@ def validate(plural, obj):
         causes.append(("spec.containers", "Required value"))
     causes += [(f"spec.containers[{i}].image", "Required value")
                for i, c in enumerate(pod_spec.get("containers") or []) if not c.get("image")]
+    _raise_invalid(plural, name, causes)
+
+
+def _secret_problems(obj):
+    problems = []
+    for key, value in (obj.get("data") or {}).items():
+        if not re.fullmatch(r"[-._a-zA-Z0-9]+", key) or len(key) > 253:
+            problems.append((f"data[{key}]", "Invalid value: a valid config key must consist of alphanumeric "
+                                             "characters, '-', '_' or '.'"))
+        try:
+            base64.b64decode(value, validate=True)
+        except (TypeError, ValueError):
+            problems.append((f"data[{key}]", "Invalid value: illegal base64 data"))
+    return problems
+
+
+def _raise_invalid(plural, name, causes):
     if causes:
         group, _, kind, _ = RESOURCES[plural]
         raise ApiError(422, f'{kind}.{group or "core"} "{name}" is invalid: ' + "; ".join(
@@ -235,6 +278,12 @@ def apply_defaults(plural, obj, namespace):
     meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_iso(), generation=1)
     group, version, kind, _ = RESOURCES[plural]
     obj["apiVersion"], obj["kind"] = f"{group}/{version}" if group else version, kind
+    if plural == "secrets":  # no spec, no status; stringData is write-only, merged into data
+        obj.setdefault("type", "Opaque")
+        data = obj.setdefault("data", {})
+        for key, value in (obj.pop("stringData", None) or {}).items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        return obj
     spec = obj.setdefault("spec", {})
     if plural == "jobs":
         for key, value in (("parallelism", 1), ("completions", 1), ("backoffLimit", 6), ("suspend", False),
@@ -262,6 +311,8 @@ def _api_resources(plural, group_version):
             "verbs": ["get", "patch", "update"]}]
     if plural == "pods":
         res.append({"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod", "verbs": ["get"]})
+        res.append({"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
+                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update"]})
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": res}
 
 
@@ -476,7 +527,7 @@ class KubeCluster:
                 deleted = self.store.delete(plural, ns, name, propagation)
                 return 200, deleted if plural == "pods" else {  # pods return the object, jobs a Status
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "details": {"name": name, "group": "batch", "kind": plural, "uid": deleted["metadata"]["uid"]}}
+                    "details": {"name": name, "group": RESOURCES[plural][0], "kind": plural, "uid": deleted["metadata"]["uid"]}}
             if method == "PATCH" and "merge-patch" in content_type:
                 updated = merge_patch(current, body, strategic="strategic" in content_type)
                 return 200, self._save_update(plural, current, updated, status_only=sub == "status")
@@ -487,8 +538,10 @@ class KubeCluster:
     def _save_update(self, plural, current, updated, status_only):
         """Status-subresource rules: the main resource ignores status, /status ignores everything else."""
         if status_only:
+            if "status" not in current:
+                raise ApiError(404, _NO_RESOURCE)
             return self.store.put(plural, {**current, "status": updated.get("status", {})})
-        result = {**updated, "status": current.get("status", {})}
+        result = {**updated, "status": current.get("status", {})} if "status" in current else updated
         meta = result.setdefault("metadata", {})
         meta.update({k: current["metadata"][k] for k in ("uid", "creationTimestamp", "namespace", "name")})
         meta["generation"] = current["metadata"]["generation"] + (result.get("spec") != current.get("spec"))

@@ -24,7 +24,10 @@ CONNECTOR = ("arango-connector", "api_candles_5m")
 
 @pytest.fixture(autouse=True)
 def telemetry_token(settings):
+    # Ingestion tests post for several steps with one client: the legacy shared token does that.
+    # Per-step credentials are tested in test_step_credentials.py.
     settings.TELEMETRY_TOKEN = TOKEN
+    settings.TELEMETRY_SHARED_TOKEN_ALLOWED = True
 
 
 @pytest.fixture
