@@ -246,3 +246,48 @@ def test_it_records_when_a_queue_started_and_finished():
     assert services.queue_refresh_status(queue=queue) == QueueStatus.SUCCEEDED
     queue.refresh_from_db()
     assert queue.started_at == started and queue.finished_at is not None
+
+
+# --- issue #10 §2: queue status only under the queue's lock; transition metrics on commit ----------
+
+
+def _finished_count(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("streamforge_queues_finished_total", {"outcome": outcome}) or 0.0
+
+
+def test_it_counts_a_queue_finish_once_when_two_writers_hold_stale_copies():
+    """Issue #10 §2 "Queue status": the status is derived from the locked row, never from a caller's
+    copy, so two refreshes from copies read before the finish send one finish, not two."""
+    from queues.signals import queue_status_changed
+
+    queue = make_queue(queue_id="stale-copies-q")
+    first, second = Queue.objects.get(pk=queue.pk), Queue.objects.get(pk=queue.pk)  # both see `pending`
+    QueueRequest.objects.filter(queue=queue).update(state=S)
+    finishes = []
+
+    def on_change(sender, queue, previous, status, **kwargs):
+        finishes.append((previous, status))
+
+    queue_status_changed.connect(on_change, dispatch_uid="test-stale-copies")
+    try:
+        services.queue_refresh_status(queue=first)
+        services.queue_refresh_status(queue=second)
+    finally:
+        queue_status_changed.disconnect(dispatch_uid="test-stale-copies")
+    assert finishes == [(QueueStatus.PENDING, QueueStatus.SUCCEEDED)]
+    assert second.status == QueueStatus.SUCCEEDED
+
+
+def test_it_counts_a_finished_queue_in_the_metrics_only_on_commit(django_capture_on_commit_callbacks):
+    """Issue #10 §2 "Queue status": metrics that count transitions are recorded on commit."""
+    queue = make_queue(queue_id="metrics-on-commit-q")
+    QueueRequest.objects.filter(queue=queue).update(state=S)
+    before = _finished_count("succeeded")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.queue_refresh_status(queue=queue)
+        assert _finished_count("succeeded") == before  # nothing counted before the commit
+    for callback in callbacks:
+        callback()
+    assert _finished_count("succeeded") == before + 1
