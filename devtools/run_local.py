@@ -406,7 +406,8 @@ def build_env(server_env: dict[str, str], *, data: Path = DATA) -> dict[str, str
             "DEBUG": "1",
             "SECRET_KEY": _persistent_secret(data / "secret_key", 50),
             "MANAGER_BASE_URL": BASE_URL,
-            # Simulated workers report over HTTP with this shared token when Kafka is off.
+            # Legacy shared telemetry token: accepted only with TELEMETRY_SHARED_TOKEN_ALLOWED=1.
+            # Simulated steps report with their own per-step credential (jobs/credentials.py).
             "TELEMETRY_TOKEN": _persistent_secret(data / "telemetry_token", 32),
             "LOCAL_LAUNCHER_DIR": str(data / "steps"),
             # Every process writes its metrics here; the web's /metrics adds them up.

@@ -53,7 +53,8 @@ class ContextFilter(logging.Filter):
 # user:password@ in any URL-like string (redis://, postgresql://, amqp://, http://…).
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@\s/]+)@")
 _KEY_VALUE = re.compile(r"(?i)(?P<key>\b[\w-]*(?:password|passwd|secret|token|api_key)[\w-]*\b[\"']?\s*[:=]\s*[\"']?)(?P<value>[^\s\"',;&}]+)")
-_SECRET_SETTINGS = ("KAFKA_PASSWORD", "ARANGO_PASSWORD", "SECRET_KEY", "TELEMETRY_TOKEN", "K8S_API_TOKEN")
+_SECRET_SETTINGS = ("KAFKA_PASSWORD", "ARANGO_PASSWORD", "SECRET_KEY", "TELEMETRY_TOKEN", "K8S_API_TOKEN",
+                    "TELEMETRY_SIGNING_KEY")
 # Attributes every LogRecord has; anything else on a record came from `extra=` or a filter.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
