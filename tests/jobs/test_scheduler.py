@@ -569,3 +569,42 @@ def test_it_removes_the_workload_of_a_step_failed_by_telemetry(queue, fake, djan
     assert step.state == StepState.FAILED
     assert fake.discarded == [step.job_name]
     assert step.logs == "line 1\nline 2\n"
+
+
+def test_it_kills_a_local_process_started_after_a_stop_ended_its_step(queue, tmp_path, monkeypatch):
+    """Issue #10 §2 "Stop racing a launch" (local launcher): the process started by a launch that
+    returned after the step ended is killed."""
+    import os
+    import sys
+    import time as time_
+
+    from jobs.launchers.local import LocalLauncher, _alive, _read_json
+    from queues.services import step_stop
+
+    class RacingLocal(LocalLauncher):
+        def launch(self, step_):
+            QueueRequest.objects.filter(pk=step_.pk).update(next_launch_at=_ago(1))  # the attempt's deadline passed
+            step_stop(step=_s(queue, CONN_C))
+            scheduler.reconcile()
+            assert _s(queue, CONN_C).state == StepState.STOPPED
+            return super().launch(step_)
+
+    launcher = RacingLocal(tmp_path, [sys.executable, "-c", "import time; time.sleep(120)"])
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
+    for task in ("step_launch", "step_stop_task", "queue_advance", "step_discard_task"):
+        monkeypatch.setattr(f"jobs.tasks.{task}.delay", lambda *args: None)
+    step = _put(queue, CONN_C, StepState.LAUNCHING)
+
+    scheduler.step_launch(step.pk)
+
+    process = _read_json(launcher.state_dir(step) / "process.json")
+    assert process is not None  # the launch did start it
+    try:
+        deadline = time_.monotonic() + 10  # SIGKILL is delivered asynchronously
+        while _alive(process["pid"]) and time_.monotonic() < deadline:
+            time_.sleep(0.05)
+        assert not _alive(process["pid"])
+    finally:
+        if _alive(process["pid"]):
+            os.killpg(process["pgid"], 9)
+    assert _s(queue, CONN_C).state == StepState.STOPPED
