@@ -746,3 +746,35 @@ class ArangoEmulator:
             if _flag(params, "returnNew"):
                 body["new"] = new
             return 202, body
+
+
+def _serve_forever(argv=None):
+    """``python -m tests.emulators.arango --port N --password P``: the emulator in a process of its own
+    (benchmarks: the measured code must not share the interpreter lock with it). Prints its URL, then
+    serves until SIGTERM/SIGINT."""
+    import argparse
+    import signal
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m tests.emulators.arango")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--username", default="root")
+    parser.add_argument("--password", default="")
+    args = parser.parse_args(argv)
+    emulator = ArangoEmulator(username=args.username, password=args.password)
+    emulator.port = args.port
+    emulator.start()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(emulator.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        emulator.stop()
+
+
+if __name__ == "__main__":
+    _serve_forever()

@@ -725,3 +725,66 @@ class JobController:
     def delete_job(self, job):
         """Remove the Job and its pods, as the TTL-after-finished controller does."""
         return self.store.delete("jobs", self.namespace, self._name(job), "Background")
+
+
+# --------------------------------------------------------------------------- command line (benchmarks)
+
+def _serve_forever(argv=None):
+    """``python -m tests.emulators.kube --port N``: the emulator in a process of its own, so a benchmark's
+    measured code does not share the interpreter lock with it. Besides the API it answers a small
+    control surface under ``/_emulator/`` standing in for the controllers (no auth, local only):
+    ``POST /_emulator/running`` ``{"namespace", "jobs": [manifest, ...]}`` creates Jobs each with one
+    Running pod in O(1) per Job; ``GET /_emulator/count?plural=&namespace=&labelSelector=``;
+    ``POST /_emulator/reset`` empties the store and the request log. Prints its URL, then serves
+    until SIGTERM/SIGINT."""
+    import argparse
+    import signal
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.emulators.kube")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default="emulator-token", help="bearer token the API requires ('' for none)")
+    args = parser.parse_args(argv)
+
+    class ControlledCluster(KubeCluster):
+        def _route(self, method, path, query, body, content_type):
+            if not path.startswith("/_emulator/"):
+                return super()._route(method, path, query, body, content_type)
+            action = path[len("/_emulator/"):]
+            if action == "reset" and method == "POST":
+                with self.store.lock:
+                    self.store.objects.clear()
+                    self.store.logs.clear()
+                self.requests.clear()
+                return 200, {"reset": True}
+            if action == "count" and method == "GET":
+                found = self.store.list(query.get("plural", "jobs"), query.get("namespace"), query.get("labelSelector"))
+                return 200, {"count": len(found)}
+            if action == "running" and method == "POST":
+                return 200, {"created": self._create_running(body["namespace"], body["jobs"])}
+            raise ApiError(404, f"no control action {method} {action}")
+
+        def _create_running(self, namespace, manifests):
+            controller = JobController(self, namespace)
+            for manifest in manifests:
+                job = apply_defaults("jobs", copy.deepcopy(manifest), namespace)
+                job["status"] = {"startTime": now_iso(), "active": 1, "ready": 1}
+                self.store.put("jobs", job)
+                controller.create_pod_for(job, "Running")
+            return len(manifests)
+
+    cluster = ControlledCluster(token=args.token or None)
+    cluster._server = _Server(("127.0.0.1", args.port), type("Handler", (_Handler,), {"cluster": cluster}))
+    cluster.url = f"http://127.0.0.1:{cluster._server.server_address[1]}"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print(cluster.url, flush=True)
+    try:
+        cluster._server.serve_forever(0.05)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        cluster._server.server_close()
+
+
+if __name__ == "__main__":
+    _serve_forever()
