@@ -88,6 +88,9 @@ def _tmp() -> Path:
     global _tmp_root
     if _tmp_root is None:
         _tmp_root = Path(tempfile.mkdtemp(prefix="streamforge-test-servers-"))
+        # Our own folder: as root, PostgreSQL runs as another account, which must enter it (search only,
+        # no listing) to keep the throwaway cluster here instead of in a shared folder.
+        _tmp_root.chmod(0o711)
         atexit.register(stop_test_servers)
     return _tmp_root
 
@@ -149,7 +152,9 @@ def stop_test_servers() -> None:
             if owner_and_server is None or owner_and_server[0] != os.getpid():
                 continue
             del _owned[name]
-            owner_and_server[1].stop()
+            server = owner_and_server[1]
+            # discard() also deletes a cluster kept outside the temporary folder.
+            server.discard() if isinstance(server, PostgresServer) else server.stop()
         if _tmp_root is not None and not _owned:
             shutil.rmtree(_tmp_root, ignore_errors=True)
             _tmp_root = None
