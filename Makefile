@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(PY) -m compileall -q devtools tests $(wildcard queuemanager queues jobs benchmarks)
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; fi
 
-# Local PostgreSQL data, secret key and admin password (make run recreates them).
+# Local PostgreSQL data, secret key, admin password and local.env (make run recreates them; as root, a
+# cluster kept in /var/tmp for a clone under a private folder is replaced on the next start).
 clean-data:
 	rm -rf .data
