@@ -21,7 +21,7 @@ import pytest
 from dotenv import dotenv_values
 from psycopg import sql
 
-from devtools import run_local
+from devtools import local_env
 from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def running_clone(tmp_path, local_database, redis_server, kafka_server):
     """A clone whose `.data/local.env` was written the way `make run` writes it, by this (live) process."""
     clone = clone_project(tmp_path / "clone")
     data = clone / ".data"
-    env = run_local.build_env(
+    env = local_env.build_env(
         {
             "DATABASE_URL": local_database,
             "REDIS_URL": redis_server.url,
@@ -72,7 +72,7 @@ def running_clone(tmp_path, local_database, redis_server, kafka_server):
         },
         data=data,
     )
-    run_local.write_local_env(data / "local.env", env, pid=os.getpid())
+    local_env.write_local_env(data / "local.env", env, pid=os.getpid())
     return clone
 
 
@@ -117,7 +117,7 @@ def test_it_says_when_make_run_has_stopped(running_clone):
     """Case 1: a file left by a `make run` that is gone is not used; the error says to start `make run`."""
     supervisor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     env = dotenv_values(running_clone / ".data" / "local.env", interpolate=False)
-    run_local.write_local_env(running_clone / ".data" / "local.env", env, pid=supervisor.pid)
+    local_env.write_local_env(running_clone / ".data" / "local.env", env, pid=supervisor.pid)
     supervisor.kill()  # a hard-killed `make run` leaves its file behind
     supervisor.wait()
 
@@ -135,7 +135,7 @@ def test_it_starts_the_local_broker_on_the_fixed_port_when_free(tmp_path):
     """Case 3: `make run`'s broker listens on the fixed port, so the README's kcat lines paste as written."""
     port = free_port()
 
-    kafka, note = run_local.start_local_kafka(tmp_path, port=port)
+    kafka, note = local_env.start_local_kafka(tmp_path, port=port)
 
     with kafka:
         assert kafka.bootstrap == f"127.0.0.1:{port}" and note == ""
@@ -148,7 +148,7 @@ def test_it_takes_another_port_when_the_fixed_one_is_taken_and_says_so(tmp_path)
         taken.listen()
         port = taken.getsockname()[1]
 
-        kafka, note = run_local.start_local_kafka(tmp_path, port=port)
+        kafka, note = local_env.start_local_kafka(tmp_path, port=port)
 
         with kafka:
             assert kafka.port != port
@@ -157,5 +157,5 @@ def test_it_takes_another_port_when_the_fixed_one_is_taken_and_says_so(tmp_path)
 
 def test_it_uses_9092_for_make_run():
     """Case 3: the default is Kafka's usual port, as in the README."""
-    assert run_local.KAFKA_PORT == 9092
+    assert local_env.KAFKA_PORT == 9092
     assert "KAFKA=127.0.0.1:9092" in (ROOT / "README.md").read_text()
