@@ -231,7 +231,7 @@ K8S_IMAGE_REGISTRY = env_str("K8S_IMAGE_REGISTRY", "registry.local/streamforge")
 K8S_IMAGE_TAG = env_str("K8S_IMAGE_TAG", "latest")
 # Registries (host or host/path prefixes) a request's `image` may name; others need the permission
 # queues.override_image, because a step's container receives the platform's credentials.
-ALLOWED_IMAGE_REGISTRIES = env_list("ALLOWED_IMAGE_REGISTRIES", [K8S_IMAGE_REGISTRY])
+ALLOWED_IMAGE_REGISTRIES = env_list("ALLOWED_IMAGE_REGISTRIES") or [K8S_IMAGE_REGISTRY]  # empty: the default
 K8S_DELETE_ORPHANS = env_bool("K8S_DELETE_ORPHANS", False)
 K8S_MANAGER_ID = env_str("K8S_MANAGER_ID", "queue-manager")
 

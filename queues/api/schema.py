@@ -51,7 +51,11 @@ class StepRequestDoc(serializers.Serializer):
         required=False, help_text="gnn-trainer (realtime_gnn_infer): one of " + ", ".join(catalogue.INTERVALS) + "."
     )
     source = serializers.CharField(required=False, help_text="visualizer: collection read.")
-    image = serializers.CharField(required=False, help_text="Container image overriding the catalogue's.")
+    image = serializers.CharField(
+        required=False,
+        help_text="Container image overriding the catalogue's: from a registry in ALLOWED_IMAGE_REGISTRIES "
+        "(default: the catalogue's own), any registry only with the permission `queues.override_image`.",
+    )
     kafka_topic = serializers.CharField(
         required=False, help_text="loader/connector: topic (default `{queue_id}-{type}`, shared per type)."
     )
@@ -64,7 +68,9 @@ class PipelinePayloadDoc(serializers.Serializer):
         allow_null=True,
         help_text="`YYYY-MM-DD:YYYY-MM-DD`, start ≤ end. Required for api_* types; optional for streaming queues.",
     )
-    requests = StepRequestDoc(many=True, help_text="The steps, one Job each.\n\n" + _targets_help())
+    requests = StepRequestDoc(
+        many=True, help_text="The steps, one Job each; at most MAX_STEPS_PER_QUEUE (default 100).\n\n" + _targets_help()
+    )
     microservices = StepRequestDoc(
         many=True, required=False, help_text="Deprecated alias of `requests` (the original service's key)."
     )
