@@ -1,0 +1,141 @@
+"""The one place benchmarks import product code from.
+
+The hot paths are being moved between packages (services to jobs/, API to api/, admin to console/,
+Kafka consumers to consumers/); every figure reaches the product through the names below, so such a
+move changes this file only. Imports are lazy: Django must be set up first.
+"""
+from __future__ import annotations
+
+
+def models():
+    from queues import models
+
+    return models
+
+
+def queue_create(**kwargs):
+    from queues.services import queue_create
+
+    return queue_create(**kwargs)
+
+
+def queue_stop(**kwargs):
+    from queues.services import queue_stop
+
+    return queue_stop(**kwargs)
+
+
+def template_payload(name: str) -> dict:
+    from queues.pipeline_templates import template_payload
+
+    return template_payload(name)
+
+
+def job_name(queue_id: str, target: str, step_number: int) -> str:
+    from queues.naming import job_name
+
+    return job_name(queue_id, target, step_number)
+
+
+def scheduler():
+    """queue_advance, step_launch, reconcile (the Celery tasks' bodies)."""
+    from jobs import scheduler
+
+    return scheduler
+
+
+def kubernetes_launcher(api_client, namespace: str):
+    from jobs.launchers.kubernetes import KubernetesLauncher
+
+    return KubernetesLauncher(api_client, namespace=namespace)
+
+
+def reset_launcher_cache() -> None:
+    """get_launcher() caches the launcher built from settings; settings change between figures."""
+    from jobs.launchers import _build
+
+    _build.cache_clear()
+
+
+def job_objects(step) -> list[tuple[str, dict]]:
+    """What the launcher creates for one step, in order, as (plural, body): its Secret, then its Job."""
+    import base64
+
+    from jobs.credentials import SECRET_KEY_NAME, secret_name, step_credential_issue
+    from jobs.manifests import job_manifest, step_labels
+
+    secret = {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": secret_name(step.job_name), "labels": step_labels(step)},
+        "data": {SECRET_KEY_NAME: base64.b64encode(step_credential_issue(step=step).encode()).decode()},
+    }
+    return [("secrets", secret), ("jobs", job_manifest(step))]
+
+
+def job_manifest(step) -> dict:
+    from jobs.manifests import job_manifest
+
+    return job_manifest(step)
+
+
+def celery_app():
+    from queuemanager.celery import app
+
+    return app
+
+
+def kafka_ensure_topics(topics: list[str]) -> None:
+    from kafkabus.consumer import ensure_topics
+
+    ensure_topics(topics)
+
+
+def kafka_producer():
+    from kafkabus.publisher import get_producer
+
+    return get_producer()
+
+
+def kafka_consumer_config(group: str) -> dict:
+    from kafkabus.config import consumer_config
+
+    return consumer_config(group)
+
+
+def events_consumer_run(**kwargs):
+    """The loop of `manage.py consume_queue_events`."""
+    from kafkabus import events
+
+    return events.run(**kwargs)
+
+
+def mirror_drain(**kwargs):
+    from mirror.sync import mirror_drain
+
+    return mirror_drain(**kwargs)
+
+
+def mirror_record_many(kind: str, ids: list[int]) -> None:
+    from mirror.outbox import record_many
+
+    record_many(kind, ids)
+
+
+def mirror_outbox_table() -> str:
+    from mirror.models import MirrorOutbox
+
+    return MirrorOutbox._meta.db_table
+
+
+def mirror_forget_schema() -> None:
+    from mirror.arango import forget_schema
+
+    forget_schema()
+
+
+API_QUEUE_LIST = "/api/queues/"
+ADMIN_QUEUE_LIST = "/admin/queues/queue/"
+
+
+def admin_queue_page(pk: int) -> str:
+    return f"/admin/queues/queue/{pk}/change/"
