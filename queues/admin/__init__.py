@@ -17,3 +17,5 @@ admin.site.index_title = "Operations console"
 # No public site behind the admin: instead of "View site" (a 404), the header links the API docs, Flower and
 # /metrics (templates/admin/base_site.html).
 admin.site.site_url = None
+# The console's tables need the width; the app list is one click away on the home page.
+admin.site.enable_nav_sidebar = False

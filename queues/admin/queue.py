@@ -143,8 +143,7 @@ class EdgeInline(ReadOnlyInline):
 @admin.register(Queue)
 class QueueAdmin(admin.ModelAdmin):
     list_display = [
-        "queue_id", "status_badge", "step_progress", "duration", "last_message", "symbol", "time_range", "created_at",
-        "submitted_by", "source",
+        "queue_id", "status_badge", "step_progress", "duration", "last_message", "data", "created_at", "submitted",
     ]  # fmt: skip
     list_filter = ["status", "symbol", "source", "created_at"]
     search_fields = ["queue_id", "symbol"]
@@ -239,6 +238,14 @@ class QueueAdmin(admin.ModelAdmin):
     def stop_requested_cell(self, queue: Queue):
         value = display.when(queue.stop_requested_at) or "—"
         return format_html('<span data-sf-queue-cell="stop_requested_at">{}</span>', value)
+
+    @admin.display(description="data", ordering="symbol")
+    def data(self, queue: Queue):
+        return format_html("{}<br><small class='sf-muted'>{}</small>", queue.symbol, self.time_range(queue))
+
+    @admin.display(description="submitted", ordering="source")
+    def submitted(self, queue: Queue):
+        return format_html("{}<br><small class='sf-muted'>via {}</small>", queue.submitted_by or "—", queue.source)
 
     @admin.display(description="time range")
     def time_range(self, queue: Queue) -> str:

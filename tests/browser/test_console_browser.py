@@ -57,7 +57,7 @@ def test_it_starts_a_queue_from_a_template_and_shows_dag_and_timeline_changing_l
     page.wait_for_selector(f'#sf-dag [data-sf-dag-node="{consumer.pk}"][data-sf-state="running"]')
     page.wait_for_selector(f'#sf-timeline [data-sf-timeline-row="{consumer.pk}"] [data-sf-segment="running"]')
     edge = queue.edges.filter(upstream=consumer).first()
-    page.wait_for_selector(f'#sf-dag [data-sf-dag-edge="{consumer.pk}-{edge.downstream_id}"][data-sf-met="yes"]')
+    page.wait_for_selector(f'#sf-dag [data-sf-dag-edge="{consumer.pk}-{edge.downstream_id}"][data-sf-met="yes"]', state="attached")
     page.wait_for_selector(f'[data-sf-step="{consumer.pk}"][data-sf-cell="state"] >> text=running')
     page.wait_for_selector('[data-sf-queue-cell="progress"] >> text=1 running')
 

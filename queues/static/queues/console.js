@@ -7,7 +7,7 @@
     waiting: "#6c757d", pending: "#6c757d", launching: "#0d6efd", running: "#0d6efd", stopping: "#d97706",
     stopped: "#92400e", succeeded: "#198754", failed: "#dc3545", lost: "#dc3545"
   };
-  var NODE_W = 200, NODE_H = 58;
+  var NODE_W = 236, NODE_H = 58;
 
   function el(name, attrs, parent) {
     var node = document.createElementNS(SVG, name);
@@ -75,7 +75,7 @@
       var title = el("title", {}, link);
       el("rect", {x: x, y: y, width: NODE_W, height: NODE_H, rx: 8, "class": "sf-node-box"}, link);
       el("rect", {x: x, y: y, width: 6, height: NODE_H, rx: 3, "class": "sf-node-stripe"}, link);
-      text(link, x + 14, y + 18, clip(s.name, 28), {"font-size": 12, "font-weight": 600});
+      text(link, x + 14, y + 18, clip(s.name, 33), {"font-size": 12, "font-weight": 600});
       var sub = text(link, x + 14, y + 34, "", {"font-size": 11, "class": "sf-node-sub"});
       el("rect", {x: x + 14, y: y + 42, width: NODE_W - 28, height: 7, rx: 3, "class": "sf-node-track"}, link);
       var fill = el("rect", {x: x + 14, y: y + 42, width: 0, height: 7, rx: 3, "class": "sf-node-fill"}, link);
@@ -96,7 +96,7 @@
       node.fill.setAttribute("width", width.toFixed(1));
       node.fill.setAttribute("fill", live ? "#6ea8fe" : colour);
       var pct = fraction === null ? "" : " · " + Math.round(fraction * 100) + "%";
-      node.sub.textContent = clip(s.state + " · " + s.records_written.toLocaleString("en") + " rec" + pct, 32);
+      node.sub.textContent = clip(s.state + " · " + s.records_written.toLocaleString("en") + " records" + pct, 38);
       node.title.textContent = s.name + " (" + s.target + ", " + s.type + ", " + (s.streaming ? "streaming" : "batch") +
         ")\nstate: " + s.state + (s.waiting_for.length ? "\nwaits for: " + s.waiting_for.join(", ") : "") +
         (s.message ? "\n" + s.message : "") + "\nclick to open the step";
