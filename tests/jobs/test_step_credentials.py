@@ -245,7 +245,26 @@ def test_the_emulated_garbage_collector_removes_owned_secrets(launcher, historic
     step = historical_queue.steps.select_related("queue").first()
     launcher.launch(step)
     emulator.store.delete("jobs", kube.namespace, step.job_name, "Background")
+    deadline = time.monotonic() + 10  # the emulated collector acts a moment later, as a real one does
+    while _secrets(kube, step) and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert _secrets(kube, step) == []
+
+
+def test_the_emulator_treats_secrets_as_the_api_server_does(kube, emulator):
+    """Case: the emulator's Secrets are strict — base64 `data`, write-only `stringData`."""
+    import kubernetes
+    from kubernetes.client.exceptions import ApiException
+
+    core = kubernetes.client.CoreV1Api(kube.api_client)
+    bad = {"metadata": {"name": "bad"}, "data": {"token": "not base64!"}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_secret(kube.namespace, bad)
+    assert refused.value.status == 422
+    core.create_namespaced_secret(kube.namespace, {"metadata": {"name": "good"}, "stringData": {"token": "t0k"}})
+    stored = json.loads(core.read_namespaced_secret("good", kube.namespace, _preload_content=False).data)
+    assert stored["data"] == {"token": base64.b64encode(b"t0k").decode()} and "stringData" not in stored
+    assert stored["type"] == "Opaque"
 
 
 def test_the_role_grants_writing_secrets_but_never_reading_them():
