@@ -13,12 +13,12 @@ from kafkabus.connection import connection_config
 
 # Marks what the manager itself publishes, so its own consumers skip it (no loops).
 ORIGIN = "queue-manager"
-COMMAND_ID_PREFIX = "qm-"
+COMMAND_ID_PREFIX = "qm-"  # names our command ids; not a marker (workers may echo them back)
 
 
 def is_own_message(data: dict) -> bool:
-    command_id = data.get("command_id")
-    return data.get("origin") == ORIGIN or (isinstance(command_id, str) and command_id.startswith(COMMAND_ID_PREFIX))
+    """By `origin` only: a worker echoing the stop command it obeyed (command_id `qm-…`) is telemetry."""
+    return data.get("origin") == ORIGIN
 
 
 def common_config() -> dict:

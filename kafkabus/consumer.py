@@ -3,9 +3,12 @@
 - Reads up to `batch_size` messages, hands them to `handle(messages)`, and stores their offsets
   only after `handle` returned (it commits its database transaction first): at-least-once.
   Stored offsets are committed by librdkafka every second, and synchronously on a clean exit.
-- `handle` raising means "this batch could not be processed now" (database or broker down): the
-  same batch is retried with backoff; nothing is stored until it succeeds. Per-message problems
-  are the handler's business (dead letters): input never reaches this loop as an exception.
+- `handle` raising a connectivity error (`is_transient`: database or broker unreachable) means
+  "this batch could not be processed now": the same batch is retried with backoff; nothing is
+  stored until it succeeds. Any other exception means some message in the batch cannot be
+  handled: the batch is split in halves until that message is found, which is dead-lettered with
+  the exception as its reason, and the rest is applied (issue #10 §1). Handlers must therefore be
+  idempotent for a batch handled again in parts (ingestion is; commands dedupe by command_id).
 - SIGTERM/SIGINT set a flag: the current batch finishes, offsets are stored and committed, the
   consumer closes.
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
@@ -34,6 +37,26 @@ from django.db import close_old_connections
 from kafkabus.config import common_config, consumer_config
 
 logger = logging.getLogger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Lost connectivity (database or broker): worth retrying the same work later, unlike anything else."""
+    import psycopg
+    from confluent_kafka import KafkaException
+    from django.db import InterfaceError, OperationalError
+
+    from kafkabus.publisher import DeliveryError
+
+    return isinstance(exc, (
+        psycopg.OperationalError, psycopg.InterfaceError, OperationalError, InterfaceError, KafkaException, DeliveryError,
+    ))
+
+
+def dead_letter_one(message, reason: str) -> None:
+    """What BatchConsumer does by default with a message whose handling raised."""
+    from kafkabus.deadletter import send_dead_letters
+
+    send_dead_letters([(message, reason)])
 
 
 def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> None:
@@ -73,10 +96,12 @@ class BatchConsumer:
         create_topics: list[str] | None = None,
         on_stall: Callable[[], None] | None = None,
         stall_seconds: float | None = None,
+        reject: Callable[[object, str], None] = dead_letter_one,
     ):
         self.name = name
         self.topics = topics
         self.handle = handle
+        self.reject = reject
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.poll_timeout = poll_timeout
         self.group = group or settings.KAFKA_CONSUMER_GROUP
@@ -144,9 +169,9 @@ class BatchConsumer:
         while True:
             close_old_connections()  # a connection broken by a database restart is replaced
             try:
-                self.handle(messages)
+                self._handle_isolating(messages)
                 break
-            except Exception:
+            except Exception:  # only connectivity errors get here
                 logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
                 if self.stopping.wait(backoff):
                     return  # exit without storing: the batch is redelivered after a restart
@@ -154,6 +179,26 @@ class BatchConsumer:
         self._store(messages)
         self.processed += len(messages)
         self.batches += 1
+
+    def _handle_isolating(self, messages: list) -> None:
+        """handle(messages); if it fails for a reason other than connectivity, bisect down to the
+        message that fails and reject it alone. A connectivity error propagates (whole-batch retry;
+        parts already handled are handled again, idempotently)."""
+        try:
+            self.handle(messages)
+            return
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(messages) == 1:
+                logger.exception("%s: a message cannot be handled; dead-lettering it", self.name)
+                self.reject(messages[0], f"internal error: {type(exc).__name__}: {exc}"[:500])
+                return
+            logger.warning("%s: batch of %d failed (%s: %s); splitting it to find the message",
+                           self.name, len(messages), type(exc).__name__, str(exc)[:200])
+        middle = len(messages) // 2
+        self._handle_isolating(messages[:middle])
+        self._handle_isolating(messages[middle:])
 
     def _store(self, messages: list) -> None:
         from confluent_kafka import KafkaException, TopicPartition

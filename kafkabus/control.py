@@ -1,10 +1,15 @@
 """queue-control: `start`, `stop`, `ping` from other systems (DESIGN §6), acknowledged on queue-events.
 
-`handle_command(data)` runs a command through the same services as the API and returns the Ack
-to publish. A `command_id` is remembered (ProcessedCommand, in the same transaction as the
-action), so a redelivered command acts once, even after a restart; its ack is sent again with
-`duplicate: true`. Commands without `command_id` are at-least-once. The manager's own published
-commands (`origin` = queue-manager, command_id `qm-…`) are skipped by the batch handler.
+`handle_command(data)` checks the envelope (types, bounds: one bad field rejects that command
+alone, dead-lettered with the field named), runs the command through the same services as the
+API and returns the Ack to publish.
+
+Exactly once by `command_id` (kafkabus.claims): the id is claimed first in a transaction of its
+own; only the winner acts, a concurrent or later delivery answers `duplicate: true` with the
+recorded outcome. The outcome is written on the claim in the action's transaction; a permanent
+failure is recorded as a rejection (a replay answers the same); a connectivity failure releases
+the claim so the retried delivery can act. Commands without `command_id` are at-least-once. The
+manager's own published commands (`origin` = queue-manager) are skipped by the batch handler.
 """
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import transaction
 
+from jobs.telemetry_input import InvalidEvent, check_json, parse_time
+from kafkabus.claims import ClaimLost, command_claim, command_claim_get, command_claim_release, command_outcome_record
 from kafkabus.config import ORIGIN, is_own_message
+from kafkabus.consumer import is_transient
 from kafkabus.deadletter import send_dead_letters
 from kafkabus.events import parse
-from kafkabus.models import ProcessedCommand
 from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError
 from queues.models import Queue
@@ -39,10 +46,13 @@ class Ack:
     queue_id: str | None = None
     created: bool | None = None
     duplicate: bool = False
+    dead_letter: str = ""  # set when the message itself is at fault (malformed) or its handling failed
 
     @property
     def dead_letter_reason(self) -> str:
         """Unknown commands also go to the dead-letter topic: nobody may be waiting for that ack."""
+        if self.dead_letter:
+            return self.dead_letter
         if self.status == "rejected" and "command" in self.errors:
             return f"unknown command: {self.errors['command'][0]}"
         return ""
@@ -63,39 +73,96 @@ class Ack:
 
 
 def handle_command(data: dict) -> Ack:
-    """Validate and execute one command; never raises for bad input (database errors do raise)."""
+    """Validate and execute one command; raises only for lost connectivity (retry the batch)."""
     command = data.get("command")
-    command_id = data.get("command_id")
-    command_id = str(command_id)[:200] if command_id not in (None, "") else None
     if command not in COMMANDS:
-        ack = Ack(command if isinstance(command, str) else None, command_id, "rejected",
-                  {"command": [f"must be one of {', '.join(COMMANDS)}, got {command!r}"]})
+        ack = Ack(command if isinstance(command, str) else None, _plain_id(data), "rejected",
+                  {"command": [f"must be one of {', '.join(COMMANDS)}, got {str(command)[:60]!r}"]})
         _count(ack)
         return ack
-    with transaction.atomic():
-        if command_id is not None:
-            previous = ProcessedCommand.objects.filter(command_id=command_id).first()
-            if previous is not None:
-                ack = Ack(**{**_ack_fields(previous.ack), "duplicate": True})
-                _count(ack, outcome="duplicate")
-                return ack
-        ack = _execute(command, command_id, data)
-        if command_id is not None:
+    try:
+        command_id = _envelope(data)
+    except InvalidEvent as exc:
+        field_name = str(exc).split(":", 1)[0].removeprefix("invalid ")
+        ack = Ack(command, _plain_id(data), "rejected", {field_name: [str(exc)]}, dead_letter=str(exc))
+        _count(ack)
+        return ack
+    token = None
+    if command_id is not None:
+        token = command_claim(command_id=command_id, command=command)
+        if token is None:
+            return _duplicate(command, command_id)
+    try:
+        with transaction.atomic():
+            ack = _execute(command, command_id, data)
+            if token is not None:
+                command_outcome_record(command_id=command_id, token=token, ack=ack)
+    except ClaimLost:
+        return _duplicate(command, command_id)  # taken over after the lease: the new owner acts
+    except Exception as exc:
+        if is_transient(exc):
+            if token is not None:
+                _release(command_id, token)
+            raise
+        # A bug, or the database refusing this input: the command is rejected for good.
+        logger.exception("command %s failed", command)
+        ack = Ack(command, command_id, "rejected", {"internal": [f"internal error: {type(exc).__name__}"]},
+                  dead_letter=f"internal error: {type(exc).__name__}: {exc}"[:500])
+        if token is not None:
             try:
-                with transaction.atomic():
-                    ProcessedCommand.objects.create(
-                        command_id=command_id, command=command, status=ack.status,
-                        queue_id=ack.queue_id or "", ack=ack.as_event(),
-                    )
-            except IntegrityError:
-                # Another consumer handled the same command_id concurrently: undo ours, report theirs.
-                transaction.set_rollback(True)
-                previous = ProcessedCommand.objects.filter(command_id=command_id).first()
-                return Ack(**{**_ack_fields(previous.ack if previous else {}), "duplicate": True})
+                command_outcome_record(command_id=command_id, token=token, ack=ack)
+            except ClaimLost:
+                pass
     _count(ack)
     logger.info("command %s %s", command, ack.status,
                 extra={"command_id": command_id, "queue_id": ack.queue_id, "errors": ack.errors})
     return ack
+
+
+def _duplicate(command: str, command_id: str) -> Ack:
+    """The ack for an id claimed before: the recorded outcome, or `processing` while its owner acts."""
+    claim = command_claim_get(command_id=command_id)
+    if claim is not None and claim.ack:
+        ack = Ack(**{**_ack_fields(claim.ack), "duplicate": True})
+    else:
+        ack = Ack(command, command_id, claim.status if claim is not None else "processing", duplicate=True)
+    _count(ack, outcome="duplicate")
+    return ack
+
+
+def _release(command_id: str, token) -> None:
+    try:
+        command_claim_release(command_id=command_id, token=token)
+    except Exception as exc:  # the database is gone: the claim's lease lets a later delivery act
+        logger.warning("could not release the claim on command %s: %s", command_id, exc)
+
+
+def _plain_id(data: dict) -> str | None:
+    """The command_id to echo in a rejection, when it is a plain string that can be echoed."""
+    value = data.get("command_id")
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_COMMAND_ID and "\x00" not in value else None
+
+
+MAX_COMMAND_ID = 200
+
+
+def _envelope(data: dict) -> str | None:
+    """Check the whole message's bounds and the envelope's fields; returns the command_id (or None)."""
+    check_json(data)  # non-finite numbers, NUL, lone surrogates, long strings, deep nesting — anywhere
+    parse_time(data.get("timestamp"), "timestamp")
+    for key in ("queue_id", "target", "telemetry_id"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise InvalidEvent(f"invalid {key}: must be a string, got {type(data[key]).__name__}")
+    command_id = data.get("command_id")
+    if command_id in (None, ""):
+        return None
+    if isinstance(command_id, int) and not isinstance(command_id, bool):
+        command_id = str(command_id)
+    if not isinstance(command_id, str):
+        raise InvalidEvent(f"invalid command_id: must be a string, got {type(command_id).__name__}")
+    if len(command_id) > MAX_COMMAND_ID:
+        raise InvalidEvent(f"invalid command_id: longer than {MAX_COMMAND_ID} characters")
+    return command_id
 
 
 def _ack_fields(event: dict) -> dict:
@@ -139,7 +206,7 @@ def _stop(command_id: str | None, data: dict) -> Ack:
     if queue is None:
         return Ack("stop", command_id, "rejected", {"queue_id": [f"unknown queue {queue_id!r}"]}, queue_id=queue_id)
     reason = f"Stop command{' ' + command_id if command_id else ''} from Kafka."
-    target, telemetry_id = data.get("target"), data.get("telemetry_id")
+    target, telemetry_id = data.get("target"), data.get("telemetry_id")  # strings (checked by _envelope)
     if not target and not telemetry_id:
         queue_stop(queue=queue, reason=reason)
         return Ack("stop", command_id, "accepted", queue_id=queue_id)
@@ -177,20 +244,7 @@ def handle_batch(messages: list) -> list[Ack]:
             continue
         if is_own_message(data):
             continue  # our own stop commands to workers: not for us (no loops)
-        try:
-            ack = handle_command(data)
-        except (OperationalError, InterfaceError):
-            raise  # the database is unreachable: retry the batch later; handled command_ids dedupe
-        except DataError as exc:  # e.g. a NUL character in a text field: bad input, not a reason to retry
-            ack = Ack(data.get("command") if isinstance(data.get("command"), str) else None, None,
-                      "rejected", {"non_field_errors": ["The command cannot be stored (invalid characters)."]})
-            letters.append((message, f"cannot be stored: {str(exc).splitlines()[0]}"[:500]))
-        except Exception as exc:  # a bug must not stop the consumer: reject and dead-letter
-            logger.exception("command failed")
-            ack = Ack(data.get("command") if isinstance(data.get("command"), str) else None,
-                      str(data.get("command_id")) if data.get("command_id") else None,
-                      "rejected", {"internal": [f"internal error: {type(exc).__name__}"]})
-            letters.append((message, f"internal error: {type(exc).__name__}: {exc}"[:500]))
+        ack = handle_command(data)  # raises only for lost connectivity: the batch is retried, ids dedupe
         if ack.dead_letter_reason:
             letters.append((message, ack.dead_letter_reason))
         acks.append(ack)

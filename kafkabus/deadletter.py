@@ -24,6 +24,9 @@ _CLASSES = (
     ("unknown producer", "unknown_producer"),
     ("unknown or missing status", "bad_status"),
     ("records_written", "bad_records"),
+    ("invalid records_written", "bad_records"),
+    ("invalid message_count", "bad_records"),
+    ("invalid ", "invalid_field"),  # "invalid <field>: …" (bounded: the field stays in dlq.reason)
     ("unknown command", "unknown_command"),
     ("internal error", "internal_error"),
 )

@@ -1,9 +1,10 @@
 """queue-events: a batch of Kafka messages → `jobs.telemetry.ingest_events` in one transaction.
 
-Messages the manager published itself (acks, pongs: `origin` = queue-manager) are skipped. Not
-JSON, not an object, and everything `ingest_events` rejects (no queue, unknown queue, unknown
-producer, bad status…) go to the dead-letter topic with the reason and the original bytes. The
-dead letters are confirmed before the batch's offsets are stored (by the caller, BatchConsumer).
+Messages the manager published itself (acks, pongs: `origin` = queue-manager, nothing else) are
+skipped. Not JSON, not an object, and everything `ingest_events` rejects (no queue, unknown queue,
+unknown producer, bad status, a malformed field…) go to the dead-letter topic with the reason and
+the original bytes. The dead letters are confirmed before the batch's offsets are stored (by the
+caller, BatchConsumer, which also isolates a message whose handling raises).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ def parse(value) -> tuple[dict | None, str]:
         data = json.loads(value)
     except (TypeError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         return None, f"not JSON: {exc}"[:300]
+    except RecursionError:  # arrays/objects nested deeper than the decoder can follow
+        return None, "not JSON: nested too deeply to decode"
     if not isinstance(data, dict):
         return None, f"not a JSON object but {type(data).__name__}"
     return data, ""

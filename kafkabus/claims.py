@@ -1,0 +1,64 @@
+"""Claims on command_ids: how a queue-control command acts exactly once (issue #10 §3).
+
+A consumer claims a command_id before acting: `INSERT … ON CONFLICT DO NOTHING` in a transaction of
+its own, so of two consumers receiving the same id at once exactly one wins and the other sees the
+claim (never an IntegrityError inside its own transaction). The winner records the outcome on the
+claimed row in the same transaction as the action, so the row says what happened or nothing did.
+
+A claim still `processing` means its owner is acting, or lost the database before it could release
+the claim. After CLAIM_LEASE such a claim may be taken over; the outcome is written only by the
+claim's current owner (the claim time is the fencing token), so a late original rolls back.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from kafkabus.models import ProcessedCommand
+
+PROCESSING = "processing"
+# Far beyond any command's action (one short database transaction), short enough that a command
+# whose claim could not be released (database gone mid-action) is acted on after a restart.
+CLAIM_LEASE = timedelta(minutes=5)
+
+
+class ClaimLost(Exception):
+    """The claim was taken over (its lease ran out) before this owner recorded an outcome."""
+
+
+def command_claim(*, command_id: str, command: str) -> datetime | None:
+    """Claim `command_id`; returns the claim's token (its time) if this caller won, None otherwise."""
+    now = timezone.now()
+    table = ProcessedCommand._meta.db_table
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (command_id, command, status, queue_id, ack, received_at) "
+            "VALUES (%s, %s, %s, '', '{}'::jsonb, %s) ON CONFLICT (command_id) DO NOTHING RETURNING id",
+            [command_id, command, PROCESSING, now],
+        )
+        if cursor.fetchone() is not None:
+            return now
+        taken = ProcessedCommand.objects.filter(
+            command_id=command_id, status=PROCESSING, received_at__lt=now - CLAIM_LEASE
+        ).update(received_at=now)
+    return now if taken else None
+
+
+def command_outcome_record(*, command_id: str, token: datetime, ack) -> None:
+    """Write the outcome on our claim (inside the action's transaction); ClaimLost if it is not ours."""
+    updated = ProcessedCommand.objects.filter(command_id=command_id, status=PROCESSING, received_at=token).update(
+        status=ack.status, queue_id=(ack.queue_id or "")[:40], ack=ack.as_event()
+    )
+    if not updated:
+        raise ClaimLost(command_id)
+
+
+def command_claim_release(*, command_id: str, token: datetime) -> None:
+    """Give the claim up (the action did not happen), so a redelivery can act."""
+    ProcessedCommand.objects.filter(command_id=command_id, status=PROCESSING, received_at=token).delete()
+
+
+def command_claim_get(*, command_id: str) -> ProcessedCommand | None:
+    return ProcessedCommand.objects.filter(command_id=command_id).first()
