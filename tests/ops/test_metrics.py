@@ -124,16 +124,19 @@ def test_it_counts_queues_started_and_finished_from_signals(historical_payload, 
             callback()
     assert value("streamforge_queues_started_total", source="kafka") == started + 1
 
-    for step in queue.steps.all():
-        step.transition(StepState.SUCCEEDED)
-    queue_refresh_status(queue=queue)
-    queue_refresh_status(queue=queue)  # no change, no second count
+    with django_capture_on_commit_callbacks(execute=True):  # metrics are recorded on commit
+        for step in queue.steps.all():
+            step.transition(StepState.SUCCEEDED)
+        queue_refresh_status(queue=queue)
+        queue_refresh_status(queue=queue)  # no change, no second count
 
     assert value("streamforge_queues_finished_total", outcome="succeeded") == finished + 1
 
 
 @pytest.mark.django_db
-def test_it_observes_launch_and_stop_latency_from_step_transitions(historical_payload):
+def test_it_observes_launch_and_stop_latency_from_step_transitions(
+    historical_payload, django_capture_on_commit_callbacks
+):
     from queues.models import StepState
     from queues.services import queue_create
 
@@ -144,10 +147,11 @@ def test_it_observes_launch_and_stop_latency_from_step_transitions(historical_pa
     stops = value("streamforge_step_stop_seconds_count")
     now = timezone.now()
 
-    step.transition(StepState.LAUNCHING, launched_at=now - timedelta(seconds=5))
-    step.transition(StepState.RUNNING, started_at=now)
-    step.transition(StepState.STOPPING, stop_requested_at=now - timedelta(seconds=2))
-    step.transition(StepState.STOPPED, finished_at=now)
+    with django_capture_on_commit_callbacks(execute=True):  # metrics are recorded on commit
+        step.transition(StepState.LAUNCHING, launched_at=now - timedelta(seconds=5))
+        step.transition(StepState.RUNNING, started_at=now)
+        step.transition(StepState.STOPPING, stop_requested_at=now - timedelta(seconds=2))
+        step.transition(StepState.STOPPED, finished_at=now)
 
     assert value("streamforge_step_launch_seconds_count", target=step.target) == launches + 1
     assert value("streamforge_step_launch_seconds_sum", target=step.target) == pytest.approx(launch_sum + 5, abs=0.01)
