@@ -1,0 +1,106 @@
+"""Kafka as a client of the product sees it: produce raw bytes, read a whole topic back, measure lag."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+@dataclass(frozen=True)
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+    partition: int
+    offset: int
+
+
+class Client:
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self._producer: Producer | None = None
+
+    def ensure_topics(self, topics: list[str], timeout: float = 30.0) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        existing = set(admin.list_topics(timeout=10).topics)
+        missing = [NewTopic(t, num_partitions=1, replication_factor=1) for t in topics if t not in existing]
+        if missing:
+            for future in admin.create_topics(missing, request_timeout=timeout).values():
+                try:
+                    future.result()
+                except KafkaException as exc:
+                    if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                        raise
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5, "acks": "all",
+                                       "enable.idempotence": False, "message.timeout.ms": 60000})
+        return self._producer
+
+    def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def flush(self, timeout: float = 60.0) -> None:
+        left = self.producer.flush(timeout)
+        if left:
+            raise RuntimeError(f"{left} messages not delivered to Kafka within {timeout}s")
+
+    def read_all(self, topic: str, timeout: float = 60.0) -> list[Record]:
+        """Every message of `topic` from the beginning to its current end (all partitions)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"chaos-reader-{time.time_ns()}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                return []
+            ends = {}
+            for partition in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                if high > low:
+                    ends[partition] = high
+            if not ends:
+                return []
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            records: list[Record] = []
+            done: set[int] = set()
+            deadline = time.monotonic() + timeout
+            while len(done) < len(ends):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"could not read {topic} to its end within {timeout}s")
+                for message in consumer.consume(500, 1.0):
+                    if message.error():
+                        continue
+                    headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (message.headers() or [])}
+                    records.append(Record(message.key(), message.value(), headers, message.partition(), message.offset()))
+                    if message.offset() + 1 >= ends[message.partition()]:
+                        done.add(message.partition())
+            return records
+        finally:
+            consumer.close()
+
+    def lag(self, topic: str, group: str) -> int:
+        """Messages of `topic` the consumer group has not committed yet (all partitions)."""
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if metadata is None:
+                return 0
+            partitions = [TopicPartition(topic, p) for p in metadata.partitions]
+            committed = consumer.committed(partitions, timeout=10)
+            total = 0
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                position = tp.offset if tp.offset >= 0 else low
+                total += max(0, high - position)
+            return total
+        finally:
+            consumer.close()
