@@ -32,11 +32,14 @@ class StartQueueForm(forms.Form):
             return {"template": template, "payload": json.dumps(template_payload(template), indent=2)}
         return {}
 
+    json_error_at: int | None = None  # character offset of a JSON syntax error, for the page to mark it
+
     def clean_payload(self) -> dict:
         text = self.cleaned_data["payload"]
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
+            self.json_error_at = exc.pos
             raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
 
     def clean_queue_id(self) -> str | None:

@@ -18,6 +18,16 @@ from queues.forms import StartQueueForm
 from queues.pipeline_templates import TEMPLATES, template_payload
 
 
+def _around(text: str, at: int | None, width: int = 60) -> tuple[str, str, str] | None:
+    """The text before, at and after a JSON error's position, on its line, to show where it is."""
+    if at is None:
+        return None
+    begin = max(text.rfind("\n", 0, at) + 1, at - width)
+    end = text.find("\n", at)
+    end = min(len(text) if end < 0 else end, at + width)
+    return text[begin:at], text[at:at + 1], text[at + 1:end]
+
+
 def start_queue_view(model_admin):
     def view(request):
         if not request.user.has_perm("queues.start_queue"):
@@ -59,6 +69,8 @@ def start_queue_view(model_admin):
             "title": "Start a queue",
             "form": form,
             "payload_errors": sorted(payload_errors.items()),
+            "json_error_at": getattr(form, "json_error_at", None),
+            "json_error_context": _around(request.POST.get("payload", ""), getattr(form, "json_error_at", None)),
             "templates_json": {name: json.dumps(template_payload(name), indent=2) for name in TEMPLATES},
             "catalogue_url": reverse("catalogue"),
             "docs_url": reverse("swagger-ui"),

@@ -157,3 +157,17 @@ def test_it_keeps_the_list_and_pages_readable_at(page, width):
             overlaps = not (box["y"] >= title["y"] + title["height"] or box["y"] + box["height"] <= title["y"]
                             or box["x"] >= title["x"] + title["width"] or box["x"] + box["width"] <= title["x"])
             assert not overlaps, f"{url}: a button covers the title"
+
+
+def test_it_marks_broken_json_and_forgets_the_template_once_edited(page):
+    page.goto("/admin/queues/queue/start/?template=realtime-pipeline")
+    assert page.input_value("#id_template") == "realtime-pipeline"
+    page.locator("#id_payload").press("End")
+    page.locator("#id_payload").type(" ")
+    assert page.input_value("#id_template") == ""  # the payload is no longer the template
+    page.fill("#id_payload", '{"symbol": "BTCUSDT", "requests": [oops]}')
+    page.click("input[type=submit][value='Start queue']")
+    page.wait_for_selector("#sf-json-error mark")
+    selected = page.evaluate("() => { const t = document.getElementById('id_payload');"
+                             " return t.value.slice(t.selectionStart, t.selectionEnd); }")
+    assert selected == "o" and page.evaluate("() => document.activeElement.id") == "id_payload"

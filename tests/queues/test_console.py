@@ -222,3 +222,14 @@ def test_it_shows_streaming_as_a_kind_not_as_a_failure_icon(client, staff_viewer
     client.force_login(staff_viewer)
     html = client.get(reverse("admin:queues_queuerequest_change", args=[step.pk])).content.decode()
     assert '<span class="sf-tag">batch</span>' in html and "icon-no.svg" not in html
+
+
+def test_it_marks_where_the_payload_json_is_broken(client, staff_operator):
+    """Issue #15, start page: an invalid-JSON error gave line/column but did not mark the spot."""
+    client.force_login(staff_operator)
+    text = '{\n  "symbol": "BTCUSDT",\n  "requests": [oops]\n}'
+    response = client.post("/admin/queues/queue/start/", {"payload": text})
+    html = response.content.decode()
+    assert "line 3, column 16" in html
+    assert '<pre class="sf-json-error" id="sf-json-error">  &quot;requests&quot;: [<mark>o</mark>ops]</pre>' in html
+    assert f"var errorAt = {text.index('oops')};" in html
