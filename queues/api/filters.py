@@ -1,10 +1,36 @@
 """Query filters for the queue list: status, symbol, target, created range."""
 from __future__ import annotations
 
+from datetime import timezone
+
 import django_filters
+from django.core.exceptions import ValidationError
+from django_filters.fields import IsoDateTimeField
 
 from queues import catalogue
-from queues.models import Queue, QueueRequest, QueueStatus
+from queues.models import Queue, QueueRequest, QueueStatus, TelemetryEvent
+
+
+class UtcDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time, handed on in UTC.
+
+    A valid offset can still push the value past Python's datetime range when converted (an
+    OverflowError, i.e. a 500), and PostgreSQL refuses offsets beyond ±15:59 that Python accepts;
+    converting here makes both a 400 on the field.
+    """
+
+    def to_python(self, value):
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(timezone.utc)
+        except OverflowError:
+            raise ValidationError("Out of range once converted to UTC.", code="invalid") from None
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
 
 
 class QueueFilter(django_filters.FilterSet):
@@ -15,10 +41,10 @@ class QueueFilter(django_filters.FilterSet):
         method="filter_target",
         help_text="Queues having at least one step of this target.",
     )
-    created_after = django_filters.IsoDateTimeFilter(
+    created_after = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="gte", help_text="ISO 8601 date-time (inclusive)."
     )
-    created_before = django_filters.IsoDateTimeFilter(
+    created_before = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="lt", help_text="ISO 8601 date-time (exclusive)."
     )
 
@@ -32,3 +58,15 @@ class QueueFilter(django_filters.FilterSet):
     def filter_target(self, queryset, name, value):
         # A subquery rather than a join, so the list's step counts are not multiplied.
         return queryset.filter(pk__in=QueueRequest.objects.filter(target=value).values("queue_id"))
+
+
+class EventFilter(django_filters.FilterSet):
+    """The events list's filters, validated as form fields (e.g. a NUL character is a 400, not a
+    PostgreSQL error)."""
+
+    step = django_filters.CharFilter(field_name="step__name", help_text="Only this step's events.")
+    status = django_filters.CharFilter(help_text="Only events with this status.")
+
+    class Meta:
+        model = TelemetryEvent
+        fields = ["step", "status"]

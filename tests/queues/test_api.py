@@ -167,3 +167,29 @@ def test_it_keeps_the_legacy_routes(api):
     assert api.post("/queues/stop", {"queue_id": "missing"}, format="json").status_code == 404
     bad = api.post("/queues/start-pipeline", payload(symbol="??"), format="json")
     assert bad.status_code == 400 and "symbol" in bad.json()
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("created_after=9999-12-31T23:59:59-23:00", 400),  # past year 9999 in UTC: an OverflowError
+        ("created_before=0001-01-01T00:00:00%2B23:00", 400),  # before year 1 in UTC
+        ("created_after=9476-01-01T00:11:32.82%2B20:54", 200),  # an offset PostgreSQL refuses (> 15:59)
+    ],
+)
+def test_it_answers_date_times_at_the_edges_without_a_500(api, query, expected):
+    """Issue #10 §4 (fuzzing): a date-time overflowing once in UTC, or with an offset PostgreSQL refuses, was a 500."""
+    for url in ("/api/queues/", "/queues/list"):
+        response = api.get(f"{url}?{query}")
+        assert response.status_code == expected, (url, response.status_code)
+        if expected == 400:
+            assert query.split("=")[0] in response.json()
+
+
+@pytest.mark.parametrize("param", ["step", "status"])
+def test_it_refuses_a_nul_character_in_the_event_filters_with_a_400(api, param):
+    """Issue #10 §4 (fuzzing): NUL in `?step=`/`?status=` of the events list reached PostgreSQL, a 500."""
+    make_queue(queue_id="nul-q")
+    response = api.get(f"/api/queues/nul-q/events/?{param}=a%00b")
+    assert response.status_code == 400
+    assert param in response.json()
