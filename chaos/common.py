@@ -1,0 +1,97 @@
+"""What every scenario shares: a system of its own on the shared servers, quiescence, the result line."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from chaos import targets
+from chaos.harness import Layout, Servers, System, say
+from chaos.invariants import Context, Ledger, check_all
+from chaos.kafka_io import Client
+
+
+@dataclass
+class Result:
+    scenario: str
+    seed: int
+    load: str = ""
+    faults: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return json.dumps({"scenario": self.scenario, "seed": self.seed, "load": self.load, "faults": self.faults,
+                           "violations": self.violations, "seconds": round(self.seconds, 1)})
+
+
+@dataclass
+class Run:
+    """One scenario's run: its seed, scale (1.0 = the full `make chaos` load) and the shared servers."""
+
+    seed: int
+    scale: float
+    servers: Servers
+    base: Path
+
+    def n(self, full: int, minimum: int = 1) -> int:
+        return max(minimum, round(full * self.scale))
+
+    def system(self, name: str, layout: Layout, extra_env: dict[str, str] | None = None) -> System:
+        slug = f"{name.lower()}-{self.seed}-{time.time_ns() % 10**6}"
+        return System(self.base / slug, self.servers, seed=self.seed, layout=layout, topic_prefix=f"{slug}-",
+                      extra_env=extra_env, database=f"chaos_{slug.replace('-', '_')}")
+
+
+def context(system: System, queue_ids: set[str] | None = None) -> Context:
+    return Context(
+        database_url=system.database_url, steps_dir=system.steps_dir, kafka=Client(system.servers.kafka_bootstrap),
+        control_topic=system.control_topic, events_topic=system.events_topic,
+        stop_grace=float(system.env["STOP_GRACE_SECONDS"]), launch_stuck=float(system.env["LAUNCH_STUCK_SECONDS"]),
+        queue_ids=queue_ids,
+    )
+
+
+def wait_consumed(system: System, topics: list[str], timeout: float = 300.0, *, revive: bool = True) -> bool:
+    """Until the product's consumer group has committed every message of `topics`."""
+    client = Client(system.servers.kafka_bootstrap)
+    group = system.env["KAFKA_CONSUMER_GROUP"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(client.lag(topic, group) == 0 for topic in topics):
+            return True
+        if revive:
+            system.revive_all()  # a consumer the broker aborted is restarted, as a supervisor would
+        time.sleep(1.0)
+    return False
+
+
+def wait_quiescent(system: System, timeout: float = 300.0) -> bool:
+    """Until no queue is active and no step is launched (every queue ended), or the timeout."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(system.database_url, autocommit=True) as db:
+        while time.monotonic() < deadline:
+            open_steps = db.execute(
+                f"SELECT count(*) FROM {targets.STEP_TABLE} WHERE state = ANY(%s)", [list(targets.STEP_LAUNCHED)]
+            ).fetchone()[0]
+            active = db.execute(
+                f"SELECT count(*) FROM {targets.QUEUE_TABLE} WHERE status = ANY(%s)", [list(targets.QUEUE_ACTIVE)]
+            ).fetchone()[0]
+            if not open_steps and not active:
+                return True
+            system.revive_all()
+            time.sleep(1.0)
+    return False
+
+
+def finish(result: Result, system: System, ledger: Ledger, started: float, queue_ids: set[str] | None = None) -> Result:
+    result.violations += check_all(context(system, queue_ids), ledger)
+    dead = [name for name, child in system.children.items() if not child.alive]
+    if dead:
+        result.violations.append(f"processes not running at the end: {dead}")
+    result.seconds = time.monotonic() - started
+    say(f"{result.scenario}: {len(result.violations)} violation(s) in {result.seconds:.0f}s")
+    return result
