@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: run test bench lint install clean-data
+.PHONY: run test bench chaos lint install clean-data
 
 # Created only when missing; an existing .venv is reused.
 $(PY):
@@ -28,6 +28,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run $(ARGS)
+
+# Fault-injection suite (README *Reliability*): seeded, bounded, stops everything it started.
+# Reproduce one scenario: make chaos ARGS="--seed N --only R3"
+chaos: $(STAMP)
+	$(PY) -m chaos $(ARGS)
 
 # Byte-compiles everything; uses ruff too when it is installed.
 lint: $(STAMP)
