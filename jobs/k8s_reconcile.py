@@ -209,7 +209,9 @@ def handle_orphans(launcher, snapshot: Snapshot) -> list[str]:
 
 
 def _still_running(job: dict) -> bool:
-    ended = _condition(job, "Complete") or _condition(job, "Failed") or _condition(job, "SuccessCriteriaMet")
+    # From 1.31 the controller sets SuccessCriteriaMet/FailureTarget first and Complete/Failed only
+    # once the pods stopped: either one means the Job has ended.
+    ended = any(_condition(job, kind) for kind in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget"))
     return not ended and not job["metadata"].get("deletionTimestamp")
 
 

@@ -76,32 +76,27 @@ def check_kafka() -> None:
     AdminClient(kafka_client_config()).list_topics(timeout=CHECK_TIMEOUT_SECONDS)
 
 
-def kubernetes_configuration():
-    """Client configuration from K8S_API_URL/K8S_API_TOKEN, else KUBECONFIG, else the pod's service account."""
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    if settings.K8S_API_URL:
-        configuration.host = settings.K8S_API_URL
-        if settings.K8S_API_TOKEN:
-            configuration.api_key = {"authorization": settings.K8S_API_TOKEN}
-            configuration.api_key_prefix = {"authorization": "Bearer"}
-    elif settings.KUBECONFIG:
-        config.load_kube_config(config_file=str(settings.KUBECONFIG), client_configuration=configuration)
-    else:
-        config.load_incluster_config(client_configuration=configuration)
-    configuration.retries = 0
-    return configuration
-
-
 def check_kubernetes() -> None:
     from kubernetes import client
 
-    # An authenticated call the manager's RBAC allows (list jobs); limit=1 keeps it cheap.
-    with client.ApiClient(kubernetes_configuration()) as api_client:
-        client.BatchV1Api(api_client).list_namespaced_job(
-            settings.K8S_NAMESPACE, limit=1, _request_timeout=CHECK_TIMEOUT_SECONDS
-        )
+    from jobs import k8s_client
+
+    # The launcher's own client configuration (CA, token refresh), and an authenticated call its RBAC
+    # allows (list jobs); limit=1 keeps it cheap.
+    try:
+        with k8s_client.api_client_from_settings() as api_client:
+            client.BatchV1Api(api_client).list_namespaced_job(
+                settings.K8S_NAMESPACE, limit=1, _request_timeout=CHECK_TIMEOUT_SECONDS
+            )
+    except Exception as exc:
+        detail = k8s_client.tls_failure(exc)
+        if detail:  # say "configuration", not a connection error someone waits out
+            raise KubernetesTLSError(k8s_client.tls_message(detail)) from exc
+        raise
+
+
+class KubernetesTLSError(Exception):
+    pass
 
 
 def check_arango() -> None:

@@ -225,6 +225,8 @@ K8S_NAMESPACE = env_str("K8S_NAMESPACE", "streamforge")
 KUBECONFIG = env_path("KUBECONFIG")
 K8S_API_URL = env_url("K8S_API_URL", schemes=("http", "https"))
 K8S_API_TOKEN = env_str("K8S_API_TOKEN")
+# CA bundle that verifies K8S_API_URL (default: the service account's CA when running in a pod).
+K8S_API_CA_CERT = env_path("K8S_API_CA_CERT")
 K8S_CREDENTIALS_SECRET = env_str("K8S_CREDENTIALS_SECRET", "streamforge-credentials")
 K8S_CA_CONFIGMAP = env_str("K8S_CA_CONFIGMAP")
 K8S_IMAGE_REGISTRY = env_str("K8S_IMAGE_REGISTRY", "registry.local/streamforge")

@@ -2,8 +2,9 @@
 
 Idempotent by construction: the Job name is the step's stable `job_name`, so a duplicated launch
 task meets `409 AlreadyExists` and, if the existing Job carries this step's labels, treats it as
-"already launched". Transient API trouble (429, 5xx, timeouts, refused connections) is retried
-here with a short backoff and then surfaces as a transient LaunchError for the caller's own retry.
+"already launched". Transient API trouble (429, 5xx, `403 exceeded quota`, timeouts, refused
+connections) is retried here with a short backoff and then surfaces as a transient LaunchError for the
+caller's own retry; a TLS failure is a configuration error and fails at once (jobs/k8s_client.py).
 """
 from __future__ import annotations
 
@@ -11,15 +12,12 @@ import base64
 import json
 import logging
 import time
-from pathlib import Path
 
 import kubernetes
-import urllib3
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from kubernetes.client.exceptions import ApiException
 
-from jobs import k8s_reconcile
+from jobs import k8s_client, k8s_reconcile
 from jobs.credentials import SECRET_KEY_NAME, secret_name, step_credential_issue
 from jobs.launchers.base import LaunchError, Observation
 from jobs.manifests import (
@@ -34,9 +32,8 @@ from jobs.manifests import (
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = {0, 429, 500, 502, 503, 504}
-IN_CLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 LIST_PAGE = 500
+LIST_RESTARTS = 3  # listings restarted after an expired continue token before giving up this pass
 
 
 class KubernetesLauncher:
@@ -60,28 +57,9 @@ class KubernetesLauncher:
 
     @classmethod
     def from_settings(cls) -> KubernetesLauncher:
-        """Explicit K8S_API_URL (+ K8S_API_TOKEN) first, then KUBECONFIG, then in-cluster config."""
-        config = kubernetes.client.Configuration()
-        if settings.K8S_API_URL:
-            config.host = settings.K8S_API_URL.rstrip("/")
-            if settings.K8S_API_TOKEN:
-                config.api_key = {"authorization": settings.K8S_API_TOKEN}
-                config.api_key_prefix = {"authorization": "Bearer"}
-            if IN_CLUSTER_CA.exists():
-                config.ssl_ca_cert = str(IN_CLUSTER_CA)
-        elif settings.KUBECONFIG:
-            kubernetes.config.load_kube_config(config_file=str(settings.KUBECONFIG), client_configuration=config)
-        else:
-            try:
-                kubernetes.config.load_incluster_config(client_configuration=config)
-            except kubernetes.config.ConfigException as exc:
-                raise ImproperlyConfigured(
-                    "JOB_LAUNCHER=kubernetes needs K8S_API_URL, KUBECONFIG or to run inside a cluster"
-                ) from exc
-        # Our own retry loop decides what is worth retrying; urllib3 retrying too would multiply waits.
-        config.retries = 1
-        api_client = kubernetes.client.ApiClient(config)
-        return cls(api_client, namespace=settings.K8S_NAMESPACE, backoff=settings.LAUNCH_RETRY_BACKOFF_SECONDS)
+        """The client from k8s_client (the one configuration readiness uses too)."""
+        return cls(k8s_client.api_client_from_settings(), namespace=settings.K8S_NAMESPACE,
+                   backoff=settings.LAUNCH_RETRY_BACKOFF_SECONDS)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -91,12 +69,17 @@ class KubernetesLauncher:
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn(*args, **kwargs)
-            except ApiException as exc:
-                if exc.status not in RETRYABLE_STATUS:
+            except Exception as exc:  # noqa: BLE001 — classified below; the rest propagates unchanged
+                kind = k8s_client.classify(exc)
+                if kind == k8s_client.CONFIGURATION:
+                    raise LaunchError(k8s_client.tls_message(k8s_client.tls_failure(exc)), permanent=True) from exc
+                if kind == k8s_client.PERMANENT:
                     raise
-                error, retry_after = f"HTTP {exc.status} {exc.reason}", _retry_after(exc)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                error, retry_after = f"{type(exc).__name__}: {exc}", None
+                if isinstance(exc, ApiException):
+                    error = f"HTTP {exc.status} {k8s_client.status_message(exc)}"
+                    retry_after = _retry_after(exc)
+                else:
+                    error, retry_after = f"{type(exc).__name__}: {exc}", None
             if attempt == self.attempts:
                 raise LaunchError(f"Kubernetes API unavailable after {attempt} attempts: {error}")
             delay = min(max(self.backoff * 2 ** (attempt - 1), retry_after or 0), self.max_delay)
@@ -111,7 +94,7 @@ class KubernetesLauncher:
     def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
         """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
         fn = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
-        items, token = [], None
+        items, token, restarts = [], None, 0
         while True:
             kwargs = {"label_selector": selector or manager_selector(), "limit": LIST_PAGE}
             if token:
@@ -119,6 +102,13 @@ class KubernetesLauncher:
             try:
                 page = self._json(fn, self.namespace, **kwargs)
             except ApiException as exc:
+                if token and k8s_client.list_expired(exc) and restarts < LIST_RESTARTS:
+                    # The server compacted past our snapshot: a consistent list starts over, now.
+                    logger.info("continue token expired, listing again", extra={"kind": kind})
+                    items, token, restarts = [], None, restarts + 1
+                    continue
+                if k8s_client.list_expired(exc):
+                    raise LaunchError(f"listing {kind}: continue token expired {restarts + 1} times") from exc
                 raise _permanent(f"listing {kind}", exc) from exc
             items += page.get("items") or []
             token = (page.get("metadata") or {}).get("continue")
@@ -294,20 +284,31 @@ class KubernetesLauncher:
         parts = []
         for pod in reversed(pods):
             name = pod["metadata"]["name"]
-            parts.append(f"==> {name} <==\n{self._pod_log(name, share)}")
+            parts.append(f"==> {name} <==\n{self._pod_log(name, step_container(pod, step), share)}")
         return _tail("\n".join(parts), tail_bytes)
 
-    def _pod_log(self, pod_name: str, tail_bytes: int) -> str:
+    def _pod_log(self, pod_name: str, container: str, tail_bytes: int) -> str:
         # tailLines bounds the transfer; the exact byte tail is cut here (limitBytes counts from the start).
         tail_lines = max(100, tail_bytes // 20)
         try:
+            # Always name the container: an injected sidecar (Istio, Linkerd) makes the name mandatory.
             response = self._request(self.core.read_namespaced_pod_log, pod_name, self.namespace,
-                                     tail_lines=tail_lines, _preload_content=False)
+                                     container=container, tail_lines=tail_lines, _preload_content=False)
         except ApiException as exc:
             if exc.status in (400, 404):  # container not started yet, or pod gone meanwhile
                 return f"(no log: {_status_message(exc)})\n"
             raise _permanent(f"reading log of pod {pod_name}", exc) from exc
         return _tail(response.data.decode("utf-8", errors="replace"), tail_bytes)
+
+
+def step_container(pod: dict, step) -> str:
+    """The step's own container in `pod`: the one the manifest named (the step's target), else the
+    pod's default-container annotation, else the first (sidecar injectors add theirs around it)."""
+    names = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    if step.target in names:
+        return step.target
+    default = ((pod.get("metadata") or {}).get("annotations") or {}).get("kubectl.kubernetes.io/default-container")
+    return default if default in names else (names[0] if names else step.target)
 
 
 def _tail(text: str, tail_bytes: int) -> str:
@@ -324,11 +325,7 @@ def _retry_after(exc: ApiException) -> float | None:
         return None
 
 
-def _status_message(exc: ApiException) -> str:
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)
+_status_message = k8s_client.status_message
 
 
 def _permanent(doing: str, exc: ApiException) -> LaunchError:

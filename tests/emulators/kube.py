@@ -22,11 +22,18 @@ import json
 import re
 import secrets
 import socket
+import ssl
+import tempfile
 import threading
 import uuid
+from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes
+
+from .kube_rbac import Rbac, forbidden_message
+from .kube_rbac import request_for as rbac_request_for
+from .tls import make_server_certificate
 
 SERVER_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated", "gitCommit": "0" * 40,
                   "gitTreeState": "clean", "buildDate": "2024-04-17T00:00:00Z", "goVersion": "go1.22.2",
@@ -47,6 +54,12 @@ _REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotF
 _MERGE_KEYS = {"conditions": "type", "containers": "name", "initContainers": "name", "env": "name",
                "volumes": "name", "volumeMounts": "name", "ownerReferences": "uid"}
 _NO_RESOURCE = "the server could not find the requested resource"
+ADMIN = "kubernetes-admin"
+_EXPIRED_MESSAGE = ("The provided continue parameter is too old to display a consistent list result. You can start "
+                    "a new list without the continue parameter, or use the continue token in this response to "
+                    "retrieve the remainder of the results. Continuing with the provided token results in an "
+                    "inconsistent list - objects that were created, modified, or deleted between the time the "
+                    "first chunk was returned and now may show up in the list.")
 
 
 def now_iso():
@@ -62,13 +75,13 @@ def status_body(code, reason, message, details=None):
 class ApiError(Exception):
     """Raised inside the emulator; rendered as a Kubernetes ``Status`` response."""
 
-    def __init__(self, code, message, reason=None, details=None):
+    def __init__(self, code, message, reason=None, details=None, metadata=None):
         super().__init__(message)
-        self.code, self.message, self.details = code, message, details
+        self.code, self.message, self.details, self.metadata = code, message, details, metadata
         self.reason = reason or _REASONS.get(code, "Unknown")
 
     def body(self):
-        return status_body(self.code, self.reason, self.message, self.details)
+        return {**status_body(self.code, self.reason, self.message, self.details), "metadata": self.metadata or {}}
 
 
 def _full_name(plural):
@@ -135,12 +148,18 @@ def merge_patch(target, patch, strategic=False):
 # --------------------------------------------------------------------------- the store
 
 class KubeStore:
-    """Thread-safe objects keyed by (plural, namespace, name), and pod logs. Reads return copies."""
+    """Thread-safe objects keyed by (plural, namespace, name), and pod logs. Reads return copies.
 
-    def __init__(self):
+    Deletion is as asynchronous as on a real cluster: the garbage collector removes the dependents
+    of a deleted Job ``gc_delay`` seconds later, and a pod on a node passes through terminating
+    (``deletionTimestamp`` set) for ``grace`` seconds before it is gone."""
+
+    def __init__(self, gc_delay=0.05, grace=0.1):
         self.lock = threading.RLock()
-        self.objects, self.logs = {}, {}
+        self.objects, self.logs = {}, {}  # logs: (namespace, pod, container) -> text
         self._rv = itertools.count(1000)
+        self.gc_delay, self.grace = gc_delay, grace
+        self._timers, self.closed = [], False
 
     def get(self, plural, namespace, name):
         with self.lock:
@@ -158,11 +177,13 @@ class KubeStore:
         with self.lock:
             return str(max([int(o["metadata"]["resourceVersion"]) for o in self.objects.values()] or [999]))
 
-    def list(self, plural, namespace=None, label_selector=None):
+    def list(self, plural, namespace=None, label_selector=None, after=None):
+        """Matching objects in (namespace, name) order; ``after`` = (namespace, name) starts past that key."""
         labels_ok = parse_label_selector(label_selector)
         with self.lock:
-            return [copy.deepcopy(o) for (p, ns, _), o in sorted(self.objects.items())
-                    if p == plural and namespace in (None, ns) and labels_ok(o["metadata"].get("labels"))]
+            return [copy.deepcopy(o) for (p, ns, name), o in sorted(self.objects.items())
+                    if p == plural and namespace in (None, ns) and labels_ok(o["metadata"].get("labels"))
+                    and (after is None or (ns, name) > tuple(after))]
 
     def pods_of_job(self, job):
         """Pods owned by the Job (ownerReferences uid) or carrying its job-name label."""
@@ -172,26 +193,100 @@ class KubeStore:
                     and (any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences", []))
                          or any(o["metadata"].get("labels", {}).get(k) == meta["name"] for k in JOB_NAME_LABELS))]
 
-    def delete(self, plural, namespace, name, propagation=None):
-        """Delete as API server + garbage collector do. batch/v1 Jobs default to Orphan: pods stay."""
+    # asynchrony: the garbage collector and the kubelet act a little later, on a timer thread
+    def later(self, delay, fn, *args):
+        def run():
+            with self.lock:
+                if not self.closed:
+                    fn(*args)
         with self.lock:
-            obj = self.objects.pop((plural, namespace, name), None)
+            if self.closed:
+                return
+            timer = threading.Timer(delay, run)
+            timer.daemon = True
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+            timer.start()
+
+    def close(self):
+        with self.lock:
+            self.closed = True
+            for timer in self._timers:
+                timer.cancel()
+
+    def delete(self, plural, namespace, name, propagation=None):
+        """Delete as the API server + garbage collector + kubelet do; returns the object as deleted.
+
+        Jobs: ``Background`` removes the Job now and its pods (and owned Secrets) later;
+        ``Foreground`` keeps the Job with ``deletionTimestamp`` and the ``foregroundDeletion``
+        finalizer until its pods are gone; ``Orphan`` (the default for batch/v1 Jobs) leaves the pods.
+        Pods on a node terminate first (``deletionTimestamp``), unscheduled pods go at once."""
+        with self.lock:
+            obj = self.objects.get((plural, namespace, name))
             if obj is None:
                 raise not_found(plural, name)
             if plural == "pods":
-                self.logs.pop((namespace, name), None)
-            if plural == "jobs":
-                for pod in self.pods_of_job(obj):
-                    if propagation in ("Background", "Foreground"):
-                        self.delete("pods", namespace, pod["metadata"]["name"])
-                    else:
-                        pod["metadata"].pop("ownerReferences", None)
-                        self.put("pods", pod)
-                self._collect_owned("secrets", obj, propagation)
+                return self._delete_pod(obj)
+            if plural != "jobs":
+                return self._remove(plural, obj)
+            if propagation == "Foreground":
+                if not obj["metadata"].get("deletionTimestamp"):
+                    obj["metadata"].update(deletionTimestamp=now_iso(), deletionGracePeriodSeconds=0,
+                                           finalizers=["foregroundDeletion", *obj["metadata"].get("finalizers", [])])
+                    obj = self.put("jobs", obj)
+                    self.later(self.gc_delay, self._collect_job, copy.deepcopy(obj), "Foreground")
+                return copy.deepcopy(obj)
+            self._remove("jobs", obj)
+            if propagation == "Background":
+                self.later(self.gc_delay, self._collect_job, copy.deepcopy(obj), "Background")
+            else:
+                self._collect_job(obj, "Orphan")
             return obj
 
+    def _remove(self, plural, obj):
+        meta = obj["metadata"]
+        self.objects.pop((plural, meta["namespace"], meta["name"]), None)
+        if plural == "pods":
+            for key in [k for k in self.logs if k[:2] == (meta["namespace"], meta["name"])]:
+                del self.logs[key]
+        return obj
+
+    def _delete_pod(self, pod):
+        if not pod["spec"].get("nodeName"):
+            return self._remove("pods", pod)
+        if not pod["metadata"].get("deletionTimestamp"):
+            pod["metadata"].update(deletionTimestamp=now_iso(), deletionGracePeriodSeconds=30)
+            pod = self.put("pods", pod)
+            self.later(self.grace, self._kubelet_confirms, pod["metadata"]["namespace"], pod["metadata"]["name"],
+                       pod["metadata"]["uid"])
+        return copy.deepcopy(pod)
+
+    def _kubelet_confirms(self, namespace, name, uid):
+        pod = self.objects.get(("pods", namespace, name))
+        if pod is not None and pod["metadata"]["uid"] == uid:
+            self._remove("pods", pod)
+            self._finish_foreground(namespace)
+
+    def _collect_job(self, job, propagation):
+        """The garbage collector's pass over the dependents of a deleted (or deleting) Job."""
+        for pod in self.pods_of_job(job):
+            if propagation == "Orphan":
+                pod["metadata"].pop("ownerReferences", None)
+                self.put("pods", pod)
+            else:
+                self._delete_pod(pod)
+        self._collect_owned("secrets", job, propagation)
+        self._finish_foreground(job["metadata"]["namespace"])
+
+    def _finish_foreground(self, namespace):
+        """A Job deleted in the foreground goes once no pod of it is left."""
+        for (plural, ns, _), job in list(self.objects.items()):
+            if plural == "jobs" and ns == namespace and "foregroundDeletion" in job["metadata"].get("finalizers", []) \
+                    and not self.pods_of_job(job):
+                self._remove("jobs", job)
+                self._collect_owned("secrets", job, "Background")
+
     def _collect_owned(self, plural, owner, propagation):
-        """The garbage collector: a dependent whose owners are all gone is deleted (orphaned on Orphan)."""
+        """A dependent whose owners are all gone is deleted (orphaned on Orphan)."""
         uid = owner["metadata"]["uid"]
         for dependent in self.list(plural, owner["metadata"]["namespace"]):
             refs = dependent["metadata"].get("ownerReferences") or []
@@ -201,7 +296,7 @@ class KubeStore:
             live = [ref for ref in rest if any(o["metadata"].get("uid") == ref.get("uid")
                                                for o in self.objects.values())]
             if propagation in ("Background", "Foreground") and not live:
-                self.delete(plural, dependent["metadata"]["namespace"], dependent["metadata"]["name"])
+                self._remove(plural, dependent)
             else:
                 dependent["metadata"]["ownerReferences"] = rest
                 if not rest:
@@ -337,6 +432,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.do_handshake()  # here, not in the accepting thread: a stuck client blocks no one
         super().setup()  # headers and body are separate writes: avoid the 40 ms delayed-ACK stall
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -363,8 +460,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = status_body(code, _REASONS.get(code, "Unknown"), f"injected failure ({code})") \
                 if body is None else body
             return self._send(code, body, {"Retry-After": "1"} if code in (429, 503) else None)
-        if cluster.token and self.headers.get("Authorization") != f"Bearer {cluster.token}":
-            return self._send(401, status_body(401, "Unauthorized", "Unauthorized"))
+        try:
+            cluster._caller.user = cluster._authenticate(self.headers)
+        except ApiError as exc:
+            return self._send(exc.code, exc.body())
         try:
             body = json.loads(raw) if raw else None
             code, payload = cluster._route(self.command, path, query, body, self.headers.get("Content-Type", ""))
@@ -383,21 +482,40 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not block shutdown
 
+    def handle_error(self, request, client_address):
+        pass  # a client refusing our certificate, or hanging up, is the client's business
+
 
 class KubeCluster:
     """Context manager: the emulated API server on 127.0.0.1 in a background thread."""
 
-    def __init__(self, token="emulator-token"):
-        self.token = token  # requests must carry "Bearer <token>" (None: no auth)
-        self.store = KubeStore()
+    def __init__(self, token="emulator-token", *, version="1.30", sidecars=(), tls=False, gc_delay=0.05,
+                 grace=0.1):
+        self.token = token  # the admin's bearer token (None: no authentication, everyone is admin)
+        self.version = tuple(int(part) for part in version.split(".")[:2])  # Job conditions differ by version
+        self.sidecars = tuple(sidecars)  # containers a mutating webhook adds to every pod (e.g. istio-proxy)
+        self.tls, self.ca_file, self._tls_dir = tls, None, None
+        self.store = KubeStore(gc_delay=gc_delay, grace=grace)
+        self.rbac, self.users = Rbac(), {}  # token -> username; those users are limited by RBAC
         self.requests = []  # (method, path, query dict), in arrival order, injected failures included
         self.url = None
         self._faults, self._faults_lock, self._clients = [], threading.Lock(), []
         self._server = self._thread = None
+        self._caller = threading.local()
+        self._continue_epoch, self._expire_after_pages = 0, None
 
     def start(self):
         self._server = _Server(("127.0.0.1", 0), type("Handler", (_Handler,), {"cluster": self}))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        scheme = "http"
+        if self.tls:
+            self._tls_dir = tempfile.TemporaryDirectory(prefix="kube-emulator-tls-")
+            self.ca_file, cert, key = make_server_certificate(Path(self._tls_dir.name))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert, key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True,
                                         name="kube-emulator")
         self._thread.start()
@@ -411,6 +529,9 @@ class KubeCluster:
             self._server.server_close()
             self._thread.join(timeout=5)
             self._server = None
+        self.store.close()
+        if self._tls_dir is not None:
+            self._tls_dir.cleanup()
 
     def __enter__(self):
         return self.start()
@@ -424,12 +545,87 @@ class KubeCluster:
         config.host = self.url
         if self.token:
             config.api_key, config.api_key_prefix = {"authorization": self.token}, {"authorization": "Bearer"}
+        if self.ca_file:
+            config.ssl_ca_cert = self.ca_file
         return config
 
-    def api_client(self):
-        """A ``kubernetes.client.ApiClient`` for this cluster, closed when the cluster stops."""
-        self._clients.append(kubernetes.client.ApiClient(self.configuration()))
+    def api_client(self, token=None):
+        """A ``kubernetes.client.ApiClient`` for this cluster (as the admin, or the user of ``token``),
+        closed when the cluster stops."""
+        config = self.configuration()
+        if token:
+            config.api_key = {"authorization": token}
+        self._clients.append(kubernetes.client.ApiClient(config))
         return self._clients[-1]
+
+    # authentication and authorisation
+    def bind_rbac(self, manifest, namespace="default", token=None):
+        """Apply the Roles/RoleBindings of ``manifest`` (e.g. deploy/rbac.yaml) in ``namespace`` and give
+        the bound service account a bearer token; returns the token. Its requests are then refused
+        (403) unless a bound Role grants their verb on their resource in their namespace."""
+        users = self.rbac.apply(manifest, namespace)
+        token = token or f"sa-token-{secrets.token_hex(8)}"
+        self.users[token] = users[0]
+        return token
+
+    def _authenticate(self, headers):
+        """The username of a request: the admin's token (or no token configured) is the admin, who may
+        act as another user with ``Impersonate-User``; a bound token is its service account."""
+        auth = headers.get("Authorization") or ""
+        presented = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
+        impersonate = headers.get("Impersonate-User")
+        if self.token is None or presented == self.token:
+            return impersonate or ADMIN
+        user = self.users.get(presented)
+        if user is None:
+            raise ApiError(401, "Unauthorized")
+        if impersonate:
+            raise ApiError(403, f'users "{impersonate}" is forbidden: User "{user}" cannot impersonate resource '
+                                f'"users" in API group "" at the cluster scope', "Forbidden",
+                           {"name": impersonate, "kind": "users"})
+        return user
+
+    def _authorize(self, method, plural, ns, name, sub, query):
+        user = getattr(self._caller, "user", ADMIN)
+        if user == ADMIN:
+            return
+        request = rbac_request_for(method, plural, RESOURCES[plural][0], ns, name, sub, query)
+        if not self.rbac.allows(user, request):
+            details = {"group": request.group, "kind": plural, **({"name": name} if name else {})}
+            raise ApiError(403, forbidden_message(user, request), "Forbidden", details)
+
+    # paging: continue tokens, and their expiry (etcd compaction on a real server)
+    def expire_continue_tokens(self, after_pages=0):
+        """Expire every continue token issued so far, now or after ``after_pages`` more list pages
+        are served (compaction in the middle of a client's paging). A client presenting one gets
+        410 Gone, reason Expired, as from a real server."""
+        with self.store.lock:
+            if after_pages:
+                self._expire_after_pages = after_pages
+            else:
+                self._continue_epoch += 1
+
+    def _page_served(self):
+        if self._expire_after_pages:
+            self._expire_after_pages -= 1
+            if not self._expire_after_pages:
+                self._expire_after_pages = None
+                self._continue_epoch += 1
+
+    def _continue_token(self, key):
+        data = {"v": "meta.k8s.io/v1", "rv": int(self.store.resource_version()), "start": list(key),
+                "epoch": self._continue_epoch}
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode()
+
+    def _continue_from(self, token):
+        try:
+            data = json.loads(base64.urlsafe_b64decode(token.encode()))
+            key, epoch = tuple(data["start"]), data["epoch"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ApiError(400, f"continue key is not valid: {exc}") from exc
+        if epoch != self._continue_epoch:
+            raise ApiError(410, _EXPIRED_MESSAGE, "Expired", metadata={"continue": self._continue_token(key)})
+        return key
 
     def write_kubeconfig(self, path, namespace="default"):
         """A kubeconfig for ``kubernetes.config.load_kube_config(path)`` (JSON is valid YAML)."""
@@ -470,6 +666,10 @@ class KubeCluster:
         if path in _STATIC or path == "/":
             if method != "GET":
                 raise ApiError(405, f"method {method} not allowed on {path}")
+            if path == "/version":
+                major, minor = self.version
+                return 200, {**SERVER_VERSION, "major": str(major), "minor": str(minor),
+                             "gitVersion": f"v{major}.{minor}.0-emulated"}
             return 200, _STATIC.get(path) or {"paths": sorted(_STATIC)}
         m = _PATH.match(path)
         if not m or m["plural"] not in RESOURCES or RESOURCES[m["plural"]][3] != m["prefix"] \
@@ -479,6 +679,7 @@ class KubeCluster:
         if query.get("watch") in ("true", "1") or query.get("fieldSelector"):
             raise ApiError(400, "watch and fieldSelector are not emulated")
         plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
+        self._authorize(method, plural, ns, name, sub, query)
         if name is None:
             return self._collection(method, plural, ns, query, body)
         if sub == "log":
@@ -490,9 +691,19 @@ class KubeCluster:
     def _collection(self, method, plural, ns, query, body):
         store = self.store
         if method == "GET":
-            items = store.list(plural, ns, query.get("labelSelector"))
+            with store.lock:
+                after = self._continue_from(query["continue"]) if query.get("continue") else None
+                items = store.list(plural, ns, query.get("labelSelector"), after=after)
+                meta = {"resourceVersion": store.resource_version()}
+                limit = int(query.get("limit") or 0)
+                if limit > 0 and len(items) > limit:
+                    items, rest = items[:limit], len(items) - limit
+                    last = items[-1]["metadata"]
+                    meta.update({"continue": self._continue_token((last["namespace"], last["name"])),
+                                 "remainingItemCount": rest})
+                self._page_served()
             return 200, {"kind": f"{RESOURCES[plural][2]}List", "apiVersion": "/".join(filter(None, RESOURCES[
-                plural][:2])), "metadata": {"resourceVersion": store.resource_version()}, "items": items}
+                plural][:2])), "metadata": meta, "items": items}
         if ns is None:
             raise ApiError(405, f"{method} needs a namespace")
         if method == "POST":
@@ -525,7 +736,9 @@ class KubeCluster:
             if method == "DELETE" and sub is None:
                 propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
                 deleted = self.store.delete(plural, ns, name, propagation)
-                return 200, deleted if plural == "pods" else {  # pods return the object, jobs a Status
+                if plural == "pods" or deleted["metadata"].get("deletionTimestamp"):
+                    return 200, deleted  # still there (terminating, foreground): the object
+                return 200, {  # gone at once: a Status
                     "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                     "details": {"name": name, "group": RESOURCES[plural][0], "kind": plural, "uid": deleted["metadata"]["uid"]}}
             if method == "PATCH" and "merge-patch" in content_type:
@@ -556,10 +769,13 @@ class KubeCluster:
             raise not_found("pods", name)
         containers = [c["name"] for c in pod["spec"].get("containers", [])]
         container = query.get("container") or (containers[0] if len(containers) == 1 else None)
+        if container is None:
+            raise ApiError(400, f"a container name must be specified for pod {name}, choose one of: "
+                                f"[{' '.join(containers)}]")
         if container not in containers:
-            raise ApiError(400, f"a valid container name must be specified for pod {name}: one of {containers}")
+            raise ApiError(400, f"container {container} is not valid for pod {name}")
         with self.store.lock:
-            text = self.store.logs.get((ns, name))
+            text = self.store.logs.get((ns, name, container))
         for cs in pod.get("status", {}).get("containerStatuses", []) if text is None else []:
             waiting = cs.get("state", {}).get("waiting")
             if cs.get("name") == container and waiting:
@@ -627,10 +843,15 @@ def pod_status(containers, phase, reason=None, container_state=None, message=Non
 class JobController:
     """Plays the Job controller, kubelet and TTL controller on the emulator's store (no HTTP).
 
-    ``job``/``pod`` arguments take a name, a dict or a client model (V1Job/V1Pod). Returns are dicts."""
+    ``job``/``pod`` arguments take a name, a dict or a client model (V1Job/V1Pod). Returns are dicts.
+    Job conditions follow the cluster's version: up to 1.30 the terminal ``Complete``/``Failed`` only;
+    from 1.31 ``SuccessCriteriaMet``/``FailureTarget`` first, the terminal condition only once no pod
+    of the Job is running or terminating. Pods get the cluster's sidecars after the Job's containers."""
 
-    def __init__(self, cluster, namespace="default"):
+    def __init__(self, cluster, namespace="default", sidecars=None):
         self.store, self.namespace = cluster.store, namespace
+        self.version = getattr(cluster, "version", (1, 30))
+        self.sidecars = tuple(getattr(cluster, "sidecars", ()) if sidecars is None else sidecars)
 
     @staticmethod
     def _name(obj):
@@ -660,6 +881,8 @@ class JobController:
         """Create a pod as the Job controller would, with the status the kubelet would report."""
         meta, template = (job := self.job(job))["metadata"], job["spec"]["template"]
         spec = copy.deepcopy(template.get("spec", {}))
+        spec["containers"] = spec.get("containers", []) + [  # as Istio's or Linkerd's injector adds them
+            {"name": name, "image": f"emulated/{name}:1.0"} for name in self.sidecars]
         if reason != "Unschedulable":
             spec["nodeName"] = "emulated-node-1"
         labels = {**template.get("metadata", {}).get("labels", {}), "controller-uid": meta["uid"],
@@ -678,9 +901,12 @@ class JobController:
             pod["status"] = pod_status(pod["spec"].get("containers", []), phase, reason, container_state, message)
             return self.store.put("pods", pod)
 
-    def set_pod_log(self, pod, text):
+    def set_pod_log(self, pod, text, container=None):
+        """The log of ``container`` (default: the pod's first, the step's own container)."""
         with self.store.lock:
-            self.store.logs[(self.namespace, self.pod(pod)["metadata"]["name"])] = text
+            pod = self.pod(pod)
+            container = container or pod["spec"]["containers"][0]["name"]
+            self.store.logs[(self.namespace, pod["metadata"]["name"], container)] = text
 
     def set_job_status(self, job, **status):
         """Merge raw fields into the Job's status (escape hatch for odd states)."""
@@ -710,20 +936,65 @@ class JobController:
 
     def mark_succeeded(self, job, with_pods=True):
         message = "Reached expected number of succeeded pods"
-        return self._finish(job, "Succeeded", None, with_pods, lambda n: {
-            "succeeded": n, "completionTime": now_iso(),
-            "conditions": [_cond("SuccessCriteriaMet", "True", "CompletionsReached", message),
-                           _cond("Complete", "True", "CompletionsReached", message)]})
+        first, terminal = _cond("SuccessCriteriaMet", "True", "CompletionsReached", message), \
+            _cond("Complete", "True", "CompletionsReached", message)
+        if self.version < (1, 31):
+            return self._finish(job, "Succeeded", None, with_pods, lambda n: {
+                "succeeded": n, "completionTime": now_iso(), "conditions": [terminal]})
+        done = self._finish(job, "Succeeded", None, with_pods, lambda n: {"succeeded": n, "conditions": [first]})
+        self._terminal_when_pods_stopped(done, terminal)
+        return done
 
     def mark_failed(self, job, reason="BackoffLimitExceeded", message=None, with_pods=True):
+        """Fail the Job. ``DeadlineExceeded`` (activeDeadlineSeconds) deletes its running pods, as the
+        controller does; other reasons move them to Failed."""
         message = message or _FAIL_MESSAGES.get(reason, reason)
-        pod_reason = "DeadlineExceeded" if reason == "DeadlineExceeded" else None
-        return self._finish(job, "Failed", pod_reason, with_pods, lambda n: {
-            "failed": n, "conditions": [_cond("FailureTarget", "True", reason, message),
-                                        _cond("Failed", "True", reason, message)]})
+        first, terminal = _cond("FailureTarget", "True", reason, message), _cond("Failed", "True", reason, message)
+        conditions = [terminal] if self.version < (1, 31) else [first]
+        if reason == "DeadlineExceeded":
+            failed = self._deadline_exceeded(job, conditions)
+        else:
+            failed = self._finish(job, "Failed", None, with_pods, lambda n: {"failed": n, "conditions": conditions})
+        if self.version >= (1, 31):
+            self._terminal_when_pods_stopped(failed, terminal)
+        return failed
+
+    def _deadline_exceeded(self, job, conditions):
+        with self.store.lock:
+            live = [p for p in self.pods(job) if p["status"].get("phase") in ("Pending", "Running", None)
+                    and not p["metadata"].get("deletionTimestamp")]
+            for pod in live:
+                self.store.delete("pods", self.namespace, pod["metadata"]["name"])
+            current = self.job(job)
+            current["status"] = {"startTime": current["status"].get("startTime") or now_iso(), "active": 0,
+                                 "ready": 0, "failed": len(live), "terminating": len(live),
+                                 "uncountedTerminatedPods": {}, "conditions": conditions}
+            return self.store.put("jobs", current)
+
+    def _terminal_when_pods_stopped(self, job, condition):
+        """The 1.31 controller adds the terminal condition once no pod is running or terminating."""
+        name = job["metadata"]["name"]
+
+        def check():
+            current = self.store.objects.get(("jobs", self.namespace, name))
+            if current is None or current["metadata"]["uid"] != job["metadata"]["uid"]:
+                return
+            if any(p["status"].get("phase") in ("Pending", "Running") or p["metadata"].get("deletionTimestamp")
+                   for p in self.store.pods_of_job(current)):
+                self.store.later(self.store.gc_delay, check)
+                return
+            current = copy.deepcopy(current)
+            status = current["status"]
+            status["conditions"] = status.get("conditions", []) + [{**condition, "lastTransitionTime": now_iso()}]
+            status["terminating"] = 0
+            if condition["type"] == "Complete":
+                status["completionTime"] = now_iso()
+            self.store.put("jobs", current)
+
+        self.store.later(self.store.gc_delay, check)
 
     def delete_job(self, job):
-        """Remove the Job and its pods, as the TTL-after-finished controller does."""
+        """Remove the Job (its pods follow, asynchronously), as the TTL-after-finished controller does."""
         return self.store.delete("jobs", self.namespace, self._name(job), "Background")
 
 

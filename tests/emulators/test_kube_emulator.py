@@ -1,4 +1,10 @@
-"""Tests of the Kubernetes emulator, through the real sync ``kubernetes`` client over HTTP."""
+"""Kubernetes contract suite: the emulator and, opt-in, a real cluster must pass the same assertions.
+
+Run against a real cluster (kind, k3d) by setting K8S_CONTRACT_KUBECONFIG (README, "Running steps as
+Kubernetes Jobs › Tests"); otherwise the `real` cases skip with one line. Calls run as the deploy service
+account of deploy/rbac.yaml in a namespace of their own. Tests that play the Job controller or inject
+faults take `cluster`/`ctl` and skip on a real cluster.
+"""
 import json
 import threading
 
@@ -7,9 +13,10 @@ import kubernetes_validate
 import pytest
 from kubernetes.client import ApiException, BatchV1Api, CoreV1Api
 
-from tests.emulators.kube import JobController, KubeCluster, parse_label_selector
+from tests.helpers import wait_until
 
-NS = "default"
+from .kube import JobController, KubeCluster, parse_label_selector
+from .kube_contract import TARGETS, kube_target, play, worker_job
 
 
 def job_manifest(name, labels=None, command=("python", "-m", "worker")):
@@ -17,7 +24,7 @@ def job_manifest(name, labels=None, command=("python", "-m", "worker")):
     manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "backoffLimit": 2,
             "ttlSecondsAfterFinished": 600,
@@ -41,61 +48,73 @@ def job_manifest(name, labels=None, command=("python", "-m", "worker")):
     return manifest
 
 
-@pytest.fixture
-def cluster():
-    with KubeCluster() as c:
-        yield c
+@pytest.fixture(params=TARGETS)
+def target(request):
+    with kube_target(request.param) as t:
+        yield t
 
 
 @pytest.fixture
-def batch(cluster):
-    return BatchV1Api(cluster.api_client())
+def ns(target):
+    return target.namespace
 
 
 @pytest.fixture
-def core(cluster):
-    return CoreV1Api(cluster.api_client())
+def cluster(target):
+    if target.emulator is None:
+        pytest.skip("emulator only: injects faults or inspects what a real cluster cannot")
+    return target.emulator
 
 
 @pytest.fixture
-def ctl(cluster):
-    return JobController(cluster, NS)
+def batch(target):
+    return BatchV1Api(target.api_client)
 
 
-def test_create_get_and_defaults(batch):
-    created = batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
+@pytest.fixture
+def core(target):
+    return CoreV1Api(target.api_client)
+
+
+@pytest.fixture
+def ctl(cluster, ns):
+    return JobController(cluster, ns)
+
+
+def test_create_get_and_defaults(batch, ns):
+    created = batch.create_namespaced_job(ns, job_manifest("etl-1", {"queue-id": "q1"}))
     assert isinstance(created, kubernetes.client.V1Job)
     assert created.metadata.uid and created.metadata.resource_version and created.metadata.creation_timestamp
     assert created.spec.template.metadata.labels["job-name"] == "etl-1"
     assert created.spec.template.metadata.labels["batch.kubernetes.io/controller-uid"] == created.metadata.uid
     assert created.spec.backoff_limit == 2 and created.spec.completions == 1
-    fetched = batch.read_namespaced_job("etl-1", NS)
+    fetched = batch.read_namespaced_job("etl-1", ns)
     assert fetched.metadata.uid == created.metadata.uid
     assert fetched.spec.template.spec.containers[0].env[1].value_from.secret_key_ref.name == "kafka"
 
 
-def test_duplicate_is_409_already_exists(batch):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_duplicate_is_409_already_exists(batch, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
     with pytest.raises(ApiException) as err:
-        batch.create_namespaced_job(NS, job_manifest("etl-1"))
+        batch.create_namespaced_job(ns, job_manifest("etl-1"))
     assert err.value.status == 409
     status = json.loads(err.value.body)
     assert status["kind"] == "Status" and status["reason"] == "AlreadyExists" and status["code"] == 409
     assert status["message"] == 'jobs.batch "etl-1" already exists' and status["details"]["name"] == "etl-1"
 
 
-def test_missing_is_404_and_invalid_is_422(batch):
+def test_missing_is_404_and_invalid_is_422(batch, ns):
     with pytest.raises(ApiException) as err:
-        batch.read_namespaced_job("nope", NS)
+        batch.read_namespaced_job("nope", ns)
     assert err.value.status == 404
     bad = job_manifest("etl-1", {"target": "too/many/slashes"})
     with pytest.raises(ApiException) as err:
-        batch.create_namespaced_job(NS, bad)
+        batch.create_namespaced_job(ns, bad)
     assert err.value.status == 422 and "Invalid" in err.value.body
     always = job_manifest("etl-2")
     always["spec"]["template"]["spec"]["restartPolicy"] = "Always"
     with pytest.raises(ApiException) as err:
-        batch.create_namespaced_job(NS, always)
+        batch.create_namespaced_job(ns, always)
     assert err.value.status == 422
 
 
@@ -111,133 +130,161 @@ def test_missing_is_404_and_invalid_is_422(batch):
     ("queue-id=q9", set()),
     ("wrong-label=q1", set()),
 ])
-def test_list_with_label_selector(batch, selector, expected):
-    batch.create_namespaced_job(NS, job_manifest("a", {"queue-id": "q1", "step": "load"}))
-    batch.create_namespaced_job(NS, job_manifest("b", {"queue-id": "q1"}))
-    batch.create_namespaced_job(NS, job_manifest("c", {"queue-id": "q2", "step": "load"}))
-    found = batch.list_namespaced_job(NS, label_selector=selector)
+def test_list_with_label_selector(batch, selector, expected, ns):
+    batch.create_namespaced_job(ns, job_manifest("a", {"queue-id": "q1", "step": "load"}))
+    batch.create_namespaced_job(ns, job_manifest("b", {"queue-id": "q1"}))
+    batch.create_namespaced_job(ns, job_manifest("c", {"queue-id": "q2", "step": "load"}))
+    found = batch.list_namespaced_job(ns, label_selector=selector)
     assert {j.metadata.name for j in found.items} == expected
     assert found.metadata.resource_version
 
 
-def test_bad_selector_is_400(batch):
+def test_bad_selector_is_400(batch, ns):
     with pytest.raises(ApiException) as err:
-        batch.list_namespaced_job(NS, label_selector="a in b")
+        batch.list_namespaced_job(ns, label_selector="a in b")
     assert err.value.status == 400
 
 
-def test_namespaced_and_all_namespaces_list(batch, core):
-    batch.create_namespaced_job(NS, job_manifest("a", {"queue-id": "q1"}))
-    other = job_manifest("a", {"queue-id": "q1"})
-    other["metadata"]["namespace"] = "other"
-    batch.create_namespaced_job("other", other)
-    assert len(batch.list_namespaced_job(NS).items) == 1
-    everywhere = batch.list_job_for_all_namespaces(label_selector="queue-id=q1")
+def test_namespaced_and_all_namespaces_list(cluster, batch, core, ns):
+    admin = BatchV1Api(cluster.api_client())
+    batch.create_namespaced_job(ns, job_manifest("a", {"queue-id": "q1"}))
+    admin.create_namespaced_job("other", job_manifest("a", {"queue-id": "q1"}))
+    assert len(batch.list_namespaced_job(ns).items) == 1
+    everywhere = admin.list_job_for_all_namespaces(label_selector="queue-id=q1")
     assert sorted(j.metadata.namespace for j in everywhere.items) == ["default", "other"]
-    assert core.list_pod_for_all_namespaces().items == []
+    assert CoreV1Api(cluster.api_client()).list_pod_for_all_namespaces().items == []
+    with pytest.raises(ApiException) as err:  # a Role is namespaced: no cluster-wide list
+        core.list_pod_for_all_namespaces()
+    assert err.value.status == 403 and "at the cluster scope" in json.loads(err.value.body)["message"]
 
 
-def test_delete_with_propagation_removes_pods(batch, core, ctl):
-    batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
-    batch.create_namespaced_job(NS, job_manifest("etl-2", {"queue-id": "q1"}))
+def test_background_deletion_removes_the_job_at_once_and_its_pods_later(batch, core, ctl, ns):
+    """Issue #13: Background propagation — the Job is gone at once, each pod terminates, then goes."""
+    batch.create_namespaced_job(ns, job_manifest("etl-1", {"queue-id": "q1"}))
+    batch.create_namespaced_job(ns, job_manifest("etl-2", {"queue-id": "q1"}))
     ctl.create_pod_for("etl-1", "Running")
     ctl.create_pod_for("etl-2", "Running")
-    batch.delete_namespaced_job("etl-1", NS, propagation_policy="Background")
-    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(NS).items] == ["etl-2"]
+    batch.delete_namespaced_job("etl-1", ns, propagation_policy="Background")
     with pytest.raises(ApiException) as err:
-        batch.read_namespaced_job("etl-1", NS)
+        batch.read_namespaced_job("etl-1", ns)
     assert err.value.status == 404
-    # Foreground, passed in the DeleteOptions body, does the same.
-    batch.delete_namespaced_job("etl-2", NS, body=kubernetes.client.V1DeleteOptions(
-        propagation_policy="Foreground"))
-    assert core.list_namespaced_pod(NS).items == []
+    assert len(core.list_namespaced_pod(ns, label_selector="job-name=etl-1").items) == 1  # not yet collected
+    terminating = wait_until(lambda: [p for p in core.list_namespaced_pod(ns, label_selector="job-name=etl-1").items
+                                      if p.metadata.deletion_timestamp], message="the pod is terminating")
+    assert terminating[0].metadata.deletion_grace_period_seconds
+    wait_until(lambda: core.list_namespaced_pod(ns, label_selector="job-name=etl-1").items == [],
+               message="the terminated pod is gone")
+    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(ns).items] == ["etl-2"]
 
 
-def test_delete_without_propagation_orphans_pods(batch, core, ctl):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_foreground_deletion_keeps_the_job_until_its_pods_are_gone(batch, core, ctl, ns):
+    """Issue #13: Foreground — deletionTimestamp and the foregroundDeletion finalizer until no pod is left."""
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
     ctl.create_pod_for("etl-1", "Running")
-    batch.delete_namespaced_job("etl-1", NS)
-    pods = core.list_namespaced_pod(NS, label_selector="job-name=etl-1").items
+    batch.delete_namespaced_job("etl-1", ns, body=kubernetes.client.V1DeleteOptions(propagation_policy="Foreground"))
+    deleting = batch.read_namespaced_job("etl-1", ns)
+    assert deleting.metadata.deletion_timestamp and "foregroundDeletion" in deleting.metadata.finalizers
+    wait_until(lambda: core.list_namespaced_pod(ns).items == [], message="the pods went first")
+    wait_until(lambda: batch.list_namespaced_job(ns).items == [], message="then the Job")
+
+
+def test_delete_without_propagation_orphans_pods(batch, core, ctl, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
+    ctl.create_pod_for("etl-1", "Running")
+    batch.delete_namespaced_job("etl-1", ns)
+    pods = core.list_namespaced_pod(ns, label_selector="job-name=etl-1").items
     assert len(pods) == 1 and not pods[0].metadata.owner_references
 
 
-def test_delete_collection_by_label(batch, core, ctl):
+def test_delete_collection_by_label(cluster, batch, core, ctl, ns):
+    admin_batch, admin_core = BatchV1Api(cluster.api_client()), CoreV1Api(cluster.api_client())
     for name, queue in (("a", "q1"), ("b", "q1"), ("c", "q2")):
-        batch.create_namespaced_job(NS, job_manifest(name, {"queue-id": queue}))
+        batch.create_namespaced_job(ns, job_manifest(name, {"queue-id": queue}))
         ctl.create_pod_for(name, "Running")
-    batch.delete_collection_namespaced_job(NS, label_selector="queue-id=q1", propagation_policy="Background")
-    assert [j.metadata.name for j in batch.list_namespaced_job(NS).items] == ["c"]
-    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(NS).items] == ["c"]
-    core.delete_collection_namespaced_pod(NS, label_selector="queue-id=q2")
-    assert core.list_namespaced_pod(NS).items == []
+    with pytest.raises(ApiException) as err:  # the deploy Role deletes Jobs one by one, never a collection
+        batch.delete_collection_namespaced_job(ns, label_selector="queue-id=q1")
+    assert err.value.status == 403
+    admin_batch.delete_collection_namespaced_job(ns, label_selector="queue-id=q1", propagation_policy="Background")
+    assert [j.metadata.name for j in batch.list_namespaced_job(ns).items] == ["c"]
+    wait_until(lambda: [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(ns).items] == ["c"],
+               message="the pods of a and b are collected")
+    admin_core.delete_collection_namespaced_pod(ns, label_selector="queue-id=q2")
+    wait_until(lambda: core.list_namespaced_pod(ns).items == [], message="c's pod terminated")
 
 
 @pytest.mark.parametrize("status", [500, 429, 503, 409])
-def test_fail_next(cluster, batch, status):
+def test_fail_next(cluster, batch, status, ns):
     cluster.fail_next("POST", r"/namespaces/default/jobs$", status, times=2)
     for _ in range(2):
         with pytest.raises(ApiException) as err:
-            batch.create_namespaced_job(NS, job_manifest("etl-1"))
+            batch.create_namespaced_job(ns, job_manifest("etl-1"))
         assert err.value.status == status
-    assert batch.create_namespaced_job(NS, job_manifest("etl-1")).metadata.name == "etl-1"
+    assert batch.create_namespaced_job(ns, job_manifest("etl-1")).metadata.name == "etl-1"
     posts = cluster.requests_matching("POST", "/jobs$")
     assert len(posts) == 3 and posts[0][2] == {}
     assert ("GET", "/apis/batch/v1/namespaces/default/jobs", {"labelSelector": "a=b"}) not in cluster.requests
-    batch.list_namespaced_job(NS, label_selector="a=b")
+    batch.list_namespaced_job(ns, label_selector="a=b")
     assert ("GET", "/apis/batch/v1/namespaces/default/jobs", {"labelSelector": "a=b"}) in cluster.requests
 
 
-def test_fail_next_custom_body_and_wildcard(cluster, batch):
+def test_fail_next_custom_body_and_wildcard(cluster, batch, ns):
     cluster.fail_next("*", r"/jobs", 500, body={"kind": "Status", "code": 500, "message": "etcd timeout"})
     with pytest.raises(ApiException) as err:
-        batch.list_namespaced_job(NS)
+        batch.list_namespaced_job(ns)
     assert err.value.status == 500 and "etcd timeout" in err.value.body
-    assert batch.list_namespaced_job(NS).items == []
+    assert batch.list_namespaced_job(ns).items == []
 
 
-def test_controller_moves_job_through_phases(batch, core, ctl):
-    batch.create_namespaced_job(NS, job_manifest("etl-1", {"queue-id": "q1"}))
+def test_controller_moves_job_through_phases(batch, core, ctl, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1", {"queue-id": "q1"}))
     pod = ctl.create_pod_for("etl-1", "Pending", reason="ImagePullBackOff")
     assert pod["metadata"]["labels"]["queue-id"] == "q1"
-    read = core.read_namespaced_pod(pod["metadata"]["name"], NS)
+    read = core.read_namespaced_pod(pod["metadata"]["name"], ns)
     assert read.status.container_statuses[0].state.waiting.reason == "ImagePullBackOff"
     assert read.metadata.owner_references[0].kind == "Job"
 
     job = ctl.mark_running("etl-1")
     assert job["status"]["active"] == 1
-    v1 = batch.read_namespaced_job("etl-1", NS)
+    v1 = batch.read_namespaced_job("etl-1", ns)
     assert v1.status.active == 1 and v1.status.start_time is not None and not v1.status.conditions
-    assert core.read_namespaced_pod(pod["metadata"]["name"], NS).status.phase == "Running"
+    assert core.read_namespaced_pod(pod["metadata"]["name"], ns).status.phase == "Running"
 
     ctl.mark_succeeded("etl-1")
-    v1 = batch.read_namespaced_job("etl-1", NS)
+    v1 = batch.read_namespaced_job("etl-1", ns)
     assert v1.status.succeeded == 1 and not v1.status.active and v1.status.completion_time is not None
-    assert {c.type for c in v1.status.conditions} == {"Complete", "SuccessCriteriaMet"}
-    assert core.read_namespaced_pod(pod["metadata"]["name"], NS).status.phase == "Succeeded"
+    assert [c.type for c in v1.status.conditions] == ["Complete"]  # 1.30: the terminal condition only
+    assert core.read_namespaced_pod(pod["metadata"]["name"], ns).status.phase == "Succeeded"
 
     ctl.delete_job("etl-1")  # the TTL controller
-    assert batch.list_namespaced_job(NS).items == [] and ctl.pods() == []
+    assert batch.list_namespaced_job(ns).items == []
+    wait_until(lambda: ctl.pods() == [], message="the garbage collector removed the pod")
 
 
 @pytest.mark.parametrize("reason, message", [
     ("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
     ("DeadlineExceeded", "Job was active longer than specified deadline"),
 ])
-def test_controller_failures(batch, ctl, reason, message):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_controller_failures(batch, ctl, reason, message, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
+    ctl.mark_running("etl-1")
     ctl.mark_failed("etl-1", reason=reason)
-    v1 = batch.read_namespaced_job("etl-1", NS)
-    failed = [c for c in v1.status.conditions if c.type == "Failed"][0]
+    v1 = batch.read_namespaced_job("etl-1", ns)
+    assert [c.type for c in v1.status.conditions] == ["Failed"]  # 1.30
+    failed = v1.status.conditions[0]
     assert failed.status == "True" and failed.reason == reason and failed.message == message
-    assert v1.status.failed == 1 and ctl.pods("etl-1")[0]["status"]["phase"] == "Failed"
+    assert v1.status.failed == 1
+    if reason == "DeadlineExceeded":  # the controller deletes the running pods
+        wait_until(lambda: ctl.pods("etl-1") == [], message="the running pod was deleted")
+    else:
+        assert ctl.pods("etl-1")[0]["status"]["phase"] == "Failed"
 
 
-def test_retries_then_backoff_limit(batch, ctl):
-    created = batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_retries_then_backoff_limit(batch, ctl, ns):
+    created = batch.create_namespaced_job(ns, job_manifest("etl-1"))
     ctl.create_pod_for(created, "Failed", reason="OOMKilled")  # a V1Job works as well as a name
     ctl.create_pod_for(created, "Failed", reason="OOMKilled")
     ctl.mark_failed(created)
-    assert batch.read_namespaced_job("etl-1", NS).status.failed == 2 and len(ctl.pods(created)) == 2
+    assert batch.read_namespaced_job("etl-1", ns).status.failed == 2 and len(ctl.pods(created)) == 2
 
 
 @pytest.mark.parametrize("phase, reason, check", [
@@ -249,60 +296,62 @@ def test_retries_then_backoff_limit(batch, ctl):
         and s.container_statuses[0].state.terminated.exit_code == 137),
     ("Succeeded", None, lambda s: s.container_statuses[0].state.terminated.exit_code == 0),
 ])
-def test_pod_failure_modes(batch, core, ctl, phase, reason, check):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_pod_failure_modes(batch, core, ctl, phase, reason, check, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
     pod = ctl.create_pod_for("etl-1", phase, reason=reason)
-    status = core.read_namespaced_pod(pod["metadata"]["name"], NS).status
+    status = core.read_namespaced_pod(pod["metadata"]["name"], ns).status
     assert status.phase == phase and check(status)
 
 
-def test_pod_log_with_tail_lines(batch, core, ctl):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_pod_log_with_tail_lines(batch, core, ctl, ns):
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
     pending = ctl.create_pod_for("etl-1", "Pending")
     with pytest.raises(ApiException) as err:
-        core.read_namespaced_pod_log(pending["metadata"]["name"], NS)
+        core.read_namespaced_pod_log(pending["metadata"]["name"], ns)
     assert err.value.status == 400 and "waiting to start" in err.value.body
     pod = ctl.create_pod_for("etl-1", "Failed")
     ctl.set_pod_log(pod, "line 1\nline 2\nTraceback: boom\n")
     name = pod["metadata"]["name"]
-    assert core.read_namespaced_pod_log(name, NS) == "line 1\nline 2\nTraceback: boom\n"
-    assert core.read_namespaced_pod_log(name, NS, tail_lines=2, container="worker") == "line 2\nTraceback: boom\n"
+    assert core.read_namespaced_pod_log(name, ns) == "line 1\nline 2\nTraceback: boom\n"
+    assert core.read_namespaced_pod_log(name, ns, tail_lines=2, container="worker") == "line 2\nTraceback: boom\n"
     with pytest.raises(ApiException) as err:
-        core.read_namespaced_pod_log("missing", NS)
+        core.read_namespaced_pod_log("missing", ns)
     assert err.value.status == 404
 
 
-def test_status_subresource_patch(batch):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
-    before = batch.read_namespaced_job("etl-1", NS).metadata.resource_version
-    patched = batch.patch_namespaced_job_status("etl-1", NS, {"status": {"active": 1}, "spec": {"parallelism": 5}})
+def test_status_subresource_patch(cluster, ns):
+    batch = BatchV1Api(cluster.api_client())  # the controller's rights, not the manager's
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
+    before = batch.read_namespaced_job("etl-1", ns).metadata.resource_version
+    patched = batch.patch_namespaced_job_status("etl-1", ns, {"status": {"active": 1}, "spec": {"parallelism": 5}})
     assert patched.status.active == 1 and patched.spec.parallelism == 1
     assert patched.metadata.resource_version != before
     # A patch of the main resource ignores status; labels merge.
-    patched = batch.patch_namespaced_job("etl-1", NS, {"metadata": {"labels": {"stopping": "true"}},
+    patched = batch.patch_namespaced_job("etl-1", ns, {"metadata": {"labels": {"stopping": "true"}},
                                                          "status": {"active": 7}})
     assert patched.metadata.labels["stopping"] == "true" and patched.status.active == 1
     conditions = [{"type": "Complete", "status": "True"}]
-    batch.patch_namespaced_job_status("etl-1", NS, {"status": {"conditions": conditions}})
-    patched = batch.patch_namespaced_job_status("etl-1", NS, {"status": {"conditions": [
+    batch.patch_namespaced_job_status("etl-1", ns, {"status": {"conditions": conditions}})
+    patched = batch.patch_namespaced_job_status("etl-1", ns, {"status": {"conditions": [
         {"type": "SuccessCriteriaMet", "status": "True"}]}})  # strategic merge: merged by type
     assert {c.type for c in patched.status.conditions} == {"Complete", "SuccessCriteriaMet"}
     with pytest.raises(ApiException) as err:  # the pod template of a Job is immutable
-        batch.patch_namespaced_job("etl-1", NS, {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}})
+        batch.patch_namespaced_job("etl-1", ns, {"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}})
     assert err.value.status == 422
 
 
-def test_unemulated_features_are_rejected_not_ignored(batch, core):
-    batch.create_namespaced_job(NS, job_manifest("etl-1"))
+def test_unemulated_features_are_rejected_not_ignored(cluster, ns):
+    batch, core = BatchV1Api(cluster.api_client()), CoreV1Api(cluster.api_client())
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
     with pytest.raises(ApiException) as err:  # a list body is sent as a JSON patch
-        batch.patch_namespaced_job("etl-1", NS, [{"op": "add", "path": "/spec/suspend", "value": True}])
+        batch.patch_namespaced_job("etl-1", ns, [{"op": "add", "path": "/spec/suspend", "value": True}])
     assert err.value.status == 415
     with pytest.raises(ApiException) as err:
-        core.list_namespaced_pod(NS, field_selector="status.phase=Running")
+        core.list_namespaced_pod(ns, field_selector="status.phase=Running")
     assert err.value.status == 400
 
 
-def test_discovery_version_and_auth(cluster):
+def test_discovery_version_and_auth(cluster, ns):
     api_client = cluster.api_client()
     assert kubernetes.client.VersionApi(api_client).get_code().minor == "30"
     groups = kubernetes.client.ApisApi(api_client).get_api_versions()
@@ -312,23 +361,23 @@ def test_discovery_version_and_auth(cluster):
     anonymous = kubernetes.client.Configuration()
     anonymous.host = cluster.url
     with pytest.raises(ApiException) as err:
-        BatchV1Api(kubernetes.client.ApiClient(anonymous)).list_namespaced_job(NS)
+        BatchV1Api(kubernetes.client.ApiClient(anonymous)).list_namespaced_job(ns)
     assert err.value.status == 401
 
 
-def test_kubeconfig(cluster, tmp_path):
+def test_kubeconfig(cluster, tmp_path, ns):
     path = cluster.write_kubeconfig(tmp_path / "kubeconfig")
     api_client = kubernetes.config.new_client_from_config(config_file=path)
-    assert BatchV1Api(api_client).list_namespaced_job(NS).items == []
+    assert BatchV1Api(api_client).list_namespaced_job(ns).items == []
     api_client.close()
 
 
-def test_concurrent_clients(cluster):
+def test_concurrent_clients(cluster, ns):
     errors = []
 
     def create(i):
         try:
-            BatchV1Api(cluster.api_client()).create_namespaced_job(NS, job_manifest(f"job-{i}", {"n": str(i)}))
+            BatchV1Api(cluster.api_client()).create_namespaced_job(ns, job_manifest(f"job-{i}", {"n": str(i)}))
         except Exception as exc:  # collected, asserted below
             errors.append(exc)
 

@@ -7,6 +7,7 @@ import pytest
 
 from jobs.launchers.base import LaunchError, Phase
 from jobs.manifests import job_manifest
+from tests.helpers import wait_until
 
 JOBS = r"/apis/batch/v1/namespaces/[^/]+/jobs$"
 
@@ -233,8 +234,9 @@ def test_it_force_stops_the_job_with_all_its_pods(launcher, controller, realtime
 
     launcher.stop(step, force=True)
 
-    assert launcher.status(step).phase == Phase.MISSING
-    assert controller.pods(job) == [] and controller.jobs(f"job-name={step.job_name}") == []
+    assert launcher.status(step).phase == Phase.MISSING  # the Job goes at once ...
+    wait_until(lambda: controller.pods(job) == [], message="the garbage collector removed the pods")  # ... pods later
+    assert controller.jobs(f"job-name={step.job_name}") == []
     assert not [j for j in controller.jobs() if j["metadata"]["name"] == step.job_name]
     assert launcher.status(other).phase == Phase.RUNNING  # nothing else touched
 
@@ -247,7 +249,8 @@ def test_it_force_stops_pods_a_deleted_job_left_behind(launcher, controller, kub
 
     launcher.stop(step, force=True)
 
-    assert controller.pods(label_selector=f"job-name={step.job_name}") == []
+    wait_until(lambda: controller.pods(label_selector=f"job-name={step.job_name}") == [],
+               message="the orphaned pod terminated and went")
 
 
 def test_it_force_stops_idempotently(launcher, realtime_queue):

@@ -14,6 +14,7 @@ from jobs.launchers import _build as build_launcher
 from jobs.telemetry import ingest_events
 from queues.models import Queue, QueueRequest, QueueStatus, StepState
 from queues.services import queue_stop
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -143,7 +144,9 @@ def test_it_runs_the_realtime_pipeline_and_stops_it_without_leftovers(k8s_pipeli
     found = tick(queue)  # the Jobs are gone: stopped
     assert set(found.values()) == {StepState.STOPPED}, found
     assert cluster_jobs_of(controller, queue) == []
-    assert controller.pods(label_selector=f"streamforge.io/queue-id={queue.queue_id}") == []
+    # The Jobs go at once, their pods when the garbage collector and the kubelet are done, as on a cluster.
+    wait_until(lambda: controller.pods(label_selector=f"streamforge.io/queue-id={queue.queue_id}") == [],
+               message="the pods of the deleted Jobs are gone")
     queue.refresh_from_db()
     assert queue.status == QueueStatus.STOPPED
 

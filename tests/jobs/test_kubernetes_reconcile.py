@@ -7,6 +7,7 @@ from jobs import k8s_reconcile
 from jobs.launchers.base import Phase
 from jobs.manifests import job_manifest
 from tests.emulators.kube import JobController
+from tests.helpers import wait_until
 
 
 def steps_of(queue):
@@ -125,7 +126,8 @@ def test_it_deletes_orphans_with_their_pods_when_configured(
 
     snapshot = k8s_reconcile.cluster_snapshot(launcher)
     assert set(snapshot.jobs) == {live.job_name}
-    assert snapshot.pods_of(orphan) == []
+    wait_until(lambda: k8s_reconcile.cluster_snapshot(launcher).pods_of(orphan) == [],
+               message="the garbage collector removed the orphan's pods")
 
 
 def test_it_does_not_call_a_finished_steps_job_an_orphan(launcher, kube, historical_queue, k8s_settings):
