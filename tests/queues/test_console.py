@@ -164,6 +164,7 @@ def test_it_streams_a_step_log_by_offset_and_downloads_it_whole(client, staff_op
     queue = make("log-q")
     step = queue.steps.get(position=0)
     run(step)
+    (get_launcher("local").state_dir(step) / "output.log").unlink(missing_ok=True)  # left by an earlier run
     write_output(step, "first line\nsecond <line>\n")
     client.force_login(staff_operator)
     url = reverse("admin:queues_queuerequest_log", args=[step.pk])
