@@ -211,3 +211,76 @@ def test_it_survives_a_broker_restart(kafka_env, kafka_topics, kafka_server, que
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# ----------------------------------------------------------- issue #10 §1, §3: isolation
+
+
+def test_it_dead_letters_each_malformed_value_naming_the_field_and_applies_the_rest(kafka_topics, queue):
+    """Issue #10 §1, the live try: `records_written: 1e400` (and NaN, an impossible date, deep nesting)
+    made the consumer retry its batch forever; each is now dead-lettered alone with the field named."""
+    loader = _steps(queue)[0]
+
+    def good(n):
+        return {"event": "loading", "queue_id": queue.queue_id, "producer": loader.telemetry_id, "records_written": n}
+
+    head = f'{{"event":"loading","queue_id":"{queue.queue_id}","producer":"{loader.telemetry_id}"'.encode()
+    poison = [
+        head + b',"records_written":1e400}',
+        head + b',"records_written":NaN}',
+        head + b',"timestamp":"2024-06-31T00:00:00"}',
+        head + b',"extra":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    ]
+    produce(kafka_topics.QUEUE_EVENTS_TOPIC, [good(1), poison[0], good(2), poison[1], poison[2], poison[3], good(3)])
+    run_until(events.run, lambda: TelemetryEvent.objects.count() == 3, timeout=30)
+    loader.refresh_from_db()
+    assert loader.records_written == 3
+    letters = read_topic(kafka_topics.QUEUE_EVENTS_DLQ_TOPIC, expect=4)
+    assert [m.value() for m in letters] == poison
+    reasons = [dict(m.headers())["dlq.reason"].decode() for m in letters]
+    assert "records_written" in reasons[0] and "records_written" in reasons[1] and "timestamp" in reasons[2]
+    assert "nested too deeply" in reasons[3]
+
+
+def test_it_isolates_a_message_that_makes_the_handler_raise_and_applies_the_rest(kafka_topics, queue, monkeypatch):
+    """Issue #10 §1 (structural isolation): an exception nobody special-cased, raised for one message
+    only, splits the batch until that message is found; it is dead-lettered with the exception as the
+    reason and every other event is applied."""
+    from jobs import telemetry
+
+    real = telemetry.normalize
+
+    def normalize(raw, text=None):
+        if isinstance(raw, dict) and raw.get("poison"):
+            raise LookupError("a bug that only this message triggers")
+        return real(raw, text)
+
+    monkeypatch.setattr(telemetry, "normalize", normalize)
+    loader = _steps(queue)[0]
+    batch = [{"event": "loading", "queue_id": queue.queue_id, "producer": loader.telemetry_id, "records_written": n}
+             for n in range(1, 8)]
+    batch.insert(4, {**batch[0], "records_written": 100, "poison": True})
+    produce(kafka_topics.QUEUE_EVENTS_TOPIC, batch)
+    consumer = run_until(events.run, lambda: TelemetryEvent.objects.count() == 7, timeout=30)
+    loader.refresh_from_db()
+    assert loader.records_written == 7
+    letters = read_topic(kafka_topics.QUEUE_EVENTS_DLQ_TOPIC, expect=1)
+    assert len(letters) == 1 and json.loads(letters[0].value())["poison"] is True
+    headers = dict(letters[0].headers())
+    assert b"LookupError" in headers["dlq.reason"] and headers["dlq.reason_class"] == b"internal_error"
+    assert consumer.processed == 8
+
+
+def test_it_ingests_a_worker_event_that_carries_the_managers_command_id(kafka_topics, queue):
+    """Issue #10 §3 (origin only): a worker that echoes the stop command it obeyed (command_id `qm-…`)
+    is telemetry, not the manager's own message."""
+    connector = _steps(queue)[1]
+    QueueRequest.objects.filter(pk=connector.pk).update(state=StepState.RUNNING)
+    produce(kafka_topics.QUEUE_EVENTS_TOPIC, [
+        {"event": "interrupted", "queue_id": queue.queue_id, "producer": connector.telemetry_id,
+         "command_id": "qm-stop-0123456789abcdef", "message": "stop requested"},
+        {"event": "pong", "command_id": "qm-ping", "origin": "queue-manager"},  # really ours: skipped
+    ])
+    consumer = run_until(events.run, lambda: TelemetryEvent.objects.count() == 1, timeout=30)
+    assert TelemetryEvent.objects.get().status == "interrupted"
+    assert consumer.processed == 2
