@@ -1,6 +1,7 @@
 """What every scenario shares: a system of its own on the shared servers, quiescence, the result line."""
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,10 +23,12 @@ class Result:
     faults: list[str] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    outcome: dict = field(default_factory=dict)  # queues by final status: what the load came to
 
     def line(self) -> str:
         return json.dumps({"scenario": self.scenario, "seed": self.seed, "load": self.load, "faults": self.faults,
-                           "violations": self.violations, "seconds": round(self.seconds, 1)})
+                           "violations": self.violations, "outcome": self.outcome,
+                           "seconds": round(self.seconds, 1)})
 
 
 @dataclass
@@ -42,8 +45,15 @@ class Run:
 
     def system(self, name: str, layout: Layout, extra_env: dict[str, str] | None = None) -> System:
         slug = f"{name.lower()}-{self.seed}-{time.time_ns() % 10**6}"
+        # A Redis database of its own: a task left queued by one system must never reach another's
+        # workers (task arguments are primary keys of that system's database).
+        redis_url = f"{self.servers.redis_url.rsplit('/', 1)[0]}/{next(_REDIS_DATABASES)}"
+        env = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, **(extra_env or {})}
         return System(self.base / slug, self.servers, seed=self.seed, layout=layout, topic_prefix=f"{slug}-",
-                      extra_env=extra_env, database=f"chaos_{slug.replace('-', '_')}")
+                      extra_env=env, database=f"chaos_{slug.replace('-', '_')}")
+
+
+_REDIS_DATABASES = itertools.cycle(range(1, 16))  # Redis has 16 by default; 0 is left to others
 
 
 def context(system: System, queue_ids: set[str] | None = None) -> Context:
@@ -89,6 +99,8 @@ def wait_quiescent(system: System, timeout: float = 300.0) -> bool:
 
 def finish(result: Result, system: System, ledger: Ledger, started: float, queue_ids: set[str] | None = None) -> Result:
     result.violations += check_all(context(system, queue_ids), ledger)
+    with psycopg.connect(system.database_url, autocommit=True) as db:
+        result.outcome = dict(db.execute(f"SELECT status, count(*) FROM {targets.QUEUE_TABLE} GROUP BY status").fetchall())
     dead = [name for name, child in system.children.items() if not child.alive]
     if dead:
         result.violations.append(f"processes not running at the end: {dead}")

@@ -45,19 +45,21 @@ def api_call(system: System, method: str, path: str, body=None, attempts: int = 
     return 599, "web unreachable"
 
 
-def run(r: Run, *, window: float | None = None) -> Result:
+def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), layout: Layout | None = None) -> Result:
+    """`victims`: kill exactly these, in order, spread over the window (else seeded random picks)."""
     started = time.monotonic()
     count = r.n(FULL_QUEUES, 4)
     window = window if window is not None else max(30.0, FULL_WINDOW * min(1.0, r.scale * 4))
     result = Result("R1", r.seed, load=f"{count} queues (API + Kafka, mixed templates) over {window:.0f}s, local launcher")
-    system = r.system("R1", Layout())
+    system = r.system("R1", layout or Layout())
     rng = __import__("random").Random(r.seed)
     ledger = Ledger()
     with system:
         client = Client(system.servers.kafka_bootstrap)
         mix = payloads()
         plan = sorted((rng.uniform(0, window * 0.6), i) for i in range(count))
-        kills = sorted(rng.uniform(window * 0.1, window * 0.9) for _ in range(max(2, round(window / 12))))
+        kills = sorted(rng.uniform(window * 0.1, window * 0.9) for _ in range(len(victims) or max(2, round(window / 12))))
+        chosen = list(victims)
         queue_ids: dict[str, str] = {}  # queue_id -> template kind
         pending_kafka: dict[str, str] = {}  # command_id -> kind (queue_id learnt from the database)
         to_restart: list[tuple[float, str]] = []
@@ -86,7 +88,7 @@ def run(r: Run, *, window: float | None = None) -> Result:
                     client.flush()
             while kills and kills[0] <= now:
                 kills.pop(0)
-                victim = rng.choice(KILLABLE)
+                victim = chosen.pop(0) if chosen else rng.choice(KILLABLE)
                 if system.children[victim].alive:
                     system.kill(victim)
                     result.faults.append(f"kill -9 {victim}@{now:.0f}s")
