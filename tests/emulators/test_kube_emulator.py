@@ -395,3 +395,162 @@ def test_label_selector_parser_directly():
     match = parse_label_selector("a in (x,y),b!=z,!c,d")
     assert match({"a": "x", "d": ""}) and not match({"a": "x", "d": "", "c": "1"})
     assert not match({"a": "w", "d": ""}) and not match({"a": "x"})
+
+
+# --------------------------------------------------------------------------- issue #13: as strict as a real server
+
+
+def test_the_deploy_role_grants_the_managers_verbs_and_refuses_the_rest(target, batch, core, ns):
+    """Issue #13 "RBAC enforced per token": deploy/rbac.yaml is enough for what the launcher does (Jobs
+    create/get/list/delete, pods list/get, Secrets create/patch/delete) and a verb it lacks is refused
+    with the API server's Forbidden Status."""
+    batch.create_namespaced_job(ns, worker_job("rbac-1", "sleeps"))
+    assert batch.read_namespaced_job("rbac-1", ns).metadata.name == "rbac-1"
+    assert [j.metadata.name for j in batch.list_namespaced_job(ns).items] == ["rbac-1"]
+    core.list_namespaced_pod(ns)
+    core.create_namespaced_secret(ns, {"metadata": {"name": "cred-1"}, "data": {"token": "dG9rZW4="}})
+    core.patch_namespaced_secret("cred-1", ns, {"metadata": {"labels": {"owned": "yes"}}})
+    core.delete_namespaced_secret("cred-1", ns)
+    batch.delete_namespaced_job("rbac-1", ns, propagation_policy="Background")
+
+    with pytest.raises(ApiException) as err:  # the manager never reads a Secret back
+        core.list_namespaced_secret(ns)
+    status = json.loads(err.value.body)
+    assert err.value.status == 403 and status["reason"] == "Forbidden" and status["kind"] == "Status"
+    assert status["message"] == (f'secrets is forbidden: User "{target.username}" cannot list resource "secrets" '
+                                 f'in API group "" in the namespace "{ns}"')
+    assert status["details"]["kind"] == "secrets"
+    with pytest.raises(ApiException) as err:  # nor creates pods itself
+        core.create_namespaced_pod(ns, {"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "c", "image": "busybox:1.36"}]}})
+    assert err.value.status == 403 and 'cannot create resource "pods"' in json.loads(err.value.body)["message"]
+
+
+def test_lists_page_with_limit_and_continue(batch, ns):
+    """Issue #13 "limit/continue paging honoured"."""
+    for i in range(5):
+        batch.create_namespaced_job(ns, job_manifest(f"page-{i}"))
+    first = batch.list_namespaced_job(ns, limit=2)
+    assert len(first.items) == 2 and first.metadata._continue
+    names, token = [j.metadata.name for j in first.items], first.metadata._continue
+    while token:
+        page = batch.list_namespaced_job(ns, limit=2, _continue=token)
+        names += [j.metadata.name for j in page.items]
+        token = page.metadata._continue
+    assert sorted(names) == [f"page-{i}" for i in range(5)] and len(set(names)) == 5
+
+
+def test_an_expired_continue_token_is_410_expired(cluster, batch, ns):
+    """Issue #13 "continue tokens expire (a test hook to expire them) → 410"."""
+    for i in range(3):
+        batch.create_namespaced_job(ns, job_manifest(f"page-{i}"))
+    first = batch.list_namespaced_job(ns, limit=1)
+    cluster.expire_continue_tokens()
+    with pytest.raises(ApiException) as err:
+        batch.list_namespaced_job(ns, limit=1, _continue=first.metadata._continue)
+    status = json.loads(err.value.body)
+    assert err.value.status == 410 and status["reason"] == "Expired" and "too old" in status["message"]
+    assert batch.list_namespaced_job(ns, limit=1).items  # a new listing works
+
+
+@pytest.mark.parametrize("version, first, terminal", [("1.30", [], "Complete"), ("1.31", ["SuccessCriteriaMet"], "Complete")])
+def test_success_conditions_follow_the_server_version(version, first, terminal):
+    """Issue #13 "Job conditions as the real controller sets them (1.28–1.30 vs 1.31)"."""
+    with KubeCluster(version=version) as cluster:
+        batch = BatchV1Api(cluster.api_client())
+        batch.create_namespaced_job("default", job_manifest("etl-1"))
+        ctl = JobController(cluster)
+        ctl.mark_running("etl-1")
+        done = ctl.mark_succeeded("etl-1")
+        assert [c["type"] for c in done["status"]["conditions"]] == (first or [terminal])
+
+        def types():
+            return [c.type for c in batch.read_namespaced_job("etl-1", "default").status.conditions or []]
+
+        wait_until(lambda: terminal in types(), message="the terminal condition")
+        assert types() == first + [terminal]
+
+
+def test_on_1_31_failed_comes_only_after_the_pods_stopped():
+    """Issue #13: 1.31 sets FailureTarget first; Failed once no pod is running or terminating."""
+    with KubeCluster(version="1.31") as cluster:
+        batch = BatchV1Api(cluster.api_client())
+        batch.create_namespaced_job("default", job_manifest("etl-1"))
+        ctl = JobController(cluster)
+        ctl.mark_running("etl-1")
+        failed = ctl.mark_failed("etl-1", reason="DeadlineExceeded")
+        assert [c["type"] for c in failed["status"]["conditions"]] == ["FailureTarget"]
+        assert ctl.pods("etl-1")[0]["metadata"]["deletionTimestamp"]  # the running pod is terminating
+        wait_until(lambda: ctl.pods("etl-1") == [], message="the pod went")
+        conditions = wait_until(lambda: len(ctl.job("etl-1")["status"]["conditions"]) == 2
+                                and ctl.job("etl-1")["status"]["conditions"], message="Failed added")
+        assert [(c["type"], c["reason"]) for c in conditions] == [("FailureTarget", "DeadlineExceeded"),
+                                                                  ("Failed", "DeadlineExceeded")]
+
+
+def test_a_pod_with_a_sidecar_needs_the_container_named_for_its_log(cluster, batch, core, ns):
+    """Issue #13 "pods with more than one container": the real 400 without a container name."""
+    batch.create_namespaced_job(ns, job_manifest("etl-1"))
+    ctl = JobController(cluster, ns, sidecars=("istio-proxy",))
+    pod = ctl.create_pod_for("etl-1", "Running")
+    ctl.set_pod_log(pod, "worker line\n")
+    name = pod["metadata"]["name"]
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_pod_log(name, ns)
+    assert err.value.status == 400 and json.loads(err.value.body)["message"] == (
+        f"a container name must be specified for pod {name}, choose one of: [worker istio-proxy]")
+    assert core.read_namespaced_pod_log(name, ns, container="worker") == "worker line\n"
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_pod_log(name, ns, container="nope")
+    assert err.value.status == 400
+
+
+# --------------------------------------------------------------------------- steps played by the worker image
+
+REAL_TIMEOUT = 180  # a real cluster pulls the image and runs the pod; the emulator answers at once
+
+
+def _terminal(batch, ns, name):
+    job = batch.read_namespaced_job(name, ns)
+    return next((c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"),
+                None)
+
+
+@pytest.mark.parametrize("kind, condition, exit_code, reason", [
+    ("succeeds", "Complete", 0, "Completed"),
+    ("fails", "Failed", 3, "Error"),
+    ("oom", "Failed", 137, "OOMKilled"),
+])
+def test_a_step_ends_as_its_container_did(target, batch, core, ns, kind, condition, exit_code, reason):
+    """Issue #13 contract: succeeds / fails / exceeds its memory — the same Job condition and container
+    state from the emulator and from a real cluster running the worker image."""
+    name = f"worker-{kind}"
+    batch.create_namespaced_job(ns, worker_job(name, kind))
+    play(target, name, kind)
+    ended = wait_until(lambda: _terminal(batch, ns, name), timeout=REAL_TIMEOUT, message=f"{name} ended")
+    assert ended.type == condition
+    pods = core.list_namespaced_pod(ns, label_selector=f"job-name={name}").items
+    terminated = pods[0].status.container_statuses[0].state.terminated
+    assert terminated.exit_code == exit_code and terminated.reason == reason
+
+
+def test_a_steps_log_is_read_by_container(target, batch, core, ns):
+    """Issue #13 contract: a step that logs — read with its container named, as the launcher does."""
+    batch.create_namespaced_job(ns, worker_job("worker-logs", "logs"))
+    play(target, "worker-logs", "logs")
+    wait_until(lambda: _terminal(batch, ns, "worker-logs"), timeout=REAL_TIMEOUT, message="the step ended")
+    pod = core.list_namespaced_pod(ns, label_selector="job-name=worker-logs").items[0]
+    assert core.read_namespaced_pod_log(pod.metadata.name, ns, container="worker") == "line 1\nline 2\nline 3\n"
+
+
+def test_a_step_past_its_deadline_fails_with_deadline_exceeded_and_loses_its_pods(target, batch, core, ns):
+    """Issue #13 "DeadlineExceeded reason on the Failed condition with running pods deleted"."""
+    batch.create_namespaced_job(ns, worker_job("worker-sleeps", "sleeps", deadline=5))
+    if target.emulator is not None:
+        ctl = JobController(target.emulator, ns)
+        ctl.mark_running("worker-sleeps")
+        ctl.mark_failed("worker-sleeps", reason="DeadlineExceeded")
+    failed = wait_until(lambda: _terminal(batch, ns, "worker-sleeps"), timeout=REAL_TIMEOUT, message="deadline")
+    assert failed.type == "Failed" and failed.reason == "DeadlineExceeded"
+    wait_until(lambda: core.list_namespaced_pod(ns, label_selector="job-name=worker-sleeps").items == [],
+               timeout=REAL_TIMEOUT, message="the running pod was deleted")
