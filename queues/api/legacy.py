@@ -8,11 +8,12 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import JSONParser
 from rest_framework.views import APIView
 
+from queues import naming
 from queues.api import schema
 from queues.api.filters import QueueFilter
+from queues.api.parsers import JSONParser
 from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
 from queues.api.serializers import QueueDetailSerializer, QueueSerializer
 from queues.api.views import CREATE_SCHEMA, create_queue_response, list_queryset, stop_queue_response
@@ -47,7 +48,7 @@ class LegacyStopView(APIView):
         request=schema.StopRequestDoc,
         responses={
             202: QueueDetailSerializer,
-            400: OpenApiResponse(description="`queue_id` missing."),
+            400: OpenApiResponse(description="`queue_id` missing or not a valid queue_id."),
             404: schema.DetailDoc,
         },
         **LEGACY,
@@ -56,6 +57,9 @@ class LegacyStopView(APIView):
         queue_id = request.data.get("queue_id") if isinstance(request.data, dict) else None
         if not isinstance(queue_id, str) or not queue_id:
             raise ValidationError({"queue_id": ["This field is required."]})
+        if not naming.is_dns1123_label(queue_id, naming.QUEUE_ID_MAX):
+            # Checked before the lookup: the database refuses some values (NUL) with an error.
+            raise ValidationError({"queue_id": ["Not a valid queue_id (a lower-case DNS-1123 label)."]})
         return stop_queue_response(request, get_object_or_404(Queue, queue_id=queue_id))
 
 

@@ -10,13 +10,13 @@ from django.db.models import Count, Q
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from queues import services
 from queues.api import schema
 from queues.api.filters import QueueFilter
+from queues.api.parsers import JSONParser
 from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
 from queues.api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset
 from queues.catalogue import catalogue_as_dict

@@ -193,3 +193,13 @@ def test_it_refuses_a_nul_character_in_the_event_filters_with_a_400(api, param):
     response = api.get(f"/api/queues/nul-q/events/?{param}=a%00b")
     assert response.status_code == 400
     assert param in response.json()
+
+
+@pytest.mark.parametrize("queue_id", ["a\x00b", "abc\n", "x" * 300])
+def test_it_refuses_a_malformed_queue_id_in_the_legacy_stop_with_a_400(api, queue_id):
+    """Issue #10 §4 (fuzzing): a NUL in the legacy stop's `queue_id` reached PostgreSQL, a 500."""
+    make_queue(queue_id="abc")
+    response = api.post("/queues/stop", {"queue_id": queue_id}, format="json")
+    assert response.status_code == 400
+    assert "queue_id" in response.json()
+    assert Queue.objects.get(queue_id="abc").stop_requested_at is None

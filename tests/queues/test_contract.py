@@ -137,6 +137,16 @@ def test_it_rejects_malformed_json(api, raw):
     _assert_nothing_created()
 
 
+@pytest.mark.parametrize("url", [URL, "/queues/start-pipeline", "/queues/stop"])
+def test_it_rejects_json_nested_too_deep_to_parse_with_a_400(api, url):
+    """Issue #10 §4 (fuzzing): JSON nested past the parser's recursion limit was a RecursionError, a 500."""
+    raw = b'{"symbol": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = api.generic("POST", url, raw, content_type="application/json")
+    assert response.status_code == 400
+    assert "detail" in response.json()
+    _assert_nothing_created()
+
+
 def test_it_rejects_an_empty_body_naming_the_required_fields(api):
     response = api.generic("POST", URL, b"", content_type="application/json")
     assert response.status_code == 400
