@@ -14,13 +14,13 @@ def models():
 
 
 def queue_create(**kwargs):
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     return queue_create(**kwargs)
 
 
 def queue_stop(**kwargs):
-    from queues.services import queue_stop
+    from jobs.services import queue_stop
 
     return queue_stop(**kwargs)
 

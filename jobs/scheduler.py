@@ -15,10 +15,12 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
+from jobs.services import queue_refresh_status, step_mark_stopping, step_transition
+from jobs.signals import reconcile_finished
 from queues.catalogue import TARGETS
 from queues.models import DependencyKind, Queue, QueueRequest, StepState
-from queues.services import queue_refresh_status, request_step_stop
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +47,19 @@ def queue_advance(queue_pk: int) -> list[int]:
                 Queue.objects.filter(pk=queue.pk).update(message=reason)
             for step in steps.values():
                 if not step.is_terminal and not step.stop_requested_at:
-                    request_step_stop(step, reason=f"Queue failed: {reason}")
+                    step_mark_stopping(step=step, reason=f"Queue failed: {reason}")
         elif not queue.stop_requested_at:
             _cancel_unreachable(steps.values(), upstreams)
             for step in steps.values():
                 if step.state == StepState.WAITING and _dependencies_met(upstreams[step.pk]):
-                    if step.transition(StepState.LAUNCHING, from_states=[StepState.WAITING], message=""):
+                    if step_transition(step, StepState.LAUNCHING, from_states=[StepState.WAITING], message=""):
                         to_launch.append(step.pk)
             _drain_consumers(steps.values())
         queue_refresh_status(queue=queue)
 
         if to_launch:
-            from jobs.tasks import enqueue_on_commit, step_launch
-
             for pk in to_launch:
-                enqueue_on_commit(step_launch, pk)
+                enqueue_on_commit(STEP_LAUNCH, pk)
     return to_launch
 
 
@@ -79,8 +79,8 @@ def _cancel_unreachable(steps, upstreams) -> None:
             continue
         for upstream, _kind in upstreams[step.pk]:
             if upstream.is_terminal and upstream.state != StepState.SUCCEEDED:
-                step.transition(
-                    StepState.STOPPED, from_states=[StepState.WAITING],
+                step_transition(
+                    step, StepState.STOPPED, from_states=[StepState.WAITING],
                     message=f"Cancelled: upstream {upstream.name} ended {upstream.state}.",
                 )
                 break
@@ -108,7 +108,7 @@ def _drain_consumers(steps) -> None:
             reason = f"Drained after {settings.DRAIN_IDLE_SECONDS:g}s idle: wrote {consumer.records_written} of {total} records."
         else:
             continue
-        request_step_stop(consumer, reason=reason, drain=True)
+        step_mark_stopping(step=consumer, reason=reason, drain=True)
 
 
 class RetryLaunch(Exception):
@@ -172,13 +172,11 @@ def _record_launch(step: QueueRequest, handle: dict) -> str:
         if recorded:
             state = QueueRequest.objects.filter(pk=step.pk).values_list("state", flat=True).get()
             step.launcher_handle, step.launched_at, step.state = handle, now, state
-            if step.transition(StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run):
+            if step_transition(step, StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run):
                 queue_refresh_status(queue=queue)
             elif state == StepState.STOPPING:
                 # Its stop command may have gone out before the workload existed: send it again.
-                from jobs.tasks import enqueue_on_commit, step_stop_task
-
-                enqueue_on_commit(step_stop_task, step.pk)
+                enqueue_on_commit(STEP_SEND_STOP, step.pk)
     if not recorded:
         # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
         # another run: what was just created belongs to no live step.
@@ -213,11 +211,9 @@ def _attempt_failed(step: QueueRequest, error: Exception) -> float | None:
 
 
 def _fail_launch(step: QueueRequest, reason: str) -> None:
-    if step.transition(StepState.FAILED, from_states=[StepState.LAUNCHING], in_run=step.run, message=f"Launch failed ({reason})"):
+    if step_transition(step, StepState.FAILED, from_states=[StepState.LAUNCHING], in_run=step.run, message=f"Launch failed ({reason})"):
         logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": reason})
-        from jobs.tasks import enqueue, queue_advance
-
-        enqueue(queue_advance, step.queue_id)
+        enqueue(QUEUE_ADVANCE, step.queue_id)
 
 
 def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = None) -> None:
@@ -242,7 +238,7 @@ def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = Non
     launcher.discard(step)
 
 
-def step_stop_now(step_pk: int) -> None:
+def step_send_stop(step_pk: int) -> None:
     """First half of a stop: the graceful command. The forced end comes from reconcile after the grace period."""
     step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
     if step is None or step.state != StepState.STOPPING:
@@ -330,9 +326,7 @@ def _resend_launch(step: QueueRequest, now) -> bool:
         pk=step.pk, state=StepState.LAUNCHING, run=step.run, next_launch_at=step.next_launch_at
     ).update(next_launch_at=now + attempt_deadline())
     if moved:
-        from jobs.tasks import enqueue, step_launch
-
-        enqueue(step_launch, step.pk)
+        enqueue(STEP_LAUNCH, step.pk)
     return bool(moved)
 
 
@@ -359,7 +353,7 @@ def apply_observation(step: QueueRequest, observation: Observation, *, launcher,
                 logger.warning("forced stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
         return False
     if phase == Phase.RUNNING and step.state == StepState.PENDING:
-        return step.transition(StepState.RUNNING, from_states=[StepState.PENDING], started_at=step.started_at or now, message=reason)
+        return step_transition(step, StepState.RUNNING, from_states=[StepState.PENDING], started_at=step.started_at or now, message=reason)
     if phase in (Phase.PENDING, Phase.RUNNING):
         # Surface what the cluster says (ImagePullBackOff, CrashLoopBackOff, Unschedulable …).
         if reason and reason != step.message:
@@ -378,7 +372,7 @@ def _end(step: QueueRequest, to: str, message: str, launcher) -> bool:
     logs = _safe_logs(step, launcher)
     # Compare-and-set against the state this decision was made from: if a stop (or telemetry) moved
     # the step since reconcile read it, the next pass decides again from the fresh state.
-    changed = step.transition(to, from_states=[step.state], message=message, **({"logs": logs} if logs else {}))
+    changed = step_transition(step, to, from_states=[step.state], message=message, **({"logs": logs} if logs else {}))
     if changed:
         logger.info("step ended", extra={"queue_id": step.queue.queue_id, "step": step.name, "state": to})
     return changed
@@ -403,8 +397,4 @@ def _capture_logs() -> None:
 
 
 def _observe_reconcile(seconds: float) -> None:
-    try:
-        from ops.metrics import observe_reconcile
-    except ImportError:
-        return
-    observe_reconcile(seconds)
+    reconcile_finished.send(sender=reconcile, seconds=seconds)

@@ -23,6 +23,9 @@ import psycopg
 from django.db import DataError, connection, transaction
 from django.utils import timezone
 
+from jobs.announce import QUEUE_ADVANCE, enqueue_on_commit
+from jobs.services import step_transition
+from jobs.signals import telemetry_counted
 from jobs.telemetry_input import STATUSES, Event, InvalidEvent, canonical, event_key, normalize  # noqa: F401 (API)
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 from queues.signals import telemetry_ingested
@@ -224,8 +227,8 @@ def _apply_state(step: QueueRequest, event: Event) -> bool:
     if event.status in PROGRESS_STATUSES:
         step.reported_status = event.status  # e.g. a pod run again after an eviction reports `started`
         if state in (StepState.LAUNCHING, StepState.PENDING):
-            return step.transition(
-                StepState.RUNNING, from_states=[StepState.LAUNCHING, StepState.PENDING],
+            return step_transition(
+                step, StepState.RUNNING, from_states=[StepState.LAUNCHING, StepState.PENDING],
                 started_at=step.started_at or now, message="",
             )
         if state == StepState.STOPPING and step.started_at is None:
@@ -243,7 +246,7 @@ def _apply_state(step: QueueRequest, event: Event) -> bool:
     to, message = _final_state(step, event)
     if to is None:
         return False
-    return step.transition(to, from_states=StepState.LAUNCHED, message=message, started_at=step.started_at or now)
+    return step_transition(step, to, from_states=StepState.LAUNCHED, message=message, started_at=step.started_at or now)
 
 
 def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
@@ -266,17 +269,11 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
 
 def _count(new) -> None:
     """Telemetry counters by status and target, once per batch (whatever the source)."""
-    try:
-        from ops.metrics import count_telemetry
-    except ImportError:
-        return
     groups = Counter((event.status, event.producer.split("__", 1)[0]) for event, _ in new)
     for (status, target), amount in groups.items():
-        count_telemetry(status, target, amount)
+        telemetry_counted.send(sender=ingest_events, status=status, target=target, count=amount)
 
 
 def _after_state_changes(queue_pks: set[int]) -> None:
-    from jobs.tasks import enqueue_on_commit, queue_advance
-
     for pk in queue_pks:
-        enqueue_on_commit(queue_advance, pk)
+        enqueue_on_commit(QUEUE_ADVANCE, pk)

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from jobs.credentials import StepCredential, step_credential_read
 from jobs.launchers import LaunchError, get_launcher
 from jobs.telemetry import ingest_events
-from queues import services
+from jobs import services
 from queues.api.filters import EventFilter
 from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
 from queues.api.serializers import StepSerializer

@@ -29,7 +29,7 @@ from kafkabus.events import parse
 from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError
 from queues.models import Queue
-from queues.services import QueueConflict, queue_create, queue_stop, step_stop
+from jobs.services import QueueConflict, queue_create, queue_stop, step_stop
 
 logger = logging.getLogger(__name__)
 

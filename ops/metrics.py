@@ -19,10 +19,8 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import defaultdict
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -160,16 +158,6 @@ def observe_stop(seconds: float) -> None:
 
 def observe_reconcile(seconds: float) -> None:
     RECONCILE_SECONDS.observe(max(seconds, 0.0))
-
-
-@contextmanager
-def reconcile_timer() -> Iterator[None]:
-    """`with reconcile_timer(): ...` records the block's duration (also when it raises)."""
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        observe_reconcile(time.monotonic() - started)
 
 
 def set_consumer_lag(topic: str, lag: float) -> None:

@@ -5,6 +5,9 @@
 - step_state_changed         → launch latency (launched_at → running) and stop latency
                                (stop_requested_at → terminal)
 All are recorded when the transaction commits, so a rolled-back change is never counted.
+
+The apps that do the work declare their own signals (jobs/signals.py, kafkabus/signals.py,
+consumers/signals.py) and never import ops: it listens, nobody calls it.
 """
 from __future__ import annotations
 
@@ -48,10 +51,21 @@ def on_step_state_changed(sender, step, previous, state, **kwargs) -> None:
         transaction.on_commit(lambda: metrics.observe_stop(seconds))
 
 
+def on_reconcile_finished(sender, seconds, **kwargs) -> None:
+    metrics.observe_reconcile(seconds)
+
+
+def on_telemetry_counted(sender, status, target, count, **kwargs) -> None:
+    metrics.count_telemetry(status, target, count)
+
+
 def connect() -> None:
+    from jobs import signals as jobs_signals
     from queues.models import Queue
     from queues.signals import queue_status_changed, step_state_changed
 
     post_save.connect(on_queue_saved, sender=Queue, dispatch_uid="ops.metrics.queue_saved")
     queue_status_changed.connect(on_queue_status_changed, dispatch_uid="ops.metrics.queue_status")
     step_state_changed.connect(on_step_state_changed, dispatch_uid="ops.metrics.step_state")
+    jobs_signals.reconcile_finished.connect(on_reconcile_finished, dispatch_uid="ops.metrics.reconcile")
+    jobs_signals.telemetry_counted.connect(on_telemetry_counted, dispatch_uid="ops.metrics.telemetry")

@@ -190,7 +190,7 @@ RECONCILE_INTERVAL_SECONDS = env_float("RECONCILE_INTERVAL_SECONDS", 5.0, minimu
 CELERY_BEAT_SCHEDULE = {
     # Level-triggered: compares every launched step with what the launcher sees, whatever events were lost.
     "reconcile": {
-        "task": "jobs.tasks.reconcile",
+        "task": "jobs.tasks.reconcile_task",
         "schedule": RECONCILE_INTERVAL_SECONDS,
         "options": {"expires": RECONCILE_INTERVAL_SECONDS * 2},
     },

@@ -32,7 +32,6 @@ class StepState(models.TextChoices):
 
 
 # Grouped constants: where a step is in its life.
-StepState.NOT_STARTED = (StepState.WAITING,)
 StepState.LAUNCHED = (StepState.LAUNCHING, StepState.PENDING, StepState.RUNNING, StepState.STOPPING)
 StepState.TERMINAL = (StepState.SUCCEEDED, StepState.FAILED, StepState.STOPPED, StepState.LOST)
 StepState.FAILED_STATES = (StepState.FAILED, StepState.LOST)
@@ -220,8 +219,8 @@ class QueueRequest(models.Model):
         """Compare-and-set state change; returns False if another actor moved the step first.
 
         `in_run` also requires the step to still be in that run (a retry since makes it a no-op).
-        A step that ends failed, stopped or lost from a launched state gets its workload deleted
-        once this commits (jobs.scheduler.step_discard), whoever ended it (telemetry, reconcile, a launch).
+        The orchestration changes state through `jobs.services.step_transition`, which also
+        removes the workload of a step that ended (the domain knows nothing of workloads).
         """
         allowed = from_states if from_states is not None else [s for s in StepState.values if s != to]
         now = timezone.now()
@@ -240,10 +239,6 @@ class QueueRequest(models.Model):
                 from queues.signals import step_state_changed
 
                 step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
-                if to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
-                    from jobs.tasks import enqueue_on_commit, step_discard_task
-
-                    enqueue_on_commit(step_discard_task, self.pk, self.job_name)
         return changed
 
     def reads(self) -> list[str]:

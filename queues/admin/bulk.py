@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from queues import services
+from jobs import services
 from queues.admin.live import queue_can_stop
 from queues.models import QueueRequest, StepState
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from queues import services
+from jobs import services
 from queues.admin.live import queue_can_retry, queue_can_stop, queue_live, step_can_stop  # noqa: F401 (used by pages)
 from queues.models import Queue, QueueRequest, StepState
 

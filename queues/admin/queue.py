@@ -12,7 +12,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from queues import services
+from jobs import services
 from queues.admin import bulk, controls, display, listing, live
 from queues.admin.start import start_queue_view
 from queues.models import Queue, QueueRequest, StepDependency, StepState

@@ -12,7 +12,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from queues import services
+from jobs import services
 from queues.contract import PayloadError
 from queues.forms import StartQueueForm
 from queues.pipeline_templates import TEMPLATES, template_payload

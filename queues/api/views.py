@@ -1,4 +1,4 @@
-"""REST API views: thin wrappers that parse, check permissions and delegate to queues.services.
+"""REST API views: thin wrappers that parse, check permissions and delegate to jobs.services.
 
 Orchestration routes (retry, per-step stop, events, logs, manifests) are added as @action
 methods on QueueViewSet; give each `required_permission=` in the decorator, e.g.
@@ -13,7 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from queues import services
+from jobs import services
 from queues.api import schema
 from queues.api.filters import QueueFilter
 from queues.api.parsers import JSONParser

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from jobs.launchers import get_launcher
 from jobs.telemetry import ingest_events
-from queues import services
+from jobs import services
 from queues.models import Queue, QueueRequest, StepState
 from tests.queues.factories import payload
 

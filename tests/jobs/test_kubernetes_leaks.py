@@ -13,7 +13,7 @@ from django.utils import timezone
 from jobs import scheduler
 from jobs.telemetry import ingest_events
 from queues.models import QueueRequest, StepState
-from queues.services import step_stop
+from jobs.services import step_stop
 from tests.jobs.helpers import put
 from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline, start, step, tick  # noqa: F401
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.django_db
 def discard_inline(monkeypatch):
     """Run the discard task the moment it is sent (the Celery worker's part)."""
     monkeypatch.setattr("jobs.tasks.step_discard_task.delay", lambda pk, name: scheduler.step_discard(pk, job_name=name))
-    monkeypatch.setattr("jobs.tasks.step_stop_task.delay", lambda pk: scheduler.step_stop_now(pk))
-    monkeypatch.setattr("jobs.tasks.queue_advance.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.step_send_stop_task.delay", lambda pk: scheduler.step_send_stop(pk))
+    monkeypatch.setattr("jobs.tasks.queue_advance_task.delay", lambda pk: None)
 
 
 def _launch_with(monkeypatch, during):

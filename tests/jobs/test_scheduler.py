@@ -308,7 +308,7 @@ def test_it_relaunches_a_step_stuck_in_launching(queue, settings, monkeypatch):
     launcher = FakeLauncher()
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
     sent: list[int] = []
-    monkeypatch.setattr("jobs.tasks.step_launch.delay", lambda pk: sent.append(pk))
+    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: sent.append(pk))
     stuck = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
     fresh = _put(queue, CONN_T, StepState.LAUNCHING, state_changed_at=_ago(2))
     summary = scheduler.reconcile()
@@ -415,15 +415,15 @@ class LaunchingLauncher(FakeLauncher):
 def fake(monkeypatch):
     launcher = LaunchingLauncher()
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
-    monkeypatch.setattr("jobs.tasks.step_launch.delay", lambda pk: None)
-    monkeypatch.setattr("jobs.tasks.step_stop_task.delay", lambda pk: None)
-    monkeypatch.setattr("jobs.tasks.queue_advance.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.step_send_stop_task.delay", lambda pk: None)
+    monkeypatch.setattr("jobs.tasks.queue_advance_task.delay", lambda pk: None)
     monkeypatch.setattr("jobs.tasks.step_discard_task.delay", lambda pk, name: scheduler.step_discard(pk, job_name=name))
     return launcher
 
 
 def _stop_and_reconcile(queue, key):
-    from queues.services import step_stop
+    from jobs.services import step_stop
 
     def during(step):
         step_stop(step=_s(queue, key))
@@ -467,7 +467,7 @@ def test_it_removes_what_a_launch_created_after_the_step_ended(queue, fake, sett
 
 def test_it_removes_what_a_late_launch_created_for_an_earlier_run(queue, fake):
     """Issue #10 §2 "Stop racing a launch": run 1's launch returns after a retry started run 2."""
-    from queues.services import queue_retry
+    from jobs.services import queue_retry
 
     step = _put(queue, CONN_C, StepState.LAUNCHING)
     first_job = step.job_name
@@ -489,7 +489,7 @@ def test_it_removes_what_a_late_launch_created_for_an_earlier_run(queue, fake):
 
 def test_it_writes_the_queue_status_from_the_locked_row_after_a_launch(queue, fake):
     """Issue #10 §2 "Queue status": a stop landing during a launch must not flap the queue to running."""
-    from queues.services import queue_stop
+    from jobs.services import queue_stop
 
     step = _put(queue, CONN_C, StepState.LAUNCHING)
     fake.during = lambda step_: queue_stop(queue=Queue.objects.get(pk=queue.pk))
@@ -509,14 +509,14 @@ def test_it_writes_the_queue_status_from_the_locked_row_after_a_launch(queue, fa
 ], ids=["client-error", "timeout", "soft-time-limit", "transient-launch-error"])
 def test_it_fails_the_step_once_any_launch_error_spent_the_budget(queue, fake, settings, error):
     """Issue #10 §2 "Launch budget": any exception counts; once spent, the step fails with the reason."""
-    from jobs.tasks import step_launch
+    from jobs.tasks import step_launch_task
 
     settings.LAUNCH_MAX_ATTEMPTS = 3
     settings.LAUNCH_RETRY_BACKOFF_SECONDS = 0
     fake.error = error
     step = _put(queue, CONN_C, StepState.LAUNCHING)
 
-    step_launch.apply(args=[step.pk])  # eager: the task's retries run in line
+    step_launch_task.apply(args=[step.pk])  # eager: the task's retries run in line
 
     step.refresh_from_db()
     assert step.state == StepState.FAILED
@@ -526,13 +526,13 @@ def test_it_fails_the_step_once_any_launch_error_spent_the_budget(queue, fake, s
 
 def test_it_keeps_one_budget_across_a_resent_launch(queue, fake, settings):
     """Issue #10 §2 "Launch budget": a launch re-sent by reconcile continues the spent budget."""
-    from jobs.tasks import step_launch
+    from jobs.tasks import step_launch_task
 
     settings.LAUNCH_MAX_ATTEMPTS = 5
     step = _put(queue, CONN_C, StepState.LAUNCHING, launch_attempts=5,
                 message="Launch attempt 5 of 5 failed: read timed out")  # fmt: skip
 
-    step_launch.apply(args=[step.pk])
+    step_launch_task.apply(args=[step.pk])
 
     step.refresh_from_db()
     assert fake.created == []
@@ -544,7 +544,7 @@ def test_it_does_not_resend_a_launch_that_is_backing_off(queue, fake, settings, 
     settings.LAUNCH_STUCK_SECONDS = 30
     settings.LAUNCH_RETRY_BACKOFF_SECONDS = 60
     sent: list[int] = []
-    monkeypatch.setattr("jobs.tasks.step_launch.delay", lambda pk: sent.append(pk))
+    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: sent.append(pk))
     step = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
     fake.error = LaunchError("HTTP 503")
     with pytest.raises(Exception):  # the task retries it after the backoff
@@ -579,7 +579,7 @@ def test_it_kills_a_local_process_started_after_a_stop_ended_its_step(queue, tmp
     import time as time_
 
     from jobs.launchers.local import LocalLauncher, _alive, _read_json
-    from queues.services import step_stop
+    from jobs.services import step_stop
 
     class RacingLocal(LocalLauncher):
         def launch(self, step_):
@@ -591,7 +591,7 @@ def test_it_kills_a_local_process_started_after_a_stop_ended_its_step(queue, tmp
 
     launcher = RacingLocal(tmp_path, [sys.executable, "-c", "import time; time.sleep(120)"])
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
-    for task in ("step_launch", "step_stop_task", "queue_advance", "step_discard_task"):
+    for task in ("step_launch_task", "step_send_stop_task", "queue_advance_task", "step_discard_task"):
         monkeypatch.setattr(f"jobs.tasks.{task}.delay", lambda *args: None)
     step = _put(queue, CONN_C, StepState.LAUNCHING)
 

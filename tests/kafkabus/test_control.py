@@ -80,7 +80,7 @@ def test_it_acts_once_on_a_command_redelivered_after_a_restart(kafka_topics, his
 
 
 def test_it_stops_a_queue_and_one_step(kafka_topics, historical_payload):
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     queue, _ = queue_create(payload=historical_payload, queue_id="to-stop-1", source="api")
     other, _ = queue_create(payload=historical_payload, queue_id="to-stop-2", source="api")
@@ -108,7 +108,7 @@ def test_it_stops_a_queue_and_one_step(kafka_topics, historical_payload):
 
 def test_it_does_not_act_on_its_own_stop_commands(kafka_topics, historical_payload):
     from kafkabus.publisher import publish_stop
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     queue, _ = queue_create(payload=historical_payload, queue_id="own-stop", source="api")
     step = queue.steps.order_by("position").first()

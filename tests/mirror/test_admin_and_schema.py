@@ -3,7 +3,7 @@ import pytest
 
 from mirror import arango
 from mirror.sync import mirror_drain
-from queues.services import queue_create
+from jobs.services import queue_create
 
 pytestmark = pytest.mark.django_db
 

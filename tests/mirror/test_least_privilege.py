@@ -7,7 +7,7 @@ from mirror.arango import MirrorMisconfigured
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain
 from ops import health
-from queues.services import queue_create
+from jobs.services import queue_create
 from tests.emulators.contract import grant_user
 
 from .helpers import assert_mirror_matches_postgres

@@ -4,7 +4,7 @@ import pytest
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from queues.services import queue_create, queue_refresh_status
+from jobs.services import queue_create, queue_refresh_status
 
 from .helpers import assert_mirror_matches_postgres
 

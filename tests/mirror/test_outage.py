@@ -7,7 +7,7 @@ from mirror.models import MirrorOutbox, MirrorState
 from mirror.sync import mirror_drain
 from mirror.tasks import mirror_sync
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from queues.services import queue_create, queue_refresh_status
+from jobs.services import queue_create, queue_refresh_status
 
 from .helpers import assert_mirror_matches_postgres
 

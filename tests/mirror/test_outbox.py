@@ -5,7 +5,7 @@ from django.db import transaction
 from mirror import outbox
 from mirror.models import MirrorOutbox
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
-from queues.services import queue_create, queue_refresh_status
+from jobs.services import queue_create, queue_refresh_status
 
 pytestmark = pytest.mark.django_db
 

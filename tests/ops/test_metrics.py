@@ -95,7 +95,7 @@ def test_it_keeps_label_values_bounded():
 @pytest.mark.django_db
 def test_it_counts_steps_by_state_from_the_database(client, historical_payload):
     from queues.models import QueueRequest, StepState
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     queue, _ = queue_create(payload=historical_payload)
     first = queue.steps.order_by("position").first()
@@ -113,7 +113,7 @@ def test_it_counts_steps_by_state_from_the_database(client, historical_payload):
 @pytest.mark.django_db
 def test_it_counts_queues_started_and_finished_from_signals(historical_payload, django_capture_on_commit_callbacks):
     from queues.models import StepState
-    from queues.services import queue_create, queue_refresh_status
+    from jobs.services import queue_create, queue_refresh_status
 
     started = value("streamforge_queues_started_total", source="kafka")
     finished = value("streamforge_queues_finished_total", outcome="succeeded")
@@ -138,7 +138,7 @@ def test_it_observes_launch_and_stop_latency_from_step_transitions(
     historical_payload, django_capture_on_commit_callbacks
 ):
     from queues.models import StepState
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     queue, _ = queue_create(payload=historical_payload)
     step = queue.steps.order_by("position").first()
@@ -158,10 +158,12 @@ def test_it_observes_launch_and_stop_latency_from_step_transitions(
     assert value("streamforge_step_stop_seconds_count") == stops + 1
 
 
-def test_it_times_a_reconcile_block_even_when_it_raises():
+def test_it_times_a_reconcile_pass_the_scheduler_announces():
+    """Issue #11 (layering): the scheduler sends jobs.signals.reconcile_finished; ops records it."""
+    from jobs.signals import reconcile_finished
+
     before = value("streamforge_reconcile_seconds_count")
-    with pytest.raises(RuntimeError), metrics.reconcile_timer():
-        raise RuntimeError("boom")
+    reconcile_finished.send(sender=None, seconds=0.25)
     assert value("streamforge_reconcile_seconds_count") == before + 1
 
 

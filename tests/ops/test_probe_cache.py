@@ -68,7 +68,7 @@ def test_it_runs_the_metrics_aggregates_once_for_a_flood_of_scrapes(client, sett
 @pytest.mark.django_db
 def test_it_reads_the_metrics_again_once_the_interval_has_passed(client, settings, clock, fresh_caches, historical_payload):
     """Issue #10 §5 (/metrics cached): the cache lasts OPS_CACHE_SECONDS, then the state is read afresh."""
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     settings.OPS_CACHE_SECONDS = 5
     before = client.get("/metrics").content

@@ -32,7 +32,7 @@ def payload(name: str = "historical-pipeline", **changes) -> dict:
 
 def make_queue(name: str = "historical-pipeline", *, user=None, queue_id: str | None = None, source: str = "api", **changes):
     """A queue created through services.queue_create, as the API and admin do."""
-    from queues.services import queue_create
+    from jobs.services import queue_create
 
     queue, _ = queue_create(payload=payload(name, **changes), queue_id=queue_id, user=user, source=source)
     return queue

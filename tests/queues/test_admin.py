@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from queues.models import Queue, QueueStatus
-from queues.services import queue_create
+from jobs.services import queue_create
 from tests.queues.factories import UserFactory, make_queue, payload
 
 pytestmark = pytest.mark.django_db

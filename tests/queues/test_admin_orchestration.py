@@ -5,7 +5,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from queues import services
+from jobs import services
 from queues.models import Queue, QueueRequest, QueueStatus, StepState, TelemetryEvent
 from tests.queues.factories import UserFactory, payload
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs.launchers import get_launcher
-from queues import services
+from jobs import services
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 from tests.queues.factories import payload
 

@@ -1,6 +1,6 @@
-"""Queue workflows (queues/services.py) and the state rules of queues/models.py.
+"""Queue workflows (jobs/services.py) and the state rules of queues/models.py.
 
-queue_stop, step_stop, request_step_stop, queue_retry, queue_refresh_status; Queue.derive_status;
+queue_stop, step_stop, step_mark_stopping, queue_retry, queue_refresh_status; Queue.derive_status;
 QueueRequest.transition. DB-level: on_commit callbacks are captured, never executed.
 """
 from __future__ import annotations
@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from queues import naming, services
+from jobs import services
+from queues import naming
 from queues.models import Queue, QueueRequest, QueueStatus, StepState
 from queues.signals import step_state_changed
 from tests.queues.factories import UserFactory, make_queue
@@ -93,7 +94,7 @@ def test_it_changes_state_only_from_the_allowed_states():
     assert received == [(W, L), (L, F)]
 
 
-# --- queue_stop / step_stop / request_step_stop -------------------------------------------------
+# --- queue_stop / step_stop / step_mark_stopping ------------------------------------------------
 
 
 def test_it_stops_a_queue_cancelling_waiting_and_stopping_launched_steps(django_capture_on_commit_callbacks):
@@ -114,7 +115,7 @@ def test_it_stops_a_queue_cancelling_waiting_and_stopping_launched_steps(django_
     for position in (1, 4, 5):
         step = _at(queue, position)
         assert step.state == T and step.message.startswith("Cancelled")
-    assert len(_tasks(callbacks)) == 3  # a step_stop_task for each launched step, and the queue_advance
+    assert len(_tasks(callbacks)) == 3  # a step_send_stop_task for each launched step, and the queue_advance
 
 
 def test_it_stops_a_queue_only_once(django_capture_on_commit_callbacks):
@@ -163,12 +164,12 @@ def test_it_marks_a_drain_stop_and_leaves_a_stopping_step_alone(django_capture_o
     queue = make_queue(queue_id="drain-q")
     step = _put(_at(queue, 2), R)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.request_step_stop(step, reason="Drained: wrote 5 of 5 records.", drain=True)
+        services.step_mark_stopping(step=step, reason="Drained: wrote 5 of 5 records.", drain=True)
     step.refresh_from_db()
     assert step.state == X and step.drain_requested_at is not None and len(callbacks) == 1
     first = step.stop_requested_at
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        services.request_step_stop(step, reason="again")
+        services.step_mark_stopping(step=step, reason="again")
     step.refresh_from_db()
     assert callbacks == [] and step.stop_requested_at == first and step.message.startswith("Drained")
 

@@ -1,7 +1,8 @@
 """Queue workflows shared by the API, the admin and the Kafka consumer.
 
 Keyword-only functions named `<entity>_<action>`. They validate, write the database in one
-transaction and hand execution to Celery on commit; they never call the cluster themselves.
+transaction and announce execution to Celery on commit (jobs/announce.py); they never call the
+cluster themselves.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import logging
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from jobs.announce import QUEUE_ADVANCE, STEP_DISCARD, STEP_SEND_STOP, enqueue_on_commit
 from queues import naming
 from queues.contract import PipelineSpec, canonical_json, parse_payload
 from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState
+from queues.signals import queue_status_changed
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +26,6 @@ class QueueConflict(Exception):
     def __init__(self, queue_id: str):
         super().__init__(f"Queue {queue_id!r} already exists with a different payload.")
         self.queue_id = queue_id
-
-
-class StepNotFound(Exception):
-    pass
 
 
 def queue_create(*, payload: dict, queue_id: str | None = None, user=None, source: str = "api") -> tuple[Queue, bool]:
@@ -131,7 +130,7 @@ def queue_stop(*, queue: Queue, user=None, reason: str = "") -> Queue:
         queue.message = reason or f"Stop requested by {who}."
         queue.save(update_fields=["stop_requested_at", "message", "updated_at"])
         for step in queue.steps.exclude(state__in=StepState.TERMINAL):
-            request_step_stop(step, reason=queue.message)
+            step_mark_stopping(step=step, reason=queue.message)
         queue_refresh_status(queue=queue)
     logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})
     _advance_on_commit(queue)
@@ -145,27 +144,41 @@ def step_stop(*, step: QueueRequest, user=None, reason: str = "") -> QueueReques
         Queue.objects.lock(step.queue_id)  # queue first, then its steps: the one lock order
         step = QueueRequest.objects.select_related("queue").get(pk=step.pk)
         if not step.is_terminal and not step.stop_requested_at:
-            request_step_stop(step, reason=reason or f"Stop requested by {who}.")
+            step_mark_stopping(step=step, reason=reason or f"Stop requested by {who}.")
             queue_refresh_status(queue=step.queue)
     _advance_on_commit(step.queue)
     return step
 
 
-def request_step_stop(step: QueueRequest, *, reason: str, drain: bool = False) -> None:
-    """Cancel a waiting step, or move a launched one to `stopping` and send it the stop command.
+def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False) -> None:
+    """The state half of `step_stop`, for a caller that holds the queue's lock: cancel a waiting
+    step, or move a launched one to `stopping` and announce `step_send_stop` (the command).
 
     `drain` marks a consumer stopped because its producers are done: its end counts as success.
     """
     now = timezone.now()
     if step.state == StepState.WAITING:
-        step.transition(StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}", stop_requested_at=now)
+        step_transition(step, StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}", stop_requested_at=now)
         return
     if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING:
         extra = {"drain_requested_at": now} if drain else {}
-        step.transition(StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now, **extra)
-        from jobs.tasks import enqueue_on_commit, step_stop_task
+        step_transition(step, StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now, **extra)
+        enqueue_on_commit(STEP_SEND_STOP, step.pk)
 
-        enqueue_on_commit(step_stop_task, step.pk)
+
+def step_transition(step: QueueRequest, to: str, **kwargs) -> bool:
+    """`QueueRequest.transition` plus what the orchestration owes a step that ended.
+
+    A step that ends failed, stopped or lost from a launched state gets its workload deleted once
+    this commits (scheduler.step_discard), whoever ended it (telemetry, reconcile, a launch): a
+    failed Job would be rerun and a streaming one would run forever. Every orchestration caller
+    changes state through here; the domain model knows nothing of workloads.
+    """
+    previous = step.state
+    changed = step.transition(to, **kwargs)
+    if changed and to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
+        enqueue_on_commit(STEP_DISCARD, step.pk, step.job_name)
+    return changed
 
 
 def queue_retry(*, queue: Queue, user=None) -> int:
@@ -177,7 +190,8 @@ def queue_retry(*, queue: Queue, user=None) -> int:
         count = 0
         for step in queue.steps.filter(state__in=StepState.RETRYABLE):
             run = step.run + 1
-            count += step.transition(
+            count += step_transition(
+                step,
                 StepState.WAITING,
                 from_states=StepState.RETRYABLE,
                 message=f"Retry requested by {getattr(user, 'username', None) or 'system'}.",
@@ -228,13 +242,9 @@ def queue_refresh_status(*, queue: Queue) -> str:
         for key in ("status", "started_at", "finished_at", "stop_requested_at", "message"):
             setattr(queue, key, fields.get(key, getattr(locked, key)))
         if changed and locked.status != status:
-            from queues.signals import queue_status_changed
-
             queue_status_changed.send(sender=Queue, queue=queue, previous=locked.status, status=status)
     return status
 
 
 def _advance_on_commit(queue: Queue) -> None:
-    from jobs.tasks import enqueue_on_commit, queue_advance
-
-    enqueue_on_commit(queue_advance, queue.pk)
+    enqueue_on_commit(QUEUE_ADVANCE, queue.pk)
