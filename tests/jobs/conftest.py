@@ -1,35 +1,33 @@
-"""Kubernetes fixtures: the emulated API server by default, a real cluster when KUBECONFIG is set.
+"""Kubernetes fixtures: the emulated API server by default, a real cluster when K8S_CONTRACT_KUBECONFIG is set.
 
-Tests that need to play the Job controller (move pods through phases, inject faults) take the
-`controller` or `emulator` fixture, which skips them on a real cluster.
+The launcher acts as the deploy service account (deploy/rbac.yaml, applied in the test namespace), on
+the emulator as on a real cluster, so every launcher test also proves the Role is enough. `kube.api_client`
+is the admin, for setting up and inspecting. Tests that need to play the Job controller (move pods through
+phases, inject faults) take the `controller` or `emulator` fixture, which skips them on a real cluster.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import kubernetes
 import pytest
 
 from tests.emulators.kube import JobController, KubeCluster
+from tests.emulators.kube_contract import kube_target
 
 
 @dataclass
 class Kube:
-    api_client: kubernetes.client.ApiClient
+    api_client: kubernetes.client.ApiClient  # admin: set-up and inspection
     namespace: str
     emulator: KubeCluster | None = None
+    manager_client: kubernetes.client.ApiClient | None = None  # the deploy service account
 
 
-@pytest.fixture
-def kube():
-    if os.environ.get("KUBECONFIG"):
-        api_client = kubernetes.config.new_client_from_config(config_file=os.environ["KUBECONFIG"])
-        yield Kube(api_client, os.environ.get("K8S_TEST_NAMESPACE", "default"))
-        api_client.close()
-        return
-    with KubeCluster() as cluster:
-        yield Kube(cluster.api_client(), "default", cluster)
+@pytest.fixture(params=["emulator", "real"])
+def kube(request):
+    with kube_target(request.param) as target:
+        yield Kube(target.admin, target.namespace, target.emulator, target.api_client)
 
 
 @pytest.fixture
@@ -62,7 +60,7 @@ def k8s_settings(settings, kube):
 def launcher(kube, k8s_settings):
     from jobs.launchers.kubernetes import KubernetesLauncher
 
-    launcher = KubernetesLauncher(kube.api_client, namespace=kube.namespace, backoff=0.01, max_delay=0.05)
+    launcher = KubernetesLauncher(kube.manager_client, namespace=kube.namespace, backoff=0.01, max_delay=0.05)
     yield launcher
     if kube.emulator is None:  # leave a real cluster as we found it
         for job in launcher.list_labelled("jobs"):

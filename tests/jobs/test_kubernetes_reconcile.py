@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from jobs import k8s_reconcile
 from jobs.launchers.base import Phase
 from jobs.manifests import job_manifest
@@ -166,3 +168,31 @@ def test_it_keeps_an_earlier_runs_job_of_a_retried_step_and_force_stop_removes_e
     assert snapshot.jobs[step.job_name]["metadata"]["labels"]["streamforge.io/run"] == "2"
     launcher.stop(step, force=True)
     assert k8s_reconcile.cluster_snapshot(launcher).jobs == {}
+
+
+def test_a_job_that_failed_on_1_31_is_not_a_leftover_to_delete(launcher, kube, historical_queue, settings):
+    """Issue #13 "Job conditions as the real controller sets them (1.31)": FailureTarget comes before
+    Failed; such a Job has ended and waits for its TTL (its pods keep the logs) — it is not deleted
+    as the running Job of an ended step."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from queues.models import StepState
+    from tests.jobs.helpers import put
+
+    if kube.emulator is None:
+        pytest.skip("needs the emulated cluster (plays the 1.31 Job controller)")
+    kube.emulator.version = (1, 31)
+    controller = JobController(kube.emulator, kube.namespace)
+    step = steps_of(historical_queue)[0]
+    launcher.launch(step)
+    controller.mark_running(step.job_name)
+    failed = controller.mark_failed(step.job_name)
+    assert [c["type"] for c in failed["status"]["conditions"]] == ["FailureTarget"]
+    settings.STOP_GRACE_SECONDS = 30
+    put(step, StepState.FAILED, finished_at=timezone.now() - timedelta(minutes=5))
+
+    snapshot = k8s_reconcile.cluster_snapshot(launcher)
+
+    assert k8s_reconcile.find_leftovers(snapshot) == []
