@@ -18,9 +18,11 @@ from tests.helpers import wait_until
 
 
 @pytest.fixture
-def k8s_pipeline(settings, k8s_settings, emulator, controller):
+def k8s_pipeline(settings, k8s_settings, emulator, controller, kube):
     settings.JOB_LAUNCHER = "kubernetes"
-    settings.K8S_API_URL, settings.K8S_API_TOKEN, settings.KUBECONFIG = emulator.url, emulator.token, None
+    # The deploy service account's token (deploy/rbac.yaml): the whole pipeline runs within that Role.
+    token = kube.manager_client.configuration.api_key["authorization"]
+    settings.K8S_API_URL, settings.K8S_API_TOKEN, settings.KUBECONFIG = emulator.url, token, None
     settings.KAFKA_ENABLED = False
     settings.FAILURE_POLICY = "stop_queue"
     build_launcher.cache_clear()
