@@ -64,7 +64,7 @@ def test_the_checker_derives_queue_status_from_steps():
 
 
 def test_the_checker_finds_a_missing_and_a_wrong_dead_letter(kafka_server):
-    """Invariant 5: an invalid message with no dead letter, and a valid one dead-lettered, are both reported."""
+    """Invariant 5: an invalid message with no dead letter, a valid one dead-lettered, a letter without reason."""
     topic = f"chaos-check-{uuid.uuid4().hex[:8]}"
     client = Client(kafka_server.bootstrap)
     client.ensure_topics([topic + "-dlq"])
@@ -73,10 +73,14 @@ def test_the_checker_finds_a_missing_and_a_wrong_dead_letter(kafka_server):
     ledger = Ledger(event_keys={"valid-1": "valid", "invalid-1": "invalid"})
     ctx = Context("", None, client, "unused", topic, 1, 1)
     found = check_dead_letters(ctx, ledger)
-    assert len(found) == 2 and "valid messages dead-lettered" in found[0] and "not dead-lettered" in found[1]
+    assert len(found) == 3, found
+    assert "1 valid messages dead-lettered" in found[0]
+    assert "1 invalid messages not dead-lettered, e.g. ['invalid-1']" in found[1]
+    assert "1 dead letters without a reason" in found[2]
 
 
-def test_the_checker_finds_a_workload_without_a_step(tmp_path, postgres_server, django_db_setup):
+@pytest.mark.django_db
+def test_the_checker_finds_a_workload_without_a_step(tmp_path, postgres_server):
     """Invariant 2: a live step process that no step owns is reported (found through /proc, not pid files)."""
     import psycopg
 
@@ -85,9 +89,9 @@ def test_the_checker_finds_a_workload_without_a_step(tmp_path, postgres_server, 
     env = {**os.environ, "MANAGER_TELEMETRY_TOKEN_FILE": str(steps_dir / "ghost-job" / "token")}
     ghost = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], env=env, start_new_session=True)
     try:
-        from django.conf import settings
+        from django.db import connection
 
-        url = postgres_server.url.rsplit("/", 1)[0] + "/" + settings.DATABASES["default"]["NAME"]
+        url = postgres_server.url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]  # the test database
         ctx = Context(url, steps_dir, None, "", "", 1, 1)
         with psycopg.connect(url, autocommit=True) as db:
             found = check_local_workloads(db, ctx)
