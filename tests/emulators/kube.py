@@ -6,12 +6,20 @@
         JobController(cluster).mark_succeeded("my-job")
 
 Serves batch/v1 Jobs, core/v1 Pods and Secrets (namespaced and all-namespaces lists with labelSelector,
-create, get, merge/strategic-merge patch, /status, delete with propagationPolicy, delete-collection,
-pods/log) plus discovery. Watch, fieldSelector, replace and JSON patch are rejected, not ignored.
-No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the
-test thread. A few API-server validations are applied (names, label syntax, Job restartPolicy,
-immutable pod template, Secret data in base64) because real clusters enforce them. Deleting a Job
-also plays the garbage collector for the Secrets it owns (ownerReferences).
+``limit``/``continue`` paging, create, get, merge/strategic-merge patch, /status, delete with
+propagationPolicy, delete-collection, pods/log) plus discovery. Watch, fieldSelector, replace and JSON
+patch are rejected, not ignored. No controllers: ``JobController`` plays the Job controller, kubelet and
+TTL controller from the test thread. A few API-server validations are applied (names, label syntax, Job
+restartPolicy, immutable pod template, Secret data in base64) because real clusters enforce them.
+
+As strict as a real server where the product depends on it (issue #13): deletion is asynchronous
+(Background: the Job at once, its pods and owned Secrets later, each pod terminating first;
+Foreground: the Job stays with the ``foregroundDeletion`` finalizer until its pods are gone; Orphan
+leaves them); continue tokens expire (``expire_continue_tokens`` → 410 Expired); Job conditions
+follow ``version`` (1.31: ``SuccessCriteriaMet``/``FailureTarget`` first); ``sidecars`` make pods of
+several containers, whose logs need the container named; ``tls=True`` serves HTTPS with a throw-away
+CA (``ca_file``); ``bind_rbac("deploy/rbac.yaml")`` gives a token limited to that Role (403
+Forbidden with the real Status), and the admin token may act as a user with ``Impersonate-User``.
 """
 import base64
 import copy
