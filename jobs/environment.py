@@ -41,6 +41,7 @@ def step_environment(step: QueueRequest) -> dict[str, str]:
         "STEP_NAME": step.name,
         "KAFKA_TOPIC": step.kafka_topic,
         "TELEMETRY_PRODUCER_ID": step.telemetry_id,
+        "STEP_RUN": str(step.run),  # sent back as `run` in telemetry, so a retry's events are its own
         "KAFKA_BOOTSTRAP_SERVERS": settings.KAFKA_BOOTSTRAP_SERVERS,
         "QUEUE_CONTROL_TOPIC": settings.QUEUE_CONTROL_TOPIC,
         "QUEUE_EVENTS_TOPIC": settings.QUEUE_EVENTS_TOPIC,

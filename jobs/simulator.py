@@ -125,6 +125,7 @@ class Worker:
             "finished": status == "finished",
             "timestamp": time.time(),
             "seq": self.seq,
+            **({"run": int(self.env["STEP_RUN"])} if self.env.get("STEP_RUN", "").isdigit() else {}),
             **fields,
         }
         self.sink.send(event)

@@ -350,3 +350,11 @@ def test_it_rejects_an_event_of_a_run_that_has_not_started(queue):
     step = put(step_of(queue, LOADER), StepState.RUNNING)
     result = ingest_events([_event(step, "loading", records_written=5, run=2)])
     assert result.accepted == 0 and "run" in result.rejected[0][1]
+
+
+def test_it_tells_each_run_of_a_step_its_number_to_send_back(queue):
+    """Issue #10 §3: workers learn their run from STEP_RUN (Kubernetes Job and local process alike)."""
+    from jobs.environment import step_environment
+
+    step = put(step_of(queue, LOADER), StepState.WAITING, run=2)
+    assert step_environment(step)["STEP_RUN"] == "2"
