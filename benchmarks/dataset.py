@@ -69,6 +69,8 @@ def ensure(scale: Scale, *, log=print) -> Loaded:
     if marker and _counts() == marker[:4]:
         log(f"dataset {scale.key}: reusing {marker[0]} queues, {marker[1]} steps")
         return Loaded(scale, *marker, reused=True, by_status=_by_status())
+    if marker:
+        log(f"dataset {scale.key}: counts {_counts()} differ from the marker's {marker[:4]}: reloading")
     started = time.monotonic()
     _truncate()
     _load(scale, log=log)
@@ -239,6 +241,8 @@ def _load(scale: Scale, *, log) -> None:
     params = connection.get_connection_params()
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(psycopg.connect(**params)) for _ in range(3)]
+        for conn in conns:
+            _skip_row_triggers(conn)
         # The context managers are kept: one collected early would abort its COPY.
         managers = [conn.cursor().copy(f"COPY {model._meta.db_table} ({', '.join(cols)}) FROM STDIN")
                     for conn, model, cols in zip(conns, (m.Queue, m.QueueRequest, m.StepDependency), (qcols, scols, ecols))]
@@ -277,7 +281,7 @@ def _load(scale: Scale, *, log) -> None:
                         row[si[key]] = value
                     row[si["state"]] = states[position]
                     scopy.write_row(row)
-                    if n >= first_telemetry and states[position] != "waiting":
+                    if n >= first_telemetry and step_times[position]["launched_at"] is not None:
                         events.append((queue_pk, step_id, row[si["telemetry_id"]], states[position],
                                        step_times[position]))
                 for prow in erows:
@@ -292,6 +296,7 @@ def _load(scale: Scale, *, log) -> None:
                 conn.commit()
     log(f"dataset: queues, steps, edges copied in {time.monotonic() - t0:.1f} s")
     with psycopg.connect(**params) as conn:
+        _skip_row_triggers(conn)
         _copy_events(conn, m, events, scale.events_per_step, rng)
     with connection.cursor() as cursor:
         for table in _tables():
@@ -299,6 +304,17 @@ def _load(scale: Scale, *, log) -> None:
                            f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
             cursor.execute(f"ANALYZE {table}")
     log(f"dataset: telemetry copied, analysed in {time.monotonic() - t0:.1f} s")
+
+
+def _skip_row_triggers(conn) -> None:
+    """Bulk load without the per-row foreign-key triggers (the generator writes consistent rows, which
+    tests/test_benchmarks.py checks); needs a superuser, which the benchmarks' own server has."""
+    import psycopg
+
+    try:
+        conn.execute("SET session_replication_role = replica")
+    except psycopg.errors.InsufficientPrivilege:
+        conn.rollback()
 
 
 def _history_status(rng: random.Random) -> str:
@@ -398,9 +414,58 @@ def _default(model_field):
 
 
 def remove_bench_queues() -> int:
-    """Delete the queues figures created for themselves (cascades to their steps, edges, events)."""
-    m = targets.models()
-    return m.Queue.objects.filter(queue_id__startswith=BENCH_PREFIX).delete()[0]
+    """Delete the queues figures created for themselves, with their steps, edges and events (SQL: the
+    ORM's cascade would read every row first)."""
+    queue, step, edge, event = _tables()
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        ids = f"SELECT id FROM {queue} WHERE queue_id LIKE %s"
+        like = [BENCH_PREFIX + "%"]
+        cursor.execute(f"DELETE FROM {event} WHERE queue_id IN ({ids})", like)
+        cursor.execute(f"DELETE FROM {edge} WHERE queue_id IN ({ids})", like)
+        cursor.execute(f"DELETE FROM {step} WHERE queue_id IN ({ids})", like)
+        cursor.execute(f"DELETE FROM {queue} WHERE queue_id LIKE %s", like)
+        return cursor.rowcount
+
+
+def clone_active(copies: int) -> int:
+    """`copies` more copies of every active queue (steps and edges too), named `bench-c<k>-…`: more
+    running Jobs than the history holds, for the larger reconcile figure. Returns the queues added."""
+    from django.db import connection, transaction
+
+    queue, step, edge, _ = _tables()
+    added = 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cols = {}
+        for table in (queue, step, edge):
+            cursor.execute(f"SELECT * FROM {table} LIMIT 0")
+            cols[table] = [c.name for c in cursor.description]
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {queue}")
+        q_off = cursor.fetchone()[0]
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {step}")
+        s_off = cursor.fetchone()[0]
+        cursor.execute(f"SELECT coalesce(max(id), 0) FROM {edge}")
+        e_off = cursor.fetchone()[0]
+        active = f"SELECT id FROM {queue} WHERE status IN ('pending', 'running', 'stopping') AND queue_id NOT LIKE 'bench-%%'"
+        for k in range(1, copies + 1):
+            qo, so, eo = q_off * k, s_off * k, e_off * k
+            override = {
+                queue: {"id": f"id + {qo}", "queue_id": f"'bench-c{k}-' || id"},
+                step: {"id": f"id + {so}", "queue_id": f"queue_id + {qo}", "job_name": f"'bench-c{k}-' || id"},
+                edge: {"id": f"id + {eo}", "queue_id": f"queue_id + {qo}", "upstream_id": f"upstream_id + {so}",
+                       "downstream_id": f"downstream_id + {so}"},
+            }
+            for table, where in ((queue, f"id IN ({active})"), (step, f"queue_id IN ({active})"),
+                                 (edge, f"queue_id IN ({active})")):
+                select = ", ".join(override[table].get(c, c) for c in cols[table])
+                cursor.execute(f"INSERT INTO {table} ({', '.join(cols[table])}) SELECT {select} FROM {table} WHERE {where}")
+                if table == queue:
+                    added += cursor.rowcount
+        for table in (queue, step, edge):
+            cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                           f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+    return added
 
 
 def main(argv=None) -> int:

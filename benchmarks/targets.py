@@ -13,16 +13,21 @@ def models():
     return models
 
 
-def queue_create(**kwargs):
-    from jobs.services import queue_create
+def _services():
+    # The layering refactor (issue #11) moves the services from queues/ to jobs/.
+    try:
+        from jobs import services
+    except ImportError:
+        from queues import services
+    return services
 
-    return queue_create(**kwargs)
+
+def queue_create(**kwargs):
+    return _services().queue_create(**kwargs)
 
 
 def queue_stop(**kwargs):
-    from jobs.services import queue_stop
-
-    return queue_stop(**kwargs)
+    return _services().queue_stop(**kwargs)
 
 
 def template_payload(name: str) -> dict:

@@ -1,0 +1,142 @@
+"""Reconcile and stop figures, against the Kubernetes emulator in its own process.
+
+- reconcile_pass_<N>: one `reconcile()` pass (the beat task's body) with N running Jobs whose steps are
+  running in the database: the steady state, where nothing changed (the figure reports `changed`).
+  Baseline: listing the same Jobs and pods through the same client (what any pass must read).
+  The history's active queues supply the first Jobs; copies of them (`bench-c…`) the rest.
+- stop_latency_50_steps: `queue_stop` of queues holding 50 running steps whose workers ignore the
+  stop command (the worst case), with reconcile run on its beat interval in a thread, until the
+  last of their Jobs and pods is gone. Target: the grace period + 2 s.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from benchmarks import dataset, targets
+from benchmarks.harness import QueryCounter, NAMESPACE, Samples, celery_eager, emit, log
+
+
+def _seed_cluster(ctx) -> int:
+    """A running Job (and pod) in the emulator for every launched step in the database."""
+    m = targets.models()
+    ctx.kube.reset()
+    steps = m.QueueRequest.objects.filter(state__in=["pending", "running", "stopping"]).select_related("queue")
+    manifests = [targets.job_manifest(step) for step in steps.iterator(chunk_size=2000)]
+    ctx.kube.seed_running(manifests)
+    return len(manifests)
+
+
+def run(ctx) -> None:
+    from django.conf import settings
+
+    settings.K8S_DELETE_ORPHANS = False
+    targets.reset_launcher_cache()
+    sizes = [ctx.running_jobs, 2_000 if ctx.quick else 10_000]
+    try:
+        for size in sizes:
+            if ctx.wants(f"reconcile_pass_{size}") or ctx.wants("reconcile_pass"):
+                _reconcile(ctx, size)
+        if ctx.wants("stop_latency_50_steps"):
+            dataset.remove_bench_queues()
+            _stop(ctx)
+    finally:
+        dataset.remove_bench_queues()
+        ctx.kube.reset()
+
+
+def _reconcile(ctx, size: int) -> None:
+    m = targets.models()
+    scheduler = targets.scheduler()
+    dataset.remove_bench_queues()
+    running = m.QueueRequest.objects.filter(state="running").count()
+    if running < size and running:
+        copies = -(-(size - running) // running)
+        dataset.clone_active(copies)
+    seeded = _seed_cluster(ctx)
+    log(f"reconcile: {seeded} running Jobs seeded")
+    launcher = targets.kubernetes_launcher(ctx.kube.api_client(), NAMESPACE)
+    passes = 1 if size >= 10_000 else 3
+    with celery_eager(True):
+        # A first pass settles anything the seeding left (nothing is expected: `changed` says); at the
+        # largest size a pass takes minutes today, so that one is measured cold, once.
+        warm = scheduler.reconcile() if passes > 1 else {}
+        measured, summaries, queries = [], [], 0
+        for _ in range(passes):
+            with QueryCounter() as captured:
+                t0 = time.perf_counter()
+                summaries.append(scheduler.reconcile())
+                measured.append((time.perf_counter() - t0) * 1000)
+            queries = max(queries, len(captured))
+    bare = []
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        jobs, pods = launcher.list_labelled("jobs"), launcher.list_labelled("pods")
+        bare.append((time.perf_counter() - t0) * 1000)
+    launcher.api_client.close()
+    measured, bare = Samples(measured), Samples(bare)
+    emit(f"reconcile_pass_{size}", value=measured.p50 / 1000, unit="s", baseline="bare list of Jobs + pods",
+         baseline_value=bare.p50 / 1000, scale=f"{seeded} running Jobs, {len(jobs)} listed",
+         target="<= 1 s and <= 1.5x baseline", meets=measured.p50 <= 1000 and measured.p50 <= 1.5 * bare.p50,
+         queries=queries, changed=max(s.get("changed", 0) for s in summaries), warm_pass_changed=warm.get("changed"),
+         pods_listed=len(pods), passes=passes)
+    dataset.remove_bench_queues()
+
+
+def _stop(ctx) -> None:
+    from django.conf import settings
+
+    m = targets.models()
+    scheduler = targets.scheduler()
+    grace = 3.0
+    settings.STOP_GRACE_SECONDS = grace
+    interval = settings.RECONCILE_INTERVAL_SECONDS
+    payload = {"symbol": "BTCUSDT", "time_range": "2024-06-01:2024-06-30",
+               "requests": [{"target": "loader-producer", "type": t} for t in
+                            [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h")] + ["api_trades"]]}
+    queues = []
+    with celery_eager(False):  # created as waiting; they are made running below, as if launched long ago
+        for i in range(10):  # 10 queues x 5 independent steps = 50 steps
+            queue, _ = targets.queue_create(payload=payload, queue_id=f"bench-stop-{i}-{ctx.run_id}", source="api")
+            queues.append(queue)
+    from django.utils import timezone
+
+    now = timezone.now()
+    steps = m.QueueRequest.objects.filter(queue__in=queues)
+    steps.update(state="running", launched_at=now, started_at=now, state_changed_at=now)
+    m.Queue.objects.filter(pk__in=[q.pk for q in queues]).update(status="running", started_at=now)
+    stopped_steps = steps.count()
+    _seed_cluster(ctx)  # the history's running Jobs too: reconcile must leave them alone meanwhile
+    stopping = queues
+    selector = "streamforge.io/queue-id"
+    done = threading.Event()
+
+    def beat():  # the Celery beat schedule: a reconcile pass every RECONCILE_INTERVAL_SECONDS
+        from django.db import connection
+
+        while not done.wait(interval):
+            scheduler.reconcile()
+        connection.close()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    t0 = time.monotonic()
+    thread.start()
+    with celery_eager(True):
+        for queue in stopping:
+            targets.queue_stop(queue=queue, reason="bench stop")
+    request_ms = (time.monotonic() - t0) * 1000
+    remaining = None
+    deadline = t0 + grace + 10 * interval + 60
+    while time.monotonic() < deadline:
+        remaining = sum(ctx.kube.count(plural, NAMESPACE, f"{selector}={q.queue_id}")
+                        for q in stopping for plural in ("jobs", "pods"))
+        if remaining == 0:
+            break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    done.set()
+    thread.join(timeout=600)
+    emit("stop_latency_50_steps", value=elapsed if remaining == 0 else None, unit="s",
+         baseline="stop grace period", baseline_value=grace, scale=f"{stopped_steps} running steps, workers ignore stop",
+         target=f"<= grace + 2 s ({grace + 2:g} s)", meets=remaining == 0 and elapsed <= grace + 2,
+         request_ms=request_ms, reconcile_interval_s=interval, workloads_left=remaining)
