@@ -99,3 +99,10 @@ def test_the_checker_finds_a_workload_without_a_step(tmp_path, postgres_server):
         os.killpg(ghost.pid, signal.SIGKILL)
         ghost.wait()
     assert found == [f"process [{ghost.pid}] runs for ghost-job, which is no step's current run"], json.dumps(found)
+
+
+def test_the_names_the_checker_reads_are_the_products():
+    """The checker reads tables and state names with SQL (chaos/targets.py): they must be the product's."""
+    from chaos import targets
+
+    assert targets.check_schema_names() == []
