@@ -54,53 +54,50 @@ class Client:
         if left:
             raise RuntimeError(f"{left} messages not delivered to Kafka within {timeout}s")
 
-    def read_all(self, topic: str, timeout: float = 60.0) -> list[Record]:
-        """Every message of `topic` from the beginning to its current end (all partitions)."""
+    def read_all(self, topic: str, timeout: float = 120.0, idle: float = 3.0) -> list[Record]:
+        """Every message of `topic` from the beginning until nothing new arrives for `idle` seconds.
+
+        Not up to the reported high watermark: tansu can report one lower than the offsets it
+        serves (seen with its memory engine), which would silently cut the tail off.
+        """
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"chaos-reader-{time.time_ns()}",
                              "enable.auto.commit": False, "auto.offset.reset": "earliest"})
         try:
             metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
             if metadata is None or metadata.error is not None:
                 return []
-            ends = {}
-            for partition in metadata.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
-                if high > low:
-                    ends[partition] = high
-            if not ends:
-                return []
-            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            consumer.assign([TopicPartition(topic, p, 0) for p in metadata.partitions])
             records: list[Record] = []
-            done: set[int] = set()
             deadline = time.monotonic() + timeout
-            while len(done) < len(ends):
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < idle:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"could not read {topic} to its end within {timeout}s")
-                for message in consumer.consume(500, 1.0):
-                    if message.error():
-                        continue
+                    raise RuntimeError(f"{topic} kept growing for {timeout}s while being read")
+                batch = [m for m in consumer.consume(500, 0.5) if not m.error()]
+                if batch:
+                    quiet_since = time.monotonic()
+                for message in batch:
                     headers = {k: (v or b"").decode("utf-8", "replace") for k, v in (message.headers() or [])}
                     records.append(Record(message.key(), message.value(), headers, message.partition(), message.offset()))
-                    if message.offset() + 1 >= ends[message.partition()]:
-                        done.add(message.partition())
             return records
         finally:
             consumer.close()
 
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """partition -> offset after its last message, found by reading (see read_all)."""
+        ends: dict[int, int] = {}
+        for record in self.read_all(topic, idle=2.0):
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+        return ends
+
     def lag(self, topic: str, group: str) -> int:
         """Messages of `topic` the consumer group has not committed yet (all partitions)."""
+        ends = self.end_offsets(topic)
+        if not ends:
+            return 0
         consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
         try:
-            metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-            if metadata is None:
-                return 0
-            partitions = [TopicPartition(topic, p) for p in metadata.partitions]
-            committed = consumer.committed(partitions, timeout=10)
-            total = 0
-            for tp in committed:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-                position = tp.offset if tp.offset >= 0 else low
-                total += max(0, high - position)
-            return total
+            committed = consumer.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+            return sum(max(0, ends[tp.partition] - max(tp.offset, 0)) for tp in committed)
         finally:
             consumer.close()
