@@ -11,7 +11,7 @@ import re
 
 from django.conf import settings
 
-OVERRIDE_IMAGE = "queues.override_image"  # declared in Queue.Meta.permissions
+from queues.permissions import OVERRIDE_IMAGE
 IMAGE_MAX = 255  # QueueRequest.image
 
 # The container image reference grammar: an optional registry host[:port], lower-case path

@@ -51,6 +51,17 @@ class QueueQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=QueueStatus.ACTIVE)
 
+    def listed(self):
+        """The queue list (API, legacy list): newest first, with the counts its rows show."""
+        return (
+            self.select_related("submitted_by")
+            .annotate(
+                steps_total=models.Count("steps"),
+                steps_done=models.Count("steps", filter=models.Q(steps__state=StepState.SUCCEEDED)),
+            )
+            .order_by("-created_at", "-pk")
+        )
+
     def lock(self, pk: int, *, missing_ok: bool = False):
         """Lock one queue row for changes to it or its steps (inside a transaction).
 

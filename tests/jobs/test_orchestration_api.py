@@ -1,4 +1,4 @@
-"""Orchestration API (jobs/views.py): telemetry in, retry, per-step stop, events and logs.
+"""Orchestration API (api/orchestration.py): telemetry in, retry, per-step stop, events and logs.
 
 DB-level: on_commit callbacks do not fire inside the `db` fixture, so nothing reaches Celery.
 """

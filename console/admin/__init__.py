@@ -9,7 +9,7 @@
 """
 from django.contrib import admin
 
-from queues.admin import queue, step  # noqa: F401  (registers the ModelAdmins)
+from console.admin import queue, step  # noqa: F401  (registers the ModelAdmins)
 
 admin.site.site_header = "StreamForge Queue Manager"
 admin.site.site_title = "StreamForge Queue Manager"

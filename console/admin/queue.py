@@ -13,9 +13,10 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from jobs import services
-from queues.admin import bulk, controls, display, listing, live
-from queues.admin.start import start_queue_view
+from console.admin import bulk, controls, display, listing, live
+from console.admin.start import start_queue_view
 from queues.models import Queue, QueueRequest, StepDependency, StepState
+from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -25,7 +26,7 @@ class ReadOnlyInline(admin.TabularInline):
 
     def has_view_permission(self, request, obj=None) -> bool:
         # Steps and edges are part of the queue: whoever may view the queue sees them.
-        return request.user.has_perm("queues.view_queue")
+        return request.user.has_perm(VIEW_QUEUE)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -183,10 +184,10 @@ class QueueAdmin(admin.ModelAdmin):
         return super().has_delete_permission(request, obj)
 
     def has_start_permission(self, request) -> bool:
-        return request.user.has_perm("queues.start_queue")
+        return request.user.has_perm(START_QUEUE)
 
     def has_stop_permission(self, request) -> bool:
-        return request.user.has_perm("queues.stop_queue")
+        return request.user.has_perm(STOP_QUEUE)
 
     def get_actions(self, request):
         actions = super().get_actions(request)

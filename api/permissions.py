@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from rest_framework.permissions import BasePermission
 
-# Not required by any view: the payload contract checks it to decide which `image` a start may name.
-from queues.images import OVERRIDE_IMAGE  # noqa: F401
-
-VIEW_QUEUE = "queues.view_queue"
-START_QUEUE = "queues.start_queue"
-STOP_QUEUE = "queues.stop_queue"
+from queues.permissions import VIEW_QUEUE
 
 
 def required_permission(view) -> str | tuple[str, ...]:

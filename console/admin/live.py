@@ -10,8 +10,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 
-from queues.admin import display
-from queues.admin.progress import QueueCounts, step_fractions
+from console.admin import display
+from console.admin.progress import QueueCounts, step_fractions
 from queues.graph import Edge, topological_order
 from queues.models import DependencyKind, Queue, QueueRequest, StepDependency, StepState
 

@@ -8,7 +8,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs.manifests import queue_manifests
-from queues.api.permissions import VIEW_QUEUE, HasQueuePermission
+from api.permissions import HasQueuePermission
+from queues.permissions import VIEW_QUEUE
 from queues.models import Queue
 
 

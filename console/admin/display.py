@@ -1,6 +1,6 @@
 """Small rendering helpers shared by the queue and step admin pages and their live JSON.
 
-Styles live in queues/static/queues/console.css (classes, CSS variables of the admin's light and dark themes).
+Styles live in console/static/console/console.css (classes, CSS variables of the admin's light and dark themes).
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from queues.admin.progress import QueueCounts
+from console.admin.progress import QueueCounts
 
 # Colours by meaning: grey not started, blue in flight, green done, red failed, amber stopping/stopped.
 COLOURS = {
@@ -162,7 +162,7 @@ STEP_CELLS = {
 
 
 def step_cell(step, name: str, info: dict | None = None):
-    """A cell the queue page's script can find and replace in place (info: see queues.admin.live.step_info)."""
+    """A cell the queue page's script can find and replace in place (info: see console.admin.live.step_info)."""
     return format_html('<div data-sf-step="{}" data-sf-cell="{}">{}</div>', step.pk, name, STEP_CELLS[name](step, info))
 
 

@@ -20,13 +20,13 @@ from jobs.credentials import StepCredential, step_credential_read
 from jobs.launchers import LaunchError, get_launcher
 from jobs.telemetry import ingest_events
 from jobs import services
-from queues.api.filters import EventFilter
-from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
-from queues.api.serializers import StepSerializer
+from api.filters import EventFilter
+from api.permissions import HasQueuePermission
+from queues.permissions import INGEST_TELEMETRY, START_QUEUE, STOP_QUEUE, VIEW_QUEUE
+from api.serializers import StepSerializer
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 
 MAX_TELEMETRY_BATCH = 5000
-INGEST_TELEMETRY = "queues.add_telemetryevent"
 
 
 class WorkerPrincipal:

@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join, json_script
 
-from queues.admin import controls, display, logs
+from console.admin import controls, display, logs
 from queues.models import QueueRequest
 
 logger = logging.getLogger(__name__)

@@ -11,12 +11,13 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.views import APIView
 
 from queues import naming
-from queues.api import schema
-from queues.api.filters import QueueFilter
-from queues.api.parsers import JSONParser
-from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
-from queues.api.serializers import QueueDetailSerializer, QueueSerializer
-from queues.api.views import CREATE_SCHEMA, create_queue_response, list_queryset, stop_queue_response
+from api import schema
+from api.filters import QueueFilter
+from api.parsers import JSONParser
+from api.permissions import HasQueuePermission
+from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
+from api.serializers import QueueDetailSerializer, QueueSerializer
+from api.views import CREATE_SCHEMA, create_queue_response, list_queryset, stop_queue_response
 from queues.models import Queue
 
 LEGACY = {"deprecated": True, "tags": ["legacy"]}

@@ -9,7 +9,7 @@ from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
 from jobs import services
-from queues.admin.live import queue_can_stop
+from console.admin.live import queue_can_stop
 from queues.models import QueueRequest, StepState
 
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count
 
-from queues.admin.progress import QueueCounts
+from console.admin.progress import QueueCounts
 from queues.models import QueueRequest, StepState
 
 

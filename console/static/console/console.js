@@ -1,5 +1,5 @@
 /* The queue page, live: DAG (layout by the vendored dagre), timeline (Gantt), cells, edges and buttons.
-   Everything is drawn from the live JSON (queues/admin/live.py); the server renders the same cells on load. */
+   Everything is drawn from the live JSON (console/admin/live.py); the server renders the same cells on load. */
 (function () {
   "use strict";
   var SVG = "http://www.w3.org/2000/svg";

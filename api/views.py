@@ -6,7 +6,6 @@ methods on QueueViewSet; give each `required_permission=` in the decorator, e.g.
 """
 from __future__ import annotations
 
-from django.db.models import Count, Q
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -14,27 +13,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from jobs import services
-from queues.api import schema
-from queues.api.filters import QueueFilter
-from queues.api.parsers import JSONParser
-from queues.api.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE, HasQueuePermission
-from queues.api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset
+from api import schema
+from api.filters import QueueFilter
+from api.parsers import JSONParser
+from api.permissions import HasQueuePermission
+from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
+from api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset
 from queues.catalogue import catalogue_as_dict
-from queues.models import Queue, QueueRequest, StepState
+from queues.models import Queue, QueueRequest
 from queues.pipeline_templates import TEMPLATES, template_payload
 
 QUEUE_ID_REGEX = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
 
 
 def list_queryset():
-    return (
-        Queue.objects.select_related("submitted_by")
-        .annotate(
-            steps_total=Count("steps"),
-            steps_done=Count("steps", filter=Q(steps__state=StepState.SUCCEEDED)),
-        )
-        .order_by("-created_at", "-pk")
-    )
+    return Queue.objects.listed()
 
 
 def create_queue_response(request, *, source: str = "api") -> Response:

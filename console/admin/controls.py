@@ -13,11 +13,12 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from jobs import services
-from queues.admin.live import queue_can_retry, queue_can_stop, queue_live, step_can_stop  # noqa: F401 (used by pages)
+from console.admin.live import queue_can_retry, queue_can_stop, queue_live, step_can_stop  # noqa: F401 (used by pages)
 from queues.models import Queue, QueueRequest, StepState
+from queues.permissions import START_QUEUE, STOP_QUEUE
 
-STOP_PERMS = ("queues.stop_queue",)
-RETRY_PERMS = ("queues.stop_queue", "queues.start_queue")  # as the API's RetryView: restarting is privileged
+STOP_PERMS = (STOP_QUEUE,)
+RETRY_PERMS = (STOP_QUEUE, START_QUEUE)  # as the API's RetryView: restarting is privileged
 
 
 def may_stop(user) -> bool:

@@ -9,10 +9,11 @@ from django.template.response import TemplateResponse
 
 from jobs.manifests import queue_manifests
 from queues.models import Queue
+from queues.permissions import VIEW_QUEUE
 
 
 def queue_manifests_view(request, queue_id: str):
-    if not request.user.has_perm("queues.view_queue"):
+    if not request.user.has_perm(VIEW_QUEUE):
         raise PermissionDenied
     queue = get_object_or_404(Queue, queue_id=queue_id)
     manifests = queue_manifests(queue)

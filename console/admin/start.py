@@ -14,7 +14,8 @@ from django.urls import reverse
 
 from jobs import services
 from queues.contract import PayloadError
-from queues.forms import StartQueueForm
+from console.forms import StartQueueForm
+from queues.permissions import START_QUEUE
 from queues.pipeline_templates import TEMPLATES, template_payload
 
 
@@ -30,7 +31,7 @@ def _around(text: str, at: int | None, width: int = 60) -> tuple[str, str, str] 
 
 def start_queue_view(model_admin):
     def view(request):
-        if not request.user.has_perm("queues.start_queue"):
+        if not request.user.has_perm(START_QUEUE):
             raise PermissionDenied
         payload_errors: dict[str, list[str]] = {}
         if request.method == "POST":
