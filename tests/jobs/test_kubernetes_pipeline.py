@@ -13,7 +13,7 @@ from jobs import scheduler
 from jobs.launchers import _build as build_launcher
 from jobs.telemetry import ingest_events
 from queues.models import Queue, QueueRequest, QueueStatus, StepState
-from queues.services import queue_stop
+from jobs.services import queue_stop
 from tests.helpers import wait_until
 
 
@@ -36,7 +36,7 @@ def tick(queue: Queue) -> dict[str, str]:
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.LAUNCHING).values_list("pk", flat=True):
         assert scheduler.step_launch(pk) == "launched"
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.STOPPING).values_list("pk", flat=True):
-        scheduler.step_stop_now(pk)
+        scheduler.step_send_stop(pk)
     return states(queue)
 
 
