@@ -8,7 +8,7 @@ import pytest
 
 from jobs.telemetry import ingest_events
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from queues.services import step_stop
+from jobs.services import step_stop
 from tests.queues.factories import make_queue
 from tests.jobs.helpers import put, step_of
 
@@ -148,9 +148,9 @@ def test_it_succeeds_a_drained_consumer_when_it_ends(queue):
     step = put(step_of(queue, CONNECTOR), StepState.RUNNING, records_written=0)
     ingest_events([_event(step, "loading", records_written=300)])
     step.refresh_from_db()
-    from queues.services import request_step_stop
+    from jobs.services import step_mark_stopping
 
-    request_step_stop(step, reason="Drained: wrote 300 of 300 records.", drain=True)
+    step_mark_stopping(step=step, reason="Drained: wrote 300 of 300 records.", drain=True)
     step.refresh_from_db()
     assert step.state == StepState.STOPPING and step.drain_requested_at is not None
     ingest_events([_event(step, "interrupted", timestamp=10)])
