@@ -10,8 +10,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import generics, serializers, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied
-from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +19,7 @@ from jobs.launchers import LaunchError, get_launcher
 from jobs.telemetry import ingest_events
 from jobs import services
 from api.filters import EventFilter
+from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import INGEST_TELEMETRY, START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 from api.serializers import StepSerializer
@@ -148,20 +147,10 @@ class IngestResultDoc(serializers.Serializer):
     rejected = serializers.ListField(child=serializers.DictField())
 
 
-class TelemetryJSONParser(JSONParser):
-    """JSON nested deeper than the parser can recurse is bad input (400), not a server error (500)."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except RecursionError:
-            raise ParseError("JSON parse error - nested too deeply.") from None
-
-
 class TelemetryView(APIView):
     authentication_classes = [TelemetryTokenAuthentication, *APIView.authentication_classes]
     permission_classes = [CanIngestTelemetry, ReportsOnlyItsOwnStep]
-    parser_classes = [TelemetryJSONParser]
+    parser_classes = [JSONParser]
 
     @extend_schema(
         summary="Report worker telemetry",

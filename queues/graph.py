@@ -10,10 +10,28 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from queues.contract import StepSpec
+from queues import catalogue
+
+
+class StepSpec(Protocol):
+    """What the graph reads of a step (contract.StepSpec has it), so graph needs no contract import."""
+
+    index: int
+    name: str
+    type: str
+    streaming: bool
+    kafka_topic: str | None
+    depends_on: list[str]
+
+    @property
+    def target_spec(self) -> catalogue.Target: ...
+
+    def reads(self) -> list[str]: ...
+
+    def writes(self) -> list[str]: ...
+
 
 READY = "ready"
 SUCCESS = "success"
