@@ -109,7 +109,7 @@ def kafka_consumer_config(group: str) -> dict:
 
 def events_consumer_run(**kwargs):
     """The loop of `manage.py consume_queue_events`."""
-    from kafkabus import events
+    from consumers import events
 
     return events.run(**kwargs)
 

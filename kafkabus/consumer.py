@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from kafkabus.config import common_config, consumer_config
+from kafkabus.signals import consumer_lag_measured
 
 logger = logging.getLogger(__name__)
 
@@ -281,11 +282,7 @@ class BatchConsumer:
             return
         for topic, value in lag.items():
             logger.info("%s: lag %s=%d", self.name, topic, value, extra={"topic": topic, "lag": value})
-            try:
-                from ops.metrics import set_consumer_lag
-            except ImportError:
-                continue
-            set_consumer_lag(topic, value)
+            consumer_lag_measured.send(sender=type(self), topic=topic, lag=value)
 
 
 def reexec_process() -> None:

@@ -12,6 +12,7 @@ import re
 from django.conf import settings
 
 from kafkabus.publisher import Outgoing, send_confirmed
+from kafkabus.signals import dead_lettered
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +75,4 @@ def send_dead_letters(letters: list[tuple[object, str]]) -> None:
 
 
 def _count(topic: str, reason: str) -> None:
-    try:
-        from ops.metrics import count_dead_letter
-    except ImportError:
-        return
-    count_dead_letter(topic, reason)
+    dead_lettered.send(sender=send_dead_letters, topic=topic, reason=reason)

@@ -1,7 +1,7 @@
 """Domain metrics for Prometheus (DESIGN §9).
 
-Other modules call the small functions below (`count_command`, `observe_reconcile`, …); signal
-receivers in `ops.receivers` record queue finishes and launch/stop latency on their own.
+Only `ops.receivers` calls the small functions below (`count_command`, `observe_reconcile`, …),
+from the signals the working apps declare (queues, jobs, kafkabus, consumers): nobody imports ops.
 
 Labels are always bounded: known values pass, anything else becomes "other" (never a queue_id or
 a producer id). Free-form labels (outcome, reason) are normalised and capped per process at

@@ -59,8 +59,22 @@ def on_telemetry_counted(sender, status, target, count, **kwargs) -> None:
     metrics.count_telemetry(status, target, count)
 
 
+def on_command_handled(sender, command, outcome, **kwargs) -> None:
+    metrics.count_command(command, outcome)
+
+
+def on_consumer_lag_measured(sender, topic, lag, **kwargs) -> None:
+    metrics.set_consumer_lag(topic, lag)
+
+
+def on_dead_lettered(sender, topic, reason, **kwargs) -> None:
+    metrics.count_dead_letter(topic, reason)
+
+
 def connect() -> None:
+    from consumers.signals import command_handled
     from jobs import signals as jobs_signals
+    from kafkabus import signals as kafkabus_signals
     from queues.models import Queue
     from queues.signals import queue_status_changed, step_state_changed
 
@@ -69,3 +83,6 @@ def connect() -> None:
     step_state_changed.connect(on_step_state_changed, dispatch_uid="ops.metrics.step_state")
     jobs_signals.reconcile_finished.connect(on_reconcile_finished, dispatch_uid="ops.metrics.reconcile")
     jobs_signals.telemetry_counted.connect(on_telemetry_counted, dispatch_uid="ops.metrics.telemetry")
+    command_handled.connect(on_command_handled, dispatch_uid="ops.metrics.command")
+    kafkabus_signals.consumer_lag_measured.connect(on_consumer_lag_measured, dispatch_uid="ops.metrics.consumer_lag")
+    kafkabus_signals.dead_lettered.connect(on_dead_lettered, dispatch_uid="ops.metrics.dead_letter")

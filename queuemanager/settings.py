@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "jobs",
     "mirror",
     "kafkabus",
+    "consumers",
     "console",
 ]
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from kafkabus import control
+from consumers import control
 from kafkabus.models import ProcessedCommand
 from queues.models import Queue, QueueRequest, StepState
 from tests.kafkabus.conftest import events_of, produce, read_topic, run_until

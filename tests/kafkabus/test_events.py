@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kafkabus import events
+from consumers import events
 from queues.models import QueueRequest, StepState, TelemetryEvent
 from tests.kafkabus.conftest import produce, read_topic, run_until
 

@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.db import transaction
 
+from consumers.events import parse
+from consumers.signals import command_handled
 from jobs.telemetry_input import InvalidEvent, check_json, parse_time
 from kafkabus.claims import ClaimLost, command_claim, command_claim_get, command_claim_release, command_outcome_record
 from kafkabus.config import ORIGIN, is_own_message
 from kafkabus.consumer import is_transient
 from kafkabus.deadletter import send_dead_letters
-from kafkabus.events import parse
 from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError
 from queues.models import Queue
@@ -225,11 +226,7 @@ def _stop(command_id: str | None, data: dict) -> Ack:
 
 
 def _count(ack: Ack, outcome: str | None = None) -> None:
-    try:
-        from ops.metrics import count_command
-    except ImportError:
-        return
-    count_command(ack.command or "unknown", outcome or ack.status)
+    command_handled.send(sender=handle_batch, command=ack.command or "unknown", outcome=outcome or ack.status)
 
 
 def handle_batch(messages: list) -> list[Ack]:

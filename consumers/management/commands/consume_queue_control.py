@@ -9,6 +9,6 @@ class Command(BaseCommand):
         if not settings.KAFKA_ENABLED:
             raise CommandError("Kafka is off: set KAFKA_BOOTSTRAP_SERVERS")
         from kafkabus.consumer import reexec_process
-        from kafkabus.control import run
+        from consumers.control import run
 
         run(on_stall=reexec_process)

@@ -12,6 +12,6 @@ class Command(BaseCommand):
         if not settings.KAFKA_ENABLED:
             raise CommandError("Kafka is off: set KAFKA_BOOTSTRAP_SERVERS")
         from kafkabus.consumer import reexec_process
-        from kafkabus.events import run
+        from consumers.events import run
 
         run(batch_size=options["batch_size"], on_stall=reexec_process)
