@@ -1,7 +1,7 @@
 """Connection settings for confluent-kafka clients, without Django.
 
 Shared by the manager (kafkabus.config, from settings) and by workers such as the simulator
-(kafkabus.simulator_io, from the step environment), so both connect the same way (DESIGN §6):
+(devtools.simulator.kafka_io, from the step environment), so both connect the same way (DESIGN §6):
 SASL_SSL with SCRAM-SHA-512 when a user is given (the CA bundle when one is given), plaintext otherwise.
 """
 from __future__ import annotations

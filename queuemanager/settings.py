@@ -61,6 +61,9 @@ INSTALLED_APPS = [
     "consumers",
     "console",
 ]
+# The dev tools (manage.py simulate_worker) where they exist: a clone, never the image (.dockerignore).
+if (BASE_DIR / "devtools" / "apps.py").exists():
+    INSTALLED_APPS.append("devtools")
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",

@@ -41,7 +41,7 @@ class LocalLauncher:
     @classmethod
     def from_settings(cls) -> LocalLauncher:
         # The simulator needs no Django settings or database, like a real worker.
-        command = [sys.executable, "-m", "jobs.simulator"]
+        command = [sys.executable, "-m", "devtools.simulator"]
         return cls(Path(settings.LOCAL_LAUNCHER_DIR), command)
 
     def state_dir(self, step: QueueRequest) -> Path:

@@ -334,7 +334,7 @@ def test_the_local_launcher_hands_over_the_credential_in_a_0600_file(queue, tmp_
 @pytest.mark.django_db
 def test_the_simulator_reads_the_credential_file(tmp_path):
     """Case: the simulator sends the credential it was handed in the file."""
-    from jobs.simulator import build_io
+    from devtools.simulator.worker import build_io
 
     path = tmp_path / "telemetry.token"
     path.write_text("the-credential\n")
@@ -354,7 +354,7 @@ def test_a_simulated_step_reports_with_its_own_credential(live_server, tmp_path,
     monkeypatch.setenv("SIMULATOR_TICKS", "2")
     queue = make_api_queue(queue_id="cred-live")
     step = put(step_of(queue, LOADER), StepState.PENDING)
-    launcher = LocalLauncher(tmp_path, [sys.executable, "-m", "jobs.simulator"])
+    launcher = LocalLauncher(tmp_path, [sys.executable, "-m", "devtools.simulator"])
     launcher.launch(step)
     _wait_for_exit(launcher, step)
     output = launcher.logs(step, tail_bytes=100_000)

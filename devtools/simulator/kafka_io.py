@@ -1,4 +1,4 @@
-"""Kafka for the worker simulator (jobs.simulator): telemetry out, stop commands in, records through data topics.
+"""Kafka for the worker simulator (devtools.simulator): telemetry out, stop commands in, records through data topics.
 
 Runs inside a step process, like a real worker: no Django, only the step's environment (DESIGN §7):
 KAFKA_BOOTSTRAP_SERVERS, KAFKA_USER/KAFKA_PASSWORD (SASL_SSL + SCRAM-SHA-512 when set), KAFKA_CA_PATH
@@ -20,7 +20,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-from jobs.simulator import SimulatedData  # steps that neither load nor consume a data topic
+from devtools.simulator.data import SimulatedData  # steps that neither load nor consume a data topic
 from kafkabus.connection import connection_config
 
 # Join a consumer group in seconds rather than tens of seconds (a step must not wait for its data).

@@ -1,7 +1,7 @@
 """A StreamForge worker simulator: behaves like loader-producer, arango-connector, graph-builder,
 gnn-trainer and visualizer, driven only by the Job environment (DESIGN §7).
 
-Run as `python -m jobs.simulator` (what the local launcher does) or `manage.py simulate_worker`.
+Run as `python -m devtools.simulator` (what the local launcher does) or `manage.py simulate_worker`.
 It needs no Django settings and no database, like a real worker.
 
 Behaviour:
@@ -11,7 +11,7 @@ Behaviour:
 - on SIGTERM (or a `stop` command on the control topic) a step reports `interrupted`, then
   `finished`, and exits 0.
 
-Telemetry goes to Kafka when KAFKA_BOOTSTRAP_SERVERS is set (kafkabus.simulator_io), else to the
+Telemetry goes to Kafka when KAFKA_BOOTSTRAP_SERVERS is set (devtools.simulator.kafka_io), else to the
 manager's HTTP endpoint (MANAGER_TELEMETRY_URL), authenticated with the step's own credential: read
 from the file MANAGER_TELEMETRY_TOKEN_FILE names (local launcher), else MANAGER_TELEMETRY_TOKEN
 (a Kubernetes Secret reference).
@@ -29,10 +29,11 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 import urllib.error
 import urllib.request
+
+from devtools.simulator.data import SimulatedData
 
 STREAMING_PREFIXES = ("ws_", "realtime_")
 STREAMING_TYPES = ("graph_metrics_stream",)
@@ -65,19 +66,6 @@ class HttpSink:
 
     def stop_requested(self) -> bool:
         return False  # without Kafka, the stop command arrives as SIGTERM
-
-    def close(self) -> None:
-        pass
-
-
-class SimulatedData:
-    """Record flow without Kafka: loaders 'write' what they are asked, connectors keep pace."""
-
-    def produce(self, count: int) -> int:
-        return count
-
-    def consume(self, pace: int) -> int:
-        return pace
 
     def close(self) -> None:
         pass
@@ -178,7 +166,7 @@ class Worker:
 
 def build_io(env: dict):
     if env.get("KAFKA_BOOTSTRAP_SERVERS"):
-        from kafkabus.simulator_io import kafka_io
+        from devtools.simulator.kafka_io import kafka_io  # confluent_kafka only when Kafka is used
 
         return kafka_io(env)
     return HttpSink(env["MANAGER_TELEMETRY_URL"], telemetry_token(env)), SimulatedData()
@@ -205,6 +193,3 @@ def main() -> int:
         data.close()
         sink.close()
 
-
-if __name__ == "__main__":
-    sys.exit(main())
