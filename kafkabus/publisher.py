@@ -84,12 +84,6 @@ def send_confirmed(messages: list[Outgoing], *, timeout: float | None = None) ->
         raise DeliveryError("; ".join(failures[:5]))
 
 
-def publish_event(data: dict, *, key: str | None = None) -> None:
-    """An event of the manager's own (ack, pong) on QUEUE_EVENTS_TOPIC, marked with its origin."""
-    data = {**data, "origin": ORIGIN, "timestamp": time.time()}
-    send_confirmed([Outgoing(settings.QUEUE_EVENTS_TOPIC, encode(data), key.encode() if key else None)])
-
-
 def stop_command(step) -> dict:
     """The stop command of DESIGN §6 for one step, marked so our own consumer skips it."""
     return {

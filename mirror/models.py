@@ -8,6 +8,10 @@ batch was in flight is never dropped.
 from django.db import models
 from django.utils import timezone
 
+# Every change takes its `version` from this PostgreSQL sequence (migration 0001): the outbox when
+# it records a change, the drain when it claims a batch.
+VERSION_SEQUENCE = "mirror_version_seq"
+
 
 class EntityKind(models.TextChoices):
     QUEUE = "queue"

@@ -1,6 +1,6 @@
 """Record that an entity changed, in the caller's transaction; enqueue the drain on commit.
 
-Signals only call `record()`: the writing to ArangoDB happens later in `mirror.tasks.mirror_sync`.
+Signals only call `record()`: the writing to ArangoDB happens later in `mirror.tasks.mirror_drain_task`.
 Bulk paths that bypass signals (QuerySet.update, bulk_create) call `record()`/`record_many()`
 themselves, inside the same transaction as their write, so a crash can't lose the change.
 
@@ -16,11 +16,10 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 
-from mirror.models import EntityKind, MirrorOutbox
+from mirror.models import VERSION_SEQUENCE, EntityKind, MirrorOutbox
 
 logger = logging.getLogger(__name__)
 
-VERSION_SEQUENCE = "mirror_version_seq"
 
 # One row per entity: a repeated change only takes a newer version (coalescing). `created_at`
 # keeps the oldest pending change, so the admin can show how far behind the mirror is.
@@ -82,10 +81,10 @@ def _enqueue_drain_on_commit() -> None:
 
 
 def _enqueue_drain() -> None:
-    from mirror.tasks import mirror_sync
+    from mirror.tasks import mirror_drain_task  # in the function: tasks import Celery, records need none
 
     try:
-        mirror_sync.delay()
+        mirror_drain_task.delay()
     except Exception:  # a broker hiccup must not fail the control plane; beat drains the backlog anyway
         logger.warning("could not enqueue the mirror drain; the periodic drain will pick the changes up", exc_info=True)
 

@@ -21,8 +21,7 @@ from django.utils import timezone
 
 from mirror import arango
 from mirror import documents as d
-from mirror.models import EntityKind, MirrorOutbox, MirrorState
-from mirror.outbox import VERSION_SEQUENCE
+from mirror.models import VERSION_SEQUENCE, EntityKind, MirrorOutbox, MirrorState
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
-"""Celery interface of the mirror: one idempotent drain task (the work is in mirror.sync)."""
+"""Celery interface of the mirror: one idempotent drain task (the work is in mirror.sync.mirror_drain)."""
 from celery import shared_task
 
 from mirror.arango import MirrorUnavailable
+from mirror.sync import mirror_drain
 
 
 @shared_task(
+    name="mirror.tasks.mirror_drain_task",
     autoretry_for=(MirrorUnavailable,),
     retry_backoff=5,  # 5 s, 10 s, 20 s … capped below; beat also runs it, so giving up loses nothing
     retry_backoff_max=300,
@@ -12,8 +14,6 @@ from mirror.arango import MirrorUnavailable
     max_retries=8,
     ignore_result=True,
 )
-def mirror_sync() -> dict:
-    from mirror.sync import mirror_drain
-
+def mirror_drain_task() -> dict:
     result = mirror_drain()
     return {"synced": result.synced, "failed": result.failed, "batches": result.batches}

@@ -162,6 +162,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
 }
+# The most rows one API list page may hold (`?page_size=`); larger requests get this many.
+API_MAX_PAGE_SIZE = env_int("API_MAX_PAGE_SIZE", 500, minimum=1)
 SPECTACULAR_SETTINGS = {
     "TITLE": "StreamForge Queue Manager API",
     "DESCRIPTION": (
@@ -274,7 +276,7 @@ MIRROR_SYNC_INTERVAL_SECONDS = env_float("MIRROR_SYNC_INTERVAL_SECONDS", 30.0, m
 MIRROR_BATCH_SIZE = env_int("MIRROR_BATCH_SIZE", 500, minimum=1)
 if ARANGO_ENABLED:
     CELERY_BEAT_SCHEDULE["mirror-sync"] = {
-        "task": "mirror.tasks.mirror_sync",
+        "task": "mirror.tasks.mirror_drain_task",
         "schedule": MIRROR_SYNC_INTERVAL_SECONDS,
         "options": {"expires": MIRROR_SYNC_INTERVAL_SECONDS * 2},
     }

@@ -5,7 +5,7 @@ from mirror import status as mirror_status
 from mirror.arango import MirrorUnavailable
 from mirror.models import MirrorOutbox, MirrorState
 from mirror.sync import mirror_drain
-from mirror.tasks import mirror_sync
+from mirror.tasks import mirror_drain_task
 from queues.models import QueueRequest, StepState, TelemetryEvent
 from jobs.services import queue_create, queue_refresh_status
 
@@ -56,10 +56,10 @@ def test_it_retries_the_task_with_backoff_while_arango_is_down(mirror, historica
     queue_create(payload=historical_payload)
     mirror.go_down()
     with pytest.raises(MirrorUnavailable):
-        mirror_sync.run()
-    assert mirror_sync.autoretry_for == (MirrorUnavailable,)
-    assert mirror_sync.retry_backoff and mirror_sync.retry_backoff_max == 300
+        mirror_drain_task.run()
+    assert mirror_drain_task.autoretry_for == (MirrorUnavailable,)
+    assert mirror_drain_task.retry_backoff and mirror_drain_task.retry_backoff_max == 300
     assert MirrorOutbox.objects.count() == 1
     mirror.come_back()
-    assert mirror_sync.run()["synced"] == 1
+    assert mirror_drain_task.run()["synced"] == 1
     assert_mirror_matches_postgres(mirror)

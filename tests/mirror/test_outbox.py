@@ -82,7 +82,7 @@ def test_it_enqueues_one_drain_per_transaction_on_commit(mirror, historical_payl
     from mirror import tasks
 
     calls = []
-    monkeypatch.setattr(tasks.mirror_sync, "delay", lambda: calls.append(1))
+    monkeypatch.setattr(tasks.mirror_drain_task, "delay", lambda: calls.append(1))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         with transaction.atomic():
             queue, _ = queue_create(payload=historical_payload)
@@ -101,5 +101,5 @@ def test_it_survives_a_broker_that_refuses_the_task(mirror, monkeypatch):
     def refuse():
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(tasks.mirror_sync, "delay", refuse)
+    monkeypatch.setattr(tasks.mirror_drain_task, "delay", refuse)
     outbox._enqueue_drain()  # logs, does not raise: the periodic drain picks the change up
