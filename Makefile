@@ -36,7 +36,7 @@ chaos: $(STAMP)
 
 # Byte-compiles everything; uses ruff too when it is installed.
 lint: $(STAMP)
-	$(PY) -m compileall -q devtools tests $(wildcard queuemanager queues jobs benchmarks)
+	$(PY) -m compileall -q devtools tests $(wildcard queuemanager queues jobs kafkabus consumers api console mirror ops benchmarks chaos)
 	@if $(PY) -m ruff --version >/dev/null 2>&1; then $(PY) -m ruff check .; fi
 
 # Local PostgreSQL data, secret key, admin password and local.env (make run recreates them; as root, a
