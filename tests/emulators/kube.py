@@ -1014,11 +1014,18 @@ def _serve_forever(argv=None):
     control surface under ``/_emulator/`` standing in for the controllers (no auth, local only):
     ``POST /_emulator/running`` ``{"namespace", "jobs": [manifest, ...]}`` creates Jobs each with one
     Running pod in O(1) per Job; ``GET /_emulator/count?plural=&namespace=&labelSelector=``;
-    ``POST /_emulator/reset`` empties the store and the request log. Prints its URL, then serves
-    until SIGTERM/SIGINT."""
+    ``POST /_emulator/reset`` empties the store and the request log; for the chaos suite (R6) seeded
+    random faults (``/_emulator/faults``, see ``kube_faults``), ``GET /_emulator/jobs?namespace=`` (each
+    Job's name, labels, status, whether it is being deleted), ``GET /_emulator/created`` (the labels of
+    every Job ever created, to count duplicates) and ``POST /_emulator/mark`` ``{"namespace", "name",
+    "phase": "running"|"succeeded"|"failed", "reason"}`` (the Job controller's part). Prints its URL,
+    then serves until SIGTERM/SIGINT."""
     import argparse
     import signal
     import sys
+    import time
+
+    from .kube_faults import RandomFaults, faulty_handler
 
     parser = argparse.ArgumentParser(prog="python -m tests.emulators.kube")
     parser.add_argument("--port", type=int, default=0)
@@ -1028,7 +1035,10 @@ def _serve_forever(argv=None):
     class ControlledCluster(KubeCluster):
         def _route(self, method, path, query, body, content_type):
             if not path.startswith("/_emulator/"):
-                return super()._route(method, path, query, body, content_type)
+                code, answer = super()._route(method, path, query, body, content_type)
+                if method == "POST" and code == 201 and answer.get("kind") == "Job" and query.get("dryRun") != "All":
+                    self.created.append(answer["metadata"].get("labels", {}))
+                return code, answer
             action = path[len("/_emulator/"):]
             if action == "reset" and method == "POST":
                 with self.store.lock:
@@ -1041,7 +1051,32 @@ def _serve_forever(argv=None):
                 return 200, {"count": len(found)}
             if action == "running" and method == "POST":
                 return 200, {"created": self._create_running(body["namespace"], body["jobs"])}
+            if action == "faults":
+                if method == "POST":
+                    return 200, faults.configure(body or {})
+                return 200, faults.clear() if method == "DELETE" else faults.report()
+            if action == "jobs" and method == "GET":
+                return 200, {"items": [
+                    {"name": j["metadata"]["name"], "labels": j["metadata"].get("labels", {}), "status": j["status"],
+                     "deleting": bool(j["metadata"].get("deletionTimestamp"))}
+                    for j in self.store.list("jobs", query.get("namespace"), query.get("labelSelector"))]}
+            if action == "created" and method == "GET":
+                return 200, {"items": self.created}
+            if action == "mark" and method == "POST":
+                controller = JobController(self, body["namespace"])
+                try:
+                    if body["phase"] == "running":
+                        controller.mark_running(body["name"])
+                    elif body["phase"] == "succeeded":
+                        controller.mark_succeeded(body["name"])
+                    else:
+                        controller.mark_failed(body["name"], body.get("reason") or "BackoffLimitExceeded")
+                except KeyError as exc:  # deleted meanwhile: the caller's view was stale
+                    raise ApiError(404, str(exc)) from None
+                return 200, {"marked": body["name"]}
             raise ApiError(404, f"no control action {method} {action}")
+
+        created = []  # labels of every Job created through the API, duplicates included
 
         def _create_running(self, namespace, manifests):
             controller = JobController(self, namespace)
@@ -1052,13 +1087,37 @@ def _serve_forever(argv=None):
                 controller.create_pod_for(job, "Running")
             return len(manifests)
 
+    def already_exists(path, obj):
+        match = _PATH.match(path.rstrip("/"))
+        plural, name = (match["plural"] if match else "jobs"), obj.get("metadata", {}).get("name", "")
+        return 409, ApiError(409, f'{_full_name(plural)} "{name}" already exists', "AlreadyExists",
+                             {"name": name, "group": RESOURCES.get(plural, ("",))[0], "kind": plural}).body()
+
+    refusing = []  # seconds to stay closed, set by a "refuse" fault; the loop below acts on it
+
+    def refuse(seconds):
+        if not refusing:
+            refusing.append(seconds)
+            threading.Thread(target=cluster._server.shutdown, daemon=True).start()
+
+    faults = RandomFaults()
     cluster = ControlledCluster(token=args.token or None)
-    cluster._server = _Server(("127.0.0.1", args.port), type("Handler", (_Handler,), {"cluster": cluster}))
-    cluster.url = f"http://127.0.0.1:{cluster._server.server_address[1]}"
+    handler = faulty_handler(type("Handler", (_Handler,), {"cluster": cluster}), faults, refuse, status_body,
+                             _REASONS, already_exists)
+    cluster._server = _Server(("127.0.0.1", args.port), handler)
+    port = cluster._server.server_address[1]
+    cluster.url = f"http://127.0.0.1:{port}"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(cluster.url, flush=True)
     try:
-        cluster._server.serve_forever(0.05)
+        while True:
+            cluster._server.serve_forever(0.05)
+            if not refusing:
+                break
+            cluster._server.server_close()  # new connections are refused until it listens again
+            time.sleep(refusing[0])
+            cluster._server = _Server(("127.0.0.1", port), handler)
+            refusing.clear()
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
