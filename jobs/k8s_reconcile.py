@@ -37,9 +37,20 @@ class Snapshot:
 
     jobs: dict[str, dict] = field(default_factory=dict)  # by Job name
     pods: list[dict] = field(default_factory=list)
+    _by_job: dict[str, list[dict]] | None = field(default=None, init=False, repr=False)
 
     def pods_of(self, job_name: str) -> list[dict]:
-        return [pod for pod in self.pods if pod_job_name(pod) == job_name]
+        # Indexed once per snapshot: scanning every pod for every Job made a pass quadratic.
+        if self._by_job is None:
+            self._by_job = {}
+            for pod in self.pods:
+                self._by_job.setdefault(pod_job_name(pod), []).append(pod)
+        return list(self._by_job.get(job_name, ()))
+
+    def without(self, job_names) -> Snapshot:
+        """The Jobs not named in `job_names` (and no pods): what remains to check for orphans."""
+        names = set(job_names)
+        return Snapshot(jobs={name: job for name, job in self.jobs.items() if name not in names})
 
 
 def pod_job_name(pod: dict) -> str:

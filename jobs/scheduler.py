@@ -2,7 +2,11 @@
 
 Everything here is level-triggered: `queue_advance` looks at the whole queue and does what its
 state calls for, so running it twice, late, or after lost events is harmless. `reconcile` compares
-every launched step with what the launcher observes and then advances every active queue.
+every launched step with what the launcher observes and then advances the queues that need it:
+those with step changes no advance has acted on yet (`Queue.changes_pending`, counted by every
+transition in its own transaction, so a lost advance task is still caught) and those where time
+alone may call for something (a consumer that may drain). Its work follows what changed, not the
+number of active queues.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
@@ -34,6 +38,9 @@ def queue_advance(queue_pk: int) -> list[int]:
         queue = Queue.objects.lock(queue_pk, missing_ok=True)
         if queue is None:
             return []
+        # What this advance acts on. Changes counted after this (they wait for our lock) stay
+        # counted for the next advance; our own changes are not counted (we decide from them here).
+        seen_changes = queue.changes_pending
         steps = {s.pk: s for s in queue.steps.all()}
         edges = list(queue.edges.all())
         upstreams: dict[int, list] = {pk: [] for pk in steps}
@@ -47,15 +54,18 @@ def queue_advance(queue_pk: int) -> list[int]:
                 Queue.objects.filter(pk=queue.pk).update(message=reason)
             for step in steps.values():
                 if not step.is_terminal and not step.stop_requested_at:
-                    step_mark_stopping(step=step, reason=f"Queue failed: {reason}")
+                    step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
         elif not queue.stop_requested_at:
             _cancel_unreachable(steps.values(), upstreams)
             for step in steps.values():
                 if step.state == StepState.WAITING and _dependencies_met(upstreams[step.pk]):
-                    if step_transition(step, StepState.LAUNCHING, from_states=[StepState.WAITING], message=""):
+                    if step_transition(step, StepState.LAUNCHING, from_states=[StepState.WAITING], message="",
+                                       mark_queue=False):
                         to_launch.append(step.pk)
             _drain_consumers(steps.values())
         queue_refresh_status(queue=queue)
+        if seen_changes:
+            Queue.objects.filter(pk=queue.pk).update(changes_pending=F("changes_pending") - seen_changes)
 
         if to_launch:
             for pk in to_launch:
@@ -73,17 +83,21 @@ def _dependencies_met(upstream_edges) -> bool:
 
 
 def _cancel_unreachable(steps, upstreams) -> None:
-    """A waiting step whose upstream ended without success can never start: cancel it."""
-    for step in steps:
-        if step.state != StepState.WAITING:
-            continue
-        for upstream, _kind in upstreams[step.pk]:
-            if upstream.is_terminal and upstream.state != StepState.SUCCEEDED:
-                step_transition(
-                    step, StepState.STOPPED, from_states=[StepState.WAITING],
-                    message=f"Cancelled: upstream {upstream.name} ended {upstream.state}.",
-                )
-                break
+    """A waiting step whose upstream ended without success can never start: cancel it, and what
+    waits for it in turn (repeated until nothing changes: steps need not be in dependency order)."""
+    cancelled = True
+    while cancelled:
+        cancelled = False
+        for step in steps:
+            if step.state != StepState.WAITING:
+                continue
+            for upstream, _kind in upstreams[step.pk]:
+                if upstream.is_terminal and upstream.state != StepState.SUCCEEDED:
+                    cancelled |= step_transition(
+                        step, StepState.STOPPED, from_states=[StepState.WAITING],
+                        message=f"Cancelled: upstream {upstream.name} ended {upstream.state}.", mark_queue=False,
+                    )
+                    break
 
 
 def _drain_consumers(steps) -> None:
@@ -108,7 +122,7 @@ def _drain_consumers(steps) -> None:
             reason = f"Drained after {settings.DRAIN_IDLE_SECONDS:g}s idle: wrote {consumer.records_written} of {total} records."
         else:
             continue
-        step_mark_stopping(step=consumer, reason=reason, drain=True)
+        step_mark_stopping(step=consumer, reason=reason, drain=True, mark_queue=False)
 
 
 class RetryLaunch(Exception):
@@ -133,12 +147,10 @@ def step_launch(step_pk: int) -> str:
     with the reason. A launch that returns after the step stopped, failed or moved to another run
     removes what it just created.
     """
-    step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
-    if step is None or step.state != StepState.LAUNCHING:
-        return "skipped"
-    if not _claim_attempt(step):
-        step.refresh_from_db(fields=["state", "run", "message", "launch_attempts"])
-        if step.state != StepState.LAUNCHING:
+    step = _claim_attempt(step_pk)
+    if step is None:
+        step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
+        if step is None or step.state != StepState.LAUNCHING:
             return "skipped"
         _fail_launch(step, f"gave up after {step.launch_attempts} attempts: {step.message or 'no reason recorded'}")
         return "failed"
@@ -152,31 +164,60 @@ def step_launch(step_pk: int) -> str:
         raise RetryLaunch(countdown, str(exc)) from exc
 
 
-def _claim_attempt(step: QueueRequest) -> bool:
-    """Count one attempt of this run, if the budget allows it (one UPDATE, no read-then-write)."""
-    claimed = QueueRequest.objects.filter(
-        pk=step.pk, run=step.run, state=StepState.LAUNCHING, launch_attempts__lt=settings.LAUNCH_MAX_ATTEMPTS
-    ).update(launch_attempts=F("launch_attempts") + 1, next_launch_at=timezone.now() + attempt_deadline())
-    return claimed == 1
+# What a launch reads of a step and its queue: everything but the step's log tail and the queue's
+# payloads (the manifest needs none of them).
+_CLAIM_STEP_SKIP = {"logs"}
+_CLAIM_QUEUE_SKIP = {"payload", "canonical_payload", "warnings"}
+
+
+def _claim_attempt(step_pk: int) -> QueueRequest | None:
+    """Count one attempt if the step is launching and its run's budget allows it, and return the
+    step with its queue — one UPDATE … RETURNING, no read-then-write; None when not claimed."""
+    step_fields = [f for f in QueueRequest._meta.concrete_fields if f.name not in _CLAIM_STEP_SKIP]
+    queue_fields = [f for f in Queue._meta.concrete_fields if f.name not in _CLAIM_QUEUE_SKIP]
+    columns = [f"s.{f.column}" for f in step_fields] + [f"q.{f.column}" for f in queue_fields]
+    sql = (
+        f"UPDATE {QueueRequest._meta.db_table} AS s "
+        "SET launch_attempts = s.launch_attempts + 1, next_launch_at = %s "
+        f"FROM {Queue._meta.db_table} AS q "
+        "WHERE s.id = %s AND q.id = s.queue_id AND s.state = %s AND s.launch_attempts < %s "
+        f"RETURNING {', '.join(columns)}"
+    )
+    params = [timezone.now() + attempt_deadline(), step_pk, StepState.LAUNCHING, settings.LAUNCH_MAX_ATTEMPTS]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = [_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
+    step = QueueRequest.from_db(connection.alias, [f.attname for f in step_fields], values[: len(step_fields)])
+    step.queue = Queue.from_db(connection.alias, [f.attname for f in queue_fields], values[len(step_fields):])
+    return step
+
+
+def _from_db(field, value):
+    # A raw cursor returns jsonb as text; the field turns it into what the ORM would give.
+    return field.from_db_value(value, None, connection) if isinstance(value, str) and hasattr(field, "from_db_value") else value
 
 
 def _record_launch(step: QueueRequest, handle: dict) -> str:
+    """One UPDATE in the usual case: the handle and launching → pending together. No queue status
+    refresh and no advance: pending counts as launched like launching, and no edge waits for it."""
     now = timezone.now()
-    with transaction.atomic():
-        queue = Queue.objects.lock(step.queue_id)
-        # The handle first: a fast worker may already have reported `started` (launching → running),
-        # and a stop may have come meanwhile (then the stop flow needs to know the launch happened).
-        recorded = QueueRequest.objects.filter(
-            pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
-        ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
-        if recorded:
-            state = QueueRequest.objects.filter(pk=step.pk).values_list("state", flat=True).get()
-            step.launcher_handle, step.launched_at, step.state = handle, now, state
-            if step_transition(step, StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run):
-                queue_refresh_status(queue=queue)
-            elif state == StepState.STOPPING:
-                # Its stop command may have gone out before the workload existed: send it again.
-                enqueue_on_commit(STEP_SEND_STOP, step.pk)
+    recorded = step_transition(step, StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run,
+                               mark_queue=False, launcher_handle=handle, launched_at=now, next_launch_at=None)
+    if not recorded:
+        # A fast worker may already have reported `started` (launching → running), or a stop came
+        # meanwhile: record the handle all the same (the stop flow needs to know the launch happened).
+        with transaction.atomic():
+            recorded = QueueRequest.objects.filter(
+                pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
+            ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
+            if recorded:
+                step.launcher_handle, step.launched_at = handle, now
+                if QueueRequest.objects.filter(pk=step.pk, state=StepState.STOPPING).exists():
+                    # Its stop command may have gone out before the workload existed: send it again.
+                    enqueue_on_commit(STEP_SEND_STOP, step.pk)
     if not recorded:
         # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
         # another run: what was just created belongs to no live step.
@@ -191,7 +232,7 @@ def _record_launch(step: QueueRequest, handle: dict) -> str:
 def _attempt_failed(step: QueueRequest, error: Exception) -> float | None:
     """Fail the step when the error is permanent or the budget is spent; else the retry countdown."""
     reason = str(error) or type(error).__name__
-    attempts = QueueRequest.objects.filter(pk=step.pk).values_list("launch_attempts", flat=True).first() or 0
+    attempts = step.launch_attempts  # as counted by this attempt's claim
     if isinstance(error, LaunchError) and error.permanent:
         _fail_launch(step, f"permanent error: {reason}")
         return None
@@ -276,17 +317,36 @@ def reconcile() -> dict:
 
 
 def _queues_to_advance() -> list[int]:
-    """Active queues, and any queue that still has unfinished steps (a safety net whatever its
-    status says): drains, launches after lost events and forced stops depend on this pass."""
-    active = set(Queue.objects.active().values_list("pk", flat=True))
-    unfinished = set(QueueRequest.objects.exclude(state__in=StepState.TERMINAL).values_list("queue_id", flat=True))
-    return sorted(active | unfinished)
+    """Queues with step changes no advance acted on yet (whoever made them: this pass, telemetry,
+    a launch; also when the advance announced for them was lost), and queues where time alone may
+    call for a drain. Both come from indexes over the few live rows, not from the history."""
+    changed = set(Queue.objects.needing_advance().values_list("pk", flat=True))
+    return sorted(changed | _drain_candidates())
+
+
+def _drain_candidates() -> set[int]:
+    """Queues with a running consumer whose producers of the same topic all succeeded: whether it
+    caught up or idled long enough is decided by queue_advance (DESIGN §5 rule 4)."""
+    consumers = [t for t, spec in TARGETS.items() if spec.topic_role == "consumer"]
+    producers = QueueRequest.objects.filter(
+        queue_id=OuterRef("queue_id"), kafka_topic=OuterRef("kafka_topic"),
+        target__in=[t for t, spec in TARGETS.items() if spec.topic_role == "producer"],
+    )
+    running = QueueRequest.objects.filter(state=StepState.RUNNING, target__in=consumers).exclude(kafka_topic="")
+    return set(running.filter(Exists(producers), ~Exists(producers.exclude(state=StepState.SUCCEEDED)))
+               .values_list("queue_id", flat=True))
+
+
+# What reconcile never reads of a step or its queue: large, and not needed to compare with the cluster.
+_RECONCILE_DEFERRED = ("params", "logs", "extra", "collection_inputs", "launcher_handle",
+                       "queue__payload", "queue__canonical_payload", "queue__warnings")
 
 
 def _reconcile_steps() -> dict:
     launcher = get_launcher()
     now = timezone.now()
-    steps = list(QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue"))
+    steps = list(QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue")
+                 .defer(*_RECONCILE_DEFERRED))
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
     for step in steps:
         if step.state == StepState.LAUNCHING and _launch_due(step, now) and _resend_launch(step, now):

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from jobs.announce import QUEUE_ADVANCE, STEP_DISCARD, STEP_SEND_STOP, enqueue_on_commit
 from queues import naming
-from queues.contract import PipelineSpec, canonical_json, parse_payload
+from queues.contract import PayloadError, PipelineSpec, canonical_json, parse_payload
+from queues.history import AuditAction, AuditResult, Origin, audit_record, errors_summary, step_run_record
 from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState
 from queues.signals import queue_status_changed
 
@@ -28,26 +30,47 @@ class QueueConflict(Exception):
         self.queue_id = queue_id
 
 
-def queue_create(*, payload: dict, queue_id: str | None = None, user=None, source: str = "api") -> tuple[Queue, bool]:
+def queue_create(*, payload: dict, queue_id: str | None = None, user=None, source: str = "api",
+                 origin: Origin | None = None) -> tuple[Queue, bool]:
     """Validate and create a queue with its steps and edges; returns (queue, created).
 
     Idempotent on a client-supplied queue_id: the same payload returns the existing queue,
     another payload raises QueueConflict. Raises contract.PayloadError on invalid input.
+    Every outcome is audited (queues.history), the refusals too.
     """
-    spec = parse_payload(payload, queue_id=queue_id, user=user)
-    if spec.queue_id:
-        existing = _existing_same_payload(spec)
-        if existing is not None:
-            return existing, False
+    origin = origin or Origin(source=source, user=user)
+    requested = queue_id if isinstance(queue_id, str) else (payload.get("queue_id") if isinstance(payload, dict) else None)
+    requested = requested if isinstance(requested, str) else ""
     try:
-        with transaction.atomic():
-            queue = _create_from_spec(spec, payload=payload, user=user, source=source)
-    except IntegrityError:
-        # Two submissions of the same client queue_id raced; the loser resolves like a resubmission.
-        existing = _existing_same_payload(spec) if spec.queue_id else None
-        if existing is None:
-            raise
-        return existing, False
+        spec = parse_payload(payload, queue_id=queue_id, user=origin.user)
+        if spec.queue_id:
+            existing = _existing_same_payload(spec)
+            if existing is not None:
+                audit_record(origin=origin, action=AuditAction.START, result=AuditResult.DUPLICATE, queue=existing,
+                             reason="Submitted before with the same payload; nothing new created.")
+                return existing, False
+        try:
+            with transaction.atomic():
+                queue = _create_from_spec(spec, payload=payload, user=origin.user, source=origin.source)
+                audit_record(origin=origin, action=AuditAction.START, result=AuditResult.ACCEPTED, queue=queue,
+                             detail={"steps": len(spec.steps)})
+        except IntegrityError:
+            # Two submissions of the same client queue_id raced; the loser resolves like a resubmission.
+            existing = _existing_same_payload(spec) if spec.queue_id else None
+            if existing is None:
+                raise
+            audit_record(origin=origin, action=AuditAction.START, result=AuditResult.DUPLICATE, queue=existing,
+                         reason="Submitted concurrently with the same payload; nothing new created.")
+            return existing, False
+    except PayloadError as exc:
+        audit_record(origin=origin, action=AuditAction.START, result=AuditResult.REJECTED, queue_ref=requested,
+                     reason=errors_summary(exc.errors))
+        raise
+    except QueueConflict as exc:
+        audit_record(origin=origin, action=AuditAction.START, result=AuditResult.CONFLICT,
+                     queue=Queue.objects.filter(queue_id=exc.queue_id).first(), queue_ref=exc.queue_id, reason=str(exc))
+        raise
+    source = origin.source
     logger.info("queue created", extra={"queue_id": queue.queue_id, "steps": len(spec.steps), "source": source})
     _advance_on_commit(queue)
     return queue, True
@@ -119,38 +142,48 @@ def _create_from_spec(spec: PipelineSpec, *, payload: dict, user, source: str) -
     return queue
 
 
-def queue_stop(*, queue: Queue, user=None, reason: str = "") -> Queue:
-    """Stop a queue (DESIGN §5 rule 6): cancel waiting steps, stop launched ones. Idempotent."""
+def queue_stop(*, queue: Queue, user=None, reason: str = "", origin: Origin | None = None) -> Queue:
+    """Stop a queue (DESIGN §5 rule 6): cancel waiting steps, stop launched ones. Idempotent (audited)."""
+    origin = origin or Origin(user=user)
     with transaction.atomic():
         queue = Queue.objects.lock(queue.pk)
         if queue.status in QueueStatus.TERMINAL or queue.stop_requested_at:
+            audit_record(origin=origin, action=AuditAction.STOP, result=AuditResult.DUPLICATE, queue=queue,
+                         reason="Already stopping." if queue.stop_requested_at and queue.is_active else f"Already {queue.status}.")
             return queue
-        who = getattr(user, "username", None) or "system"
+        who = origin.who
         queue.stop_requested_at = timezone.now()
         queue.message = reason or f"Stop requested by {who}."
         queue.save(update_fields=["stop_requested_at", "message", "updated_at"])
         for step in queue.steps.exclude(state__in=StepState.TERMINAL):
             step_mark_stopping(step=step, reason=queue.message)
         queue_refresh_status(queue=queue)
+        audit_record(origin=origin, action=AuditAction.STOP, result=AuditResult.ACCEPTED, queue=queue, reason=reason)
     logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})
     _advance_on_commit(queue)
     return queue
 
 
-def step_stop(*, step: QueueRequest, user=None, reason: str = "") -> QueueRequest:
-    """Stop one step (graceful, then forced after the grace period). Idempotent."""
-    who = getattr(user, "username", None) or "system"
+def step_stop(*, step: QueueRequest, user=None, reason: str = "", origin: Origin | None = None) -> QueueRequest:
+    """Stop one step (graceful, then forced after the grace period). Idempotent (audited)."""
+    origin = origin or Origin(user=user)
+    who = origin.who
     with transaction.atomic():
         Queue.objects.lock(step.queue_id)  # queue first, then its steps: the one lock order
         step = QueueRequest.objects.select_related("queue").get(pk=step.pk)
         if not step.is_terminal and not step.stop_requested_at:
             step_mark_stopping(step=step, reason=reason or f"Stop requested by {who}.")
             queue_refresh_status(queue=step.queue)
+            audit_record(origin=origin, action=AuditAction.STEP_STOP, result=AuditResult.ACCEPTED, queue=step.queue,
+                         step_name=step.name, reason=reason)
+        else:
+            audit_record(origin=origin, action=AuditAction.STEP_STOP, result=AuditResult.DUPLICATE, queue=step.queue,
+                         step_name=step.name, reason=f"Already {step.state}.")
     _advance_on_commit(step.queue)
     return step
 
 
-def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False) -> None:
+def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False, mark_queue: bool = True) -> None:
     """The state half of `step_stop`, for a caller that holds the queue's lock: cancel a waiting
     step, or move a launched one to `stopping` and announce `step_send_stop` (the command).
 
@@ -158,43 +191,63 @@ def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False) 
     """
     now = timezone.now()
     if step.state == StepState.WAITING:
-        step_transition(step, StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}", stop_requested_at=now)
+        step_transition(step, StepState.STOPPED, from_states=[StepState.WAITING], message=f"Cancelled: {reason}",
+                        stop_requested_at=now, mark_queue=mark_queue)
         return
     if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING:
         extra = {"drain_requested_at": now} if drain else {}
-        step_transition(step, StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now, **extra)
+        step_transition(step, StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now,
+                        mark_queue=mark_queue, **extra)
         enqueue_on_commit(STEP_SEND_STOP, step.pk)
 
 
-def step_transition(step: QueueRequest, to: str, **kwargs) -> bool:
-    """`QueueRequest.transition` plus what the orchestration owes a step that ended.
+def step_transition(step: QueueRequest, to: str, *, mark_queue: bool = True, **kwargs) -> bool:
+    """`QueueRequest.transition` plus what the orchestration owes a step that changed or ended.
 
     A step that ends failed, stopped or lost from a launched state gets its workload deleted once
     this commits (scheduler.step_discard), whoever ended it (telemetry, reconcile, a launch): a
     failed Job would be rerun and a streaming one would run forever. Every orchestration caller
     changes state through here; the domain model knows nothing of workloads.
+
+    The queue's `changes_pending` counts the change in the same transaction, so a reconcile pass
+    advances this queue even if the advance announced for it is lost. It is taken first (queue,
+    then its steps: the one lock order) and may count an attempt that changes nothing, which only
+    costs one idle advance. `mark_queue=False` is for a change no advance needs to act on
+    (launching → pending) and for queue_advance's own changes.
     """
     previous = step.state
-    changed = step.transition(to, **kwargs)
+    with transaction.atomic(savepoint=False):  # joins the caller's transaction when there is one
+        if mark_queue:
+            Queue.objects.filter(pk=step.queue_id).update(changes_pending=F("changes_pending") + 1)
+        changed = step.transition(to, **kwargs)
     if changed and to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
         enqueue_on_commit(STEP_DISCARD, step.pk, step.job_name)
     return changed
 
 
-def queue_retry(*, queue: Queue, user=None) -> int:
-    """Put failed, stopped and lost steps back to waiting and run the queue again; returns how many."""
+def queue_retry(*, queue: Queue, user=None, origin: Origin | None = None) -> int:
+    """Put failed, stopped and lost steps back to waiting and run the queue again; returns how many.
+
+    Each retried step's ended run is kept first (queues.history.StepRun); the request is audited.
+    """
+    origin = origin or Origin(user=user)
     with transaction.atomic():
         queue = Queue.objects.lock(queue.pk)
         if queue.status not in QueueStatus.TERMINAL and not queue.steps.filter(state__in=StepState.RETRYABLE).exists():
+            audit_record(origin=origin, action=AuditAction.RETRY, result=AuditResult.REJECTED, queue=queue,
+                         reason="Nothing to retry: no failed, stopped or lost steps.")
             return 0
         count = 0
+        retried = []
         for step in queue.steps.filter(state__in=StepState.RETRYABLE):
             run = step.run + 1
+            step_run_record(step=step)  # under the queue's lock: the run cannot end differently meanwhile
+            retried.append(step.name)
             count += step_transition(
                 step,
                 StepState.WAITING,
                 from_states=StepState.RETRYABLE,
-                message=f"Retry requested by {getattr(user, 'username', None) or 'system'}.",
+                message=f"Retry requested by {origin.who}.",
                 stop_requested_at=None,
                 drain_requested_at=None,
                 finished_at=None,
@@ -213,6 +266,9 @@ def queue_retry(*, queue: Queue, user=None) -> int:
             queue.message = ""
             queue.save(update_fields=["stop_requested_at", "finished_at", "message", "updated_at"])
             queue_refresh_status(queue=queue)
+        audit_record(origin=origin, action=AuditAction.RETRY, result=AuditResult.ACCEPTED if count else AuditResult.REJECTED,
+                     queue=queue, reason="" if count else "Nothing to retry: no failed, stopped or lost steps.",
+                     detail={"steps": retried} if count else {})
     if count:
         _advance_on_commit(queue)
     return count

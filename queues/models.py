@@ -52,15 +52,30 @@ class QueueQuerySet(models.QuerySet):
         return self.filter(status__in=QueueStatus.ACTIVE)
 
     def listed(self):
-        """The queue list (API, legacy list): newest first, with the counts its rows show."""
-        return (
-            self.select_related("submitted_by")
-            .annotate(
-                steps_total=models.Count("steps"),
-                steps_done=models.Count("steps", filter=models.Q(steps__state=StepState.SUCCEEDED)),
-            )
-            .order_by("-created_at", "-pk")
+        """The queue list (API, legacy list): newest first.
+
+        No step counts here: an annotation would group every step of the history before LIMIT.
+        The list counts the steps of the shown page only, with `step_counts`.
+        """
+        return self.select_related("submitted_by").order_by("-created_at", "-pk")
+
+    @staticmethod
+    def step_counts(queue_ids) -> dict[int, dict[str, int]]:
+        """{queue id: {step state: steps in it}} for these queues: one query over their steps only."""
+        counts: dict[int, dict[str, int]] = {pk: {} for pk in queue_ids}
+        rows = (
+            QueueRequest.objects.filter(queue_id__in=list(counts))
+            .order_by()
+            .values_list("queue_id", "state")
+            .annotate(n=models.Count("pk"))
         )
+        for queue_id, state, n in rows:
+            counts[queue_id][state] = n
+        return counts
+
+    def needing_advance(self):
+        """Queues with step changes no queue_advance has acted on yet (partial index)."""
+        return self.filter(changes_pending__gt=0)
 
     def lock(self, pk: int, *, missing_ok: bool = False):
         """Lock one queue row for changes to it or its steps (inside a transaction).
@@ -96,11 +111,20 @@ class Queue(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    changes_pending = models.PositiveIntegerField(
+        default=1,
+        help_text="Step changes not yet acted on by queue_advance (a new queue needs its first advance). "
+        "Reconcile advances only queues where this is above zero.",
+    )
 
     objects = QueueQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # Reconcile's work list: a handful of rows among the whole history.
+            models.Index(fields=["id"], name="queue_changes_pending", condition=models.Q(changes_pending__gt=0)),
+        ]
         permissions = [
             ("start_queue", "Can start queues"),
             ("stop_queue", "Can stop queues and steps"),
@@ -203,6 +227,14 @@ class QueueRequest(models.Model):
     class Meta:
         ordering = ["queue", "position"]
         verbose_name = "step"
+        indexes = [
+            # Reconcile reads the launched steps every pass: an index over the few live rows only.
+            models.Index(fields=["state"], name="step_launched_state",
+                         condition=models.Q(state__in=StepState.LAUNCHED)),
+            # Logs still to keep of recently ended steps (reconcile's _capture_logs).
+            models.Index(fields=["finished_at"], name="step_logs_to_capture",
+                         condition=models.Q(logs="", launched_at__isnull=False)),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["queue", "name"], name="unique_step_name_per_queue"),
             models.UniqueConstraint(fields=["queue", "telemetry_id"], name="unique_telemetry_id_per_queue"),
@@ -316,3 +348,8 @@ class TelemetryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.producer}: {self.status}"
+
+
+# The audit trail and past step runs live in their own module (queues/history.py); imported here so
+# Django registers them with the app.
+from queues.history import AuditEntry, StepRun  # noqa: E402,F401

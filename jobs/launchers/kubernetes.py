@@ -219,9 +219,12 @@ class KubernetesLauncher:
             for step in steps
         }
         if handle_orphans:
+            # The Jobs of the steps just observed are live steps' own: neither orphans nor
+            # leftovers. Only the rest (usually none) is looked up in the database.
+            rest = snapshot.without(step.job_name for step in steps)
             try:
-                k8s_reconcile.handle_orphans(self, snapshot)
-                k8s_reconcile.delete_leftovers(self, snapshot)
+                k8s_reconcile.handle_orphans(self, rest)
+                k8s_reconcile.delete_leftovers(self, rest)
             except LaunchError:
                 logger.exception("could not handle orphan or leftover Jobs this pass")
         return observations
