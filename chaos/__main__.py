@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-from chaos import scenario_clients, scenario_fuzz, scenario_hostile, scenario_storm
+from chaos import scenario_clients, scenario_fuzz, scenario_hostile, scenario_kube, scenario_mirror, scenario_storm
 from chaos.common import Result, Run
 from chaos.harness import ROOT, say, start_servers
 
@@ -24,6 +24,8 @@ SCENARIOS = {
     "R7": scenario_clients.run,
     "R1": scenario_storm.run,
     "R4": scenario_fuzz.run,
+    "R5": scenario_mirror.run,
+    "R6": scenario_kube.run,
 }
 
 

@@ -58,6 +58,8 @@ STEP_TABLE = "queues_queuerequest"
 EVENT_TABLE = "queues_telemetryevent"
 COMMAND_TABLE = "kafkabus_processedcommand"
 
+MIRROR_OUTBOX_TABLE = "mirror_mirroroutbox"  # rows not yet written to ArangoDB
+
 QUEUE_ACTIVE = ("pending", "running", "stopping")
 QUEUE_TERMINAL = ("succeeded", "failed", "stopped")
 STEP_LAUNCHED = ("launching", "pending", "running", "stopping")
@@ -68,11 +70,12 @@ STEP_FAILED = ("failed", "lost")
 def check_schema_names() -> list[str]:
     """What differs between the names above and the product's models (needs Django set up)."""
     from kafkabus.models import ProcessedCommand
+    from mirror.models import MirrorOutbox
     from queues.models import Queue, QueueRequest, QueueStatus, StepState, TelemetryEvent
 
     problems = []
     for model, table in ((Queue, QUEUE_TABLE), (QueueRequest, STEP_TABLE), (TelemetryEvent, EVENT_TABLE),
-                         (ProcessedCommand, COMMAND_TABLE)):
+                         (ProcessedCommand, COMMAND_TABLE), (MirrorOutbox, MIRROR_OUTBOX_TABLE)):
         if model._meta.db_table != table:
             problems.append(f"{model.__name__} table is {model._meta.db_table}, not {table}")
     for name, ours, theirs in (
@@ -95,6 +98,25 @@ SIMULATOR_FINISHED = "finished with "  # "finished with N records": what a batch
 JOB_LABEL_QUEUE = "streamforge.io/queue-id"
 JOB_LABEL_STEP = "streamforge.io/step"
 JOB_LABEL_RUN = "streamforge.io/run"
+JOB_LABEL_TYPE = "streamforge.io/type"  # the step's type, `_` -> `-`
+STREAMING_TYPES = ("ws-", "realtime-", "graph-metrics-stream")  # prefixes of types that run until stopped
+KUBE_EMULATOR_TOKEN = "emulator-token"
+
+
+def kube_env(api_url: str, namespace: str) -> dict[str, str]:
+    """The settings that put the launcher on a Kubernetes API (README *Running steps as Kubernetes Jobs*)."""
+    return {"JOB_LAUNCHER": "kubernetes", "K8S_API_URL": api_url, "K8S_API_TOKEN": KUBE_EMULATOR_TOKEN,
+            "K8S_NAMESPACE": namespace}
+
+# --- ArangoDB mirror: collections and the fields compared with PostgreSQL ------------------------
+ARANGO_QUEUES, ARANGO_STEPS = "queues", "steps"  # queue docs carry queue_id; step docs queue_id and name
+
+
+def arango_env(url: str, database: str, password: str) -> dict[str, str]:
+    """The settings that switch the mirror on (README *Configuration*), draining every second."""
+    return {"ARANGO_URL": url, "ARANGO_DB": database, "ARANGO_USER": "root", "ARANGO_PASSWORD": password,
+            "MIRROR_SYNC_INTERVAL_SECONDS": "2"}
+
 
 # --- Kafka: the manager's own messages carry this origin ---------------------------------------
 MANAGER_ORIGIN = "queue-manager"

@@ -106,3 +106,103 @@ def test_the_names_the_checker_reads_are_the_products():
     from chaos import targets
 
     assert targets.check_schema_names() == []
+
+
+# -- R4/R5/R6: their checkers and the emulators' fault controls (the scenarios need minutes: `make chaos`) --
+
+def test_the_fuzz_checker_lets_anonymous_404s_pass_only_for_unroutable_paths():
+    """R4: an anonymous 404 passes only where no route matches (empty, '/' or a format suffix '.')."""
+    from chaos.scenario_fuzz import _unroutable
+
+    assert _unroutable({"queue_id": ""}) and _unroutable({"queue_id": "a/b"}) and _unroutable({"queue_id": "a.json"})
+    assert not _unroutable({"queue_id": "fuzz-q"}) and not _unroutable({"queue_id": "x", "name": "step-1"})
+
+
+def test_the_mirror_comparison_finds_missing_extra_and_stale_documents():
+    """R5: a document missing, one ArangoDB has alone, one with another status or updated_at are differences."""
+    from datetime import datetime, timezone
+
+    from chaos.scenario_mirror import _diff
+
+    at = datetime(2024, 6, 1, 12, 0, tzinfo=timezone.utc)
+    rows = {"a": {"status": "running", "updated_at": at}, "b": {"status": "stopped", "updated_at": at},
+            "c": {"status": "failed", "updated_at": at}}
+    docs = {"a": {"status": "running", "updated_at": at.isoformat()}, "b": {"status": "running", "updated_at": at.isoformat()},
+            "d": {"status": "running", "updated_at": at.isoformat()}}
+    found = sorted(_diff("queue", rows, docs))
+    assert found == ["queue b status: stopped in PostgreSQL, running in ArangoDB", "queue c missing in ArangoDB",
+                     "queue d in ArangoDB only"], found
+    assert _diff("queue", {"a": rows["a"]}, {"a": {"status": "running", "updated_at": "2024-06-01T12:00:00"}}) != []
+
+
+@pytest.fixture
+def kube_emulator(tmp_path):
+    from chaos import emulators
+
+    with emulators.kube(tmp_path) as kube:
+        yield kube
+
+
+def _job(name: str, run: str = "1") -> dict:
+    from chaos import targets
+
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": {
+        targets.JOB_LABEL_QUEUE: "q1", targets.JOB_LABEL_STEP: "s1", targets.JOB_LABEL_RUN: run}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}
+
+
+def _kube_api(kube, method: str, path: str, body=None) -> tuple[int, dict]:
+    import urllib.error
+
+    try:
+        return 200, kube.control(method, path, body, timeout=10)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_the_kube_emulator_injects_seeded_faults_on_its_api_only(kube_emulator):
+    """R6 (emulator): a 409 fault still creates the Job (the answer is what a retry would meet); a 429
+    carries Retry-After; a refused listener comes back with its data; the control surface is never hit."""
+    import urllib.error
+
+    jobs = "/apis/batch/v1/namespaces/chaos/jobs"
+    kube_emulator.control("POST", "/_emulator/faults", {"seed": 1, "rate": 1.0, "kinds": ["409"]})
+    status, body = _kube_api(kube_emulator, "POST", jobs, _job("j1"))
+    assert (status, body["reason"]) == (409, "AlreadyExists"), body
+    kube_emulator.control("POST", "/_emulator/faults", {"seed": 1, "rate": 1.0, "kinds": ["429"]})
+    try:
+        kube_emulator.control("GET", jobs)
+        raise AssertionError("no fault injected")
+    except urllib.error.HTTPError as exc:
+        assert (exc.code, exc.headers["Retry-After"]) == (429, "1")
+    kube_emulator.control("POST", "/_emulator/faults", {"seed": 1, "rate": 1.0, "kinds": ["refuse"], "refuse_seconds": 1})
+    with pytest.raises(OSError):
+        kube_emulator.control("GET", jobs)
+    report = None
+    for _ in range(100):  # until it listens again (a second, on a loaded machine maybe more)
+        try:
+            report = kube_emulator.control("DELETE", "/_emulator/faults")
+            break
+        except OSError:
+            import time
+
+            time.sleep(0.2)
+    assert report == {"rate": 0.0, "kinds": [], "injected": {"refuse": 1}}, report
+    assert [j["name"] for j in kube_emulator.control("GET", "/_emulator/jobs?namespace=chaos")["items"]] == ["j1"]
+    assert len(kube_emulator.control("GET", "/_emulator/created")["items"]) == 1
+
+
+@pytest.mark.django_db
+def test_the_kube_checker_finds_two_jobs_for_one_step_run_and_a_job_without_a_step(kube_emulator, postgres_server):
+    """R6 (checker): two Jobs ever created for one step run, and a live Job no step owns, are violations."""
+    from django.db import connection
+
+    from chaos.scenario_kube import check_jobs
+
+    jobs = "/apis/batch/v1/namespaces/chaos/jobs"
+    for name in ("j1", "j1-again"):
+        assert _kube_api(kube_emulator, "POST", jobs, _job(name))[0] == 200
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+    found = check_jobs(kube_emulator, url)
+    assert found[0] == "1 step runs got more than one Job, e.g. [(('q1', 's1', '1'), 2)]", found
+    assert found[1:] == ["Job j1 is live but its step is gone", "Job j1-again is live but its step is gone"], found

@@ -751,7 +751,8 @@ class ArangoEmulator:
 def _serve_forever(argv=None):
     """``python -m tests.emulators.arango --port N --password P``: the emulator in a process of its own
     (benchmarks: the measured code must not share the interpreter lock with it). Prints its URL, then
-    serves until SIGTERM/SIGINT."""
+    serves until SIGTERM/SIGINT. SIGUSR1 starts an outage (``go_down``: connections refused), SIGUSR2
+    ends it (``come_back``: the same port, the data kept, as a restarted ArangoDB keeps its files)."""
     import argparse
     import signal
     import sys
@@ -766,6 +767,8 @@ def _serve_forever(argv=None):
     emulator.port = args.port
     emulator.start()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGUSR1, lambda *_: emulator.is_up and emulator.go_down())
+    signal.signal(signal.SIGUSR2, lambda *_: emulator.is_up or emulator.come_back())
     print(emulator.url, flush=True)
     try:
         while True:

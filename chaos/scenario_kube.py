@@ -1,0 +1,142 @@
+"""R6 — Kubernetes API faults: the launcher and reconcile against an API that fails at a seeded rate.
+
+The Kubernetes emulator runs in its own process; the system runs with `JOB_LAUNCHER=kubernetes` on
+it. Its control surface injects, at a seeded rate, 500/503, 429 with Retry-After, 409 on a create
+that did go through (the answer lost), slow answers past the client's timeout (the server acts, the
+client gave up) and refused connections (the listener closed for a few seconds). The harness plays
+the Job controller through the control surface: a Job gets a running pod, a batch Job succeeds a
+few seconds later, a streaming one runs until the manager deletes it. Queues of mixed templates
+start during the faults; afterwards the faults stop, the streaming queues are stopped and, after
+quiescence: no step run ever had two Jobs (counted by labels over every create), no live Job
+without a live step, every step ran to its end or failed with a reason (its retry budget spent),
+nothing stays `launching`; plus every invariant of the other scenarios.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import psycopg
+
+from chaos import emulators, targets
+from chaos.common import Result, Run, finish, wait_quiescent
+from chaos.harness import Layout, say
+from chaos.invariants import Ledger
+from chaos.scenario_storm import api_call, payloads
+
+FULL_QUEUES = 40
+FULL_WINDOW = 120.0
+FAULT_RATE = 0.15
+NAMESPACE = "chaos"
+BATCH_RUNS_FOR = 3.0  # seconds a batch Job runs before the emulated controller completes it
+
+
+def run(r: Run, *, window: float | None = None, rate: float = FAULT_RATE) -> Result:
+    started = time.monotonic()
+    count = r.n(FULL_QUEUES, 3)
+    window = window if window is not None else max(20.0, FULL_WINDOW * min(1.0, r.scale * 4))
+    result = Result("R6", r.seed, load=f"{count} queues over {window:.0f}s, Kubernetes launcher, fault rate {rate:.0%}")
+    (r.base / "logs").mkdir(parents=True, exist_ok=True)
+    with emulators.kube(r.base / "logs") as kube:
+        system = r.system("R6", Layout(workers=2, beats=2, control=0, events=0, web_workers=1),
+                          extra_env=targets.kube_env(kube.url, NAMESPACE))
+        with system:
+            controller = JobController(kube)
+            controller.start()
+            kube.control("POST", "/_emulator/faults", {"seed": r.seed, "rate": rate, "slow_seconds": 35,
+                                                        "refuse_seconds": 3})
+            queue_ids = _start_queues(r, system, count, window, result)
+            injected = kube.control("DELETE", "/_emulator/faults")["injected"]
+            result.faults = [f"{n} x {kind}" for kind, n in sorted(injected.items())]
+            say(f"R6: faults off after {time.monotonic() - started:.0f}s: {injected}")
+            for queue_id, kind in sorted(queue_ids.items()):
+                if kind == "realtime":
+                    api_call(system, "POST", targets.api_queue_stop(queue_id))
+            if not wait_quiescent(system, timeout=300):
+                result.violations.append("no quiescence: queues still active after the wait")
+            controller.stop()
+            result.violations += check_jobs(kube, system.database_url)
+            return finish(result, system, Ledger(), started)
+
+
+def _start_queues(r: Run, system, count: int, window: float, result: Result) -> dict[str, str]:
+    import random
+
+    rng = random.Random(r.seed)
+    mix = payloads()
+    plan = sorted(rng.uniform(0, window * 0.6) for _ in range(count))
+    queue_ids: dict[str, str] = {}
+    t0 = time.monotonic()
+    for index, at in enumerate(plan):
+        time.sleep(max(0.0, at - (time.monotonic() - t0)))
+        kind, payload = mix[rng.randrange(len(mix))]
+        queue_id = f"r6-{r.seed}-{index}"
+        status, _ = api_call(system, "POST", targets.API_QUEUES, {**payload, "queue_id": queue_id})
+        if status not in (200, 201):
+            result.violations.append(f"start {queue_id} answered {status}")
+        queue_ids[queue_id] = kind
+    time.sleep(max(0.0, window - (time.monotonic() - t0)))
+    return queue_ids
+
+
+class JobController(threading.Thread):
+    """The Job controller and kubelet, played through the emulator's control surface."""
+
+    def __init__(self, kube):
+        super().__init__(daemon=True, name="r6-job-controller")
+        self.kube, self.running_since, self.done = kube, {}, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            try:
+                jobs = self.kube.control("GET", f"/_emulator/jobs?namespace={NAMESPACE}")["items"]
+            except OSError:
+                continue
+            for job in jobs:
+                status, name = job["status"], job["name"]
+                if job["deleting"] or status.get("conditions") or status.get("succeeded") or status.get("failed"):
+                    continue
+                since = self.running_since.setdefault(name, time.monotonic())
+                phase = "running"
+                if status.get("active"):
+                    streaming = job["labels"].get(targets.JOB_LABEL_TYPE, "").startswith(targets.STREAMING_TYPES)
+                    if streaming or time.monotonic() - since < BATCH_RUNS_FOR:
+                        continue
+                    phase = "succeeded"
+                try:
+                    self.kube.control("POST", "/_emulator/mark", {"namespace": NAMESPACE, "name": name, "phase": phase})
+                except OSError:
+                    pass  # deleted meanwhile (404) or the emulator busy: the next pass sees it again
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+
+
+def check_jobs(kube, database_url: str) -> list[str]:
+    """No step run with two Jobs ever; no live Job without a live step; every failed step says why."""
+    out = []
+    created = Counter((labels.get(targets.JOB_LABEL_QUEUE), labels.get(targets.JOB_LABEL_STEP),
+                       labels.get(targets.JOB_LABEL_RUN)) for labels in kube.control("GET", "/_emulator/created")["items"])
+    twice = {key: n for key, n in created.items() if n > 1}
+    if twice:
+        out.append(f"{len(twice)} step runs got more than one Job, e.g. {list(twice.items())[:3]}")
+    with psycopg.connect(database_url, autocommit=True) as db:
+        steps = {row[0]: row[1:] for row in db.execute(
+            f"SELECT s.job_name, s.state, s.message, q.queue_id, s.name FROM {targets.STEP_TABLE} s "
+            f"JOIN {targets.QUEUE_TABLE} q ON q.id = s.queue_id")}
+    for job in kube.control("GET", f"/_emulator/jobs?namespace={NAMESPACE}")["items"]:
+        status = job["status"]
+        finished = status.get("conditions") or status.get("succeeded") or status.get("failed")
+        if job["deleting"] or finished:
+            continue
+        step = steps.get(job["name"])
+        if step is None or step[0] not in targets.STEP_LAUNCHED:
+            out.append(f"Job {job['name']} is live but its step is {step[0] if step else 'gone'}")
+    for job_name, (state, message, queue_id, name) in steps.items():
+        if state in targets.STEP_FAILED and not message.strip():
+            out.append(f"step {queue_id}/{name} {state} without a reason")
+        if state not in targets.STEP_TERMINAL and state != "waiting":
+            out.append(f"step {queue_id}/{name} still {state} after quiescence")
+    return out
