@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from queues import naming
 from api import schema
 from api.filters import QueueFilter
+from api.pagination import NumberedQueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
@@ -69,6 +70,7 @@ class LegacyListView(generics.ListAPIView):
     required_permission = VIEW_QUEUE
     serializer_class = QueueSerializer
     filterset_class = QueueFilter
+    pagination_class = NumberedQueuePagination  # the original service's clients page by number
 
     def get_queryset(self):
         return list_queryset()

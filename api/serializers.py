@@ -78,12 +78,23 @@ class ProgressSerializer(serializers.Serializer):
 
 
 def _progress(queue: Queue) -> dict:
-    total = getattr(queue, "steps_total", None)
-    done = getattr(queue, "steps_done", None)
-    if total is None or done is None:
-        states = [step.state for step in queue.steps.all()]
-        total, done = len(states), sum(1 for s in states if s == StepState.SUCCEEDED)
-    return {"done": done, "total": total}
+    counts = getattr(queue, "step_state_counts", None)
+    if counts is None:  # one queue (detail, create, stop): its steps are prefetched or read here
+        counts = {}
+        for step in queue.steps.all():
+            counts[step.state] = counts.get(step.state, 0) + 1
+    return {"done": counts.get(StepState.SUCCEEDED, 0), "total": sum(counts.values())}
+
+
+class QueueListSerializer(serializers.ListSerializer):
+    """Many queues: their step counts in one query for the rows being serialized (a page), not per row."""
+
+    def to_representation(self, data):
+        queues = list(data.all() if hasattr(data, "all") else data)
+        counts = Queue.objects.step_counts([queue.pk for queue in queues])
+        for queue in queues:
+            queue.step_state_counts = counts[queue.pk]
+        return super().to_representation(queues)
 
 
 class QueueSerializer(serializers.ModelSerializer):
@@ -111,6 +122,7 @@ class QueueSerializer(serializers.ModelSerializer):
             "stop_requested_at",
         ]
         read_only_fields = fields
+        list_serializer_class = QueueListSerializer
 
     @extend_schema_field(ProgressSerializer)
     def get_progress(self, queue: Queue) -> dict:

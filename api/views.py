@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from jobs import services
 from api import schema
 from api.filters import QueueFilter
+from api.pagination import QueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
@@ -57,7 +58,11 @@ CREATE_SCHEMA = dict(
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List queues", description="Newest first; filter by status, symbol, target, created range."),
+    list=extend_schema(
+        summary="List queues",
+        description="Newest first; filter by status, symbol, target, created range. Paged by cursor (follow `next`); "
+        "`?page=N` answers in the page-number form with `count`; `?page_size=` up to API_MAX_PAGE_SIZE.",
+    ),
     retrieve=extend_schema(summary="A queue with its steps and dependency edges"),
     create=extend_schema(
         summary="Start a queue",
@@ -74,6 +79,7 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     parser_classes = [JSONParser]
     filterset_class = QueueFilter
 
+    pagination_class = QueuePagination
     def get_queryset(self):
         return list_queryset() if self.action == "list" else queue_detail_queryset()
 

@@ -65,7 +65,7 @@ def test_it_lists_newest_first_with_progress(api, operator):
     new = make_queue("realtime-pipeline", queue_id="new-one")
     new.steps.filter(position__in=[0, 1]).update(state=StepState.SUCCEEDED)
     body = api.get("/api/queues/").json()
-    assert body["count"] == 2
+    assert body["next"] is None and body["previous"] is None
     assert [q["queue_id"] for q in body["results"]] == ["new-one", "old-one"]
     assert body["results"][0]["progress"] == {"done": 2, "total": 7}
     assert body["results"][1]["submitted_by"] == "operator"
@@ -106,19 +106,116 @@ def test_it_rejects_bad_filter_values_with_400(api, query):
     assert set(query) <= set(response.json())
 
 
-def test_it_paginates(api, monkeypatch):
-    from rest_framework.pagination import PageNumberPagination
+def _queues(n: int, prefix: str = "page") -> list[str]:
+    """n queues, newest first as the list shows them (distinct created_at, one second apart)."""
+    now = timezone.now()
+    for i in range(n):
+        queue = make_queue("realtime-pipeline", queue_id=f"{prefix}-{i}")
+        Queue.objects.filter(pk=queue.pk).update(created_at=now - timedelta(seconds=n - i))
+    return [f"{prefix}-{i}" for i in reversed(range(n))]
 
-    for n in range(3):
-        make_queue("realtime-pipeline", queue_id=f"page-{n}")
-    first = api.get("/api/queues/").json()
-    assert first["count"] == 3 and first["next"] is None
-    monkeypatch.setattr(PageNumberPagination, "page_size", 2)  # API_PAGE_SIZE is read once at start-up
-    page1 = api.get("/api/queues/").json()
-    page2 = api.get("/api/queues/", {"page": 2}).json()
-    assert len(page1["results"]) == 2 and page1["next"]
-    assert len(page2["results"]) == 1 and page2["previous"]
+
+def _walk(api, url: str, query: dict | None = None, on_page=None) -> list[str]:
+    seen, response = [], api.get(url, query or {})
+    while True:
+        assert response.status_code == 200, response.content
+        body = response.json()
+        seen += [q["queue_id"] for q in body["results"]]
+        if on_page:
+            on_page()
+        if not body["next"]:
+            return seen
+        response = api.get(body["next"])
+
+
+def test_it_paginates_by_cursor_by_default(api):
+    """Issue #12 (deep pages by cursor): the default form follows `next` cursors, with no count(*)."""
+    expected = _queues(5)
+    first = api.get("/api/queues/", {"page_size": 2}).json()
+    assert "count" not in first and "cursor=" in first["next"] and first["previous"] is None
+    assert [q["queue_id"] for q in first["results"]] == expected[:2]
+    assert _walk(api, "/api/queues/", {"page_size": 2}) == expected
+    back = api.get(api.get(first["next"]).json()["previous"]).json()
+    assert [q["queue_id"] for q in back["results"]] == expected[:2]
+
+
+def test_it_walks_every_row_once_by_cursor_while_queues_are_added(api):
+    """Issue #12 (deep pages by cursor): rows inserted during the walk neither repeat nor push rows out."""
+    expected = _queues(7, "walk")
+    added = iter(range(100))
+
+    def add_one():
+        make_queue("realtime-pipeline", queue_id=f"added-{next(added)}")
+
+    seen = _walk(api, "/api/queues/", {"page_size": 2}, on_page=add_one)
+    assert seen == expected  # every row that existed, once, in order; the new ones are ahead of the cursor
+    assert len(_walk(api, "/api/queues/", {"page_size": 3})) == len(expected) + Queue.objects.filter(
+        queue_id__startswith="added-").count()
+
+
+def test_it_keeps_the_page_number_form_for_existing_clients(api):
+    """Issue #12 (keep the page-number form working): `?page=N` answers with count and page links."""
+    expected = _queues(5)
+    page1 = api.get("/api/queues/", {"page": 1, "page_size": 2}).json()
+    assert page1["count"] == 5 and "page=2" in page1["next"] and page1["previous"] is None
+    assert [q["queue_id"] for q in page1["results"]] == expected[:2]
+    page3 = api.get("/api/queues/", {"page": 3, "page_size": 2}).json()
+    assert [q["queue_id"] for q in page3["results"]] == expected[4:] and page3["next"] is None
+    assert page3["previous"]
     assert api.get("/api/queues/", {"page": 99}).status_code == 404
+    legacy = api.get("/queues/list", {"page": 2, "page_size": 2}).json()
+    assert legacy["count"] == 5 and [q["queue_id"] for q in legacy["results"]] == expected[2:4]
+
+
+def test_it_honours_page_size_up_to_the_maximum(api, settings):
+    """Issue #12 (`page_size` honoured, with a maximum): ?page_size= was ignored."""
+    settings.API_MAX_PAGE_SIZE = 3
+    _queues(5)
+    assert len(api.get("/api/queues/", {"page_size": 2}).json()["results"]) == 2
+    assert len(api.get("/api/queues/", {"page_size": 1000}).json()["results"]) == 3
+    assert len(api.get("/api/queues/", {"page": 1, "page_size": 1000}).json()["results"]) == 3
+    assert len(api.get("/queues/list", {"page_size": 1000}).json()["results"]) == 3
+
+
+def test_it_shows_exact_progress_on_every_page_and_filter(api):
+    """Issue #12 (progress and counts stay exact): counted per page now, not by a join over all steps."""
+    expected = _queues(4, "prog")
+    done = {queue_id: n for n, queue_id in enumerate(expected)}  # 0..3 steps succeeded
+    for queue_id, n in done.items():
+        steps = Queue.objects.get(queue_id=queue_id).steps.order_by("position")
+        steps.filter(pk__in=list(steps.values_list("pk", flat=True)[:n])).update(state=StepState.SUCCEEDED)
+    Queue.objects.filter(queue_id="prog-0").update(status=QueueStatus.FAILED)
+    for query in ({"page_size": 3}, {"page": 2, "page_size": 3}, {"target": "visualizer"}, {"status": "failed"}):
+        rows = api.get("/api/queues/", query).json()["results"]
+        assert rows, query
+        for row in rows:
+            assert row["progress"] == {"done": done[row["queue_id"]], "total": 7}, query
+    (legacy,) = api.get("/queues/list", {"status": "failed"}).json()["results"]
+    assert legacy["progress"] == {"done": done["prog-0"], "total": 7}
+
+
+def _list_queries(api, query: dict) -> list[str]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert api.get("/api/queues/", query).status_code == 200
+    return [q["sql"] for q in captured.captured_queries]
+
+
+def test_it_lists_with_queries_independent_of_page_size_and_history(api):
+    """Issue #12 (query count independent of page size and of the table size; the step count is
+    not a join over every step before LIMIT)."""
+    _queues(10, "few")
+    small = _list_queries(api, {"page_size": 5})
+    _queues(50, "more")
+    for query in ({"page_size": 5}, {"page_size": 60}, {"page": 2, "page_size": 20}, {"status": "pending"}):
+        assert len(_list_queries(api, query)) <= len(small) + (1 if "page" in query else 0), query
+    for sql in _list_queries(api, {"page_size": 60}):
+        if '"queues_queue"' in sql and "LIMIT" in sql:
+            assert '"queues_queuerequest"' not in sql, sql  # the page of queues is read without the steps
+        if '"queues_queuerequest"' in sql:
+            assert " IN (" in sql, sql  # steps are read for the page's queues only
 
 
 def test_it_stops_a_queue_idempotently(api):
