@@ -52,15 +52,26 @@ class QueueQuerySet(models.QuerySet):
         return self.filter(status__in=QueueStatus.ACTIVE)
 
     def listed(self):
-        """The queue list (API, legacy list): newest first, with the counts its rows show."""
-        return (
-            self.select_related("submitted_by")
-            .annotate(
-                steps_total=models.Count("steps"),
-                steps_done=models.Count("steps", filter=models.Q(steps__state=StepState.SUCCEEDED)),
-            )
-            .order_by("-created_at", "-pk")
+        """The queue list (API, legacy list): newest first.
+
+        No step counts here: an annotation would group every step of the history before LIMIT.
+        The list counts the steps of the shown page only, with `step_counts`.
+        """
+        return self.select_related("submitted_by").order_by("-created_at", "-pk")
+
+    @staticmethod
+    def step_counts(queue_ids) -> dict[int, dict[str, int]]:
+        """{queue id: {step state: steps in it}} for these queues: one query over their steps only."""
+        counts: dict[int, dict[str, int]] = {pk: {} for pk in queue_ids}
+        rows = (
+            QueueRequest.objects.filter(queue_id__in=list(counts))
+            .order_by()
+            .values_list("queue_id", "state")
+            .annotate(n=models.Count("pk"))
         )
+        for queue_id, state, n in rows:
+            counts[queue_id][state] = n
+        return counts
 
     def needing_advance(self):
         """Queues with step changes no queue_advance has acted on yet (partial index)."""
@@ -337,3 +348,4 @@ class TelemetryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.producer}: {self.status}"
+
