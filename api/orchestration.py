@@ -23,6 +23,7 @@ from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import INGEST_TELEMETRY, START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 from api.serializers import StepSerializer
+from queues.history import Origin
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 
 MAX_TELEMETRY_BATCH = 5000
@@ -195,7 +196,7 @@ class RetryView(APIView):
         responses={202: OpenApiResponse(description="`{\"retried\": n}`"), 409: OpenApiResponse(description="Nothing to retry.")},
     )
     def post(self, request, queue_id: str):
-        count = services.queue_retry(queue=_queue(queue_id), user=request.user)
+        count = services.queue_retry(queue=_queue(queue_id), origin=Origin.http(request, source="api"))
         if not count:
             return Response({"detail": "Nothing to retry: no failed, stopped or lost steps.", "retried": 0}, status=409)
         return Response({"retried": count}, status=status.HTTP_202_ACCEPTED)
@@ -207,7 +208,7 @@ class StepStopView(APIView):
 
     @extend_schema(summary="Stop one step (graceful, then forced). Idempotent.", request=None, responses={202: StepSerializer})
     def post(self, request, queue_id: str, name: str):
-        step = services.step_stop(step=_step(queue_id, name), user=request.user)
+        step = services.step_stop(step=_step(queue_id, name), origin=Origin.http(request, source="api"))
         step.refresh_from_db()
         return Response(StepSerializer(step).data, status=status.HTTP_202_ACCEPTED)
 

@@ -21,6 +21,7 @@ from api.permissions import HasQueuePermission
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 from api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset
 from queues.catalogue import catalogue_as_dict
+from queues.history import Origin
 from queues.models import Queue, QueueRequest
 from queues.pipeline_templates import TEMPLATES, template_payload
 
@@ -33,14 +34,14 @@ def list_queryset():
 
 def create_queue_response(request, *, source: str = "api") -> Response:
     """Create (or idempotently return) a queue; errors become 400/409 in api.errors."""
-    queue, created = services.queue_create(payload=request.data, user=request.user, source=source)
+    queue, created = services.queue_create(payload=request.data, origin=Origin.http(request, source=source))
     queue = queue_detail_queryset().get(pk=queue.pk)
     data = QueueDetailSerializer(queue, context={"request": request}).data
     return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 def stop_queue_response(request, queue: Queue) -> Response:
-    services.queue_stop(queue=queue, user=request.user)
+    services.queue_stop(queue=queue, origin=Origin.http(request, source="api"))
     queue = queue_detail_queryset().get(pk=queue.pk)
     return Response(QueueDetailSerializer(queue, context={"request": request}).data, status=status.HTTP_202_ACCEPTED)
 
@@ -78,8 +79,8 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     permission_by_action = {"create": START_QUEUE}
     parser_classes = [JSONParser]
     filterset_class = QueueFilter
-
     pagination_class = QueuePagination
+
     def get_queryset(self):
         return list_queryset() if self.action == "list" else queue_detail_queryset()
 

@@ -29,6 +29,7 @@ from kafkabus.consumer import is_transient
 from kafkabus.deadletter import send_dead_letters
 from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError
+from queues.history import AuditAction, AuditResult, Origin, audit_record
 from queues.models import Queue
 from jobs.services import QueueConflict, queue_create, queue_stop, step_stop
 
@@ -87,7 +88,7 @@ def handle_command(data: dict) -> Ack:
         field_name = str(exc).split(":", 1)[0].removeprefix("invalid ")
         ack = Ack(command, _plain_id(data), "rejected", {field_name: [str(exc)]}, dead_letter=str(exc))
         _count(ack)
-        return ack
+        return _refused(ack) if command in AUDITED else ack
     token = None
     if command_id is not None:
         token = command_claim(command_id=command_id, command=command)
@@ -114,6 +115,8 @@ def handle_command(data: dict) -> Ack:
                 command_outcome_record(command_id=command_id, token=token, ack=ack)
             except ClaimLost:
                 pass
+        if command in AUDITED:
+            _refused(ack)  # the action's own audit row was rolled back with it
     _count(ack)
     logger.info("command %s %s", command, ack.status,
                 extra={"command_id": command_id, "queue_id": ack.queue_id, "errors": ack.errors})
@@ -128,6 +131,26 @@ def _duplicate(command: str, command_id: str) -> Ack:
     else:
         ack = Ack(command, command_id, claim.status if claim is not None else "processing", duplicate=True)
     _count(ack, outcome="duplicate")
+    if command in AUDITED:
+        queue = Queue.objects.filter(queue_id=ack.queue_id).first() if ack.queue_id else None
+        audit_record(origin=_origin(command_id), action=AUDITED[command], result=AuditResult.DUPLICATE, queue=queue,
+                     queue_ref=ack.queue_id or "", reason=f"command_id handled before (first outcome: {ack.status}).")
+    return ack
+
+
+# The commands that change queues, audited (queues.history) with the command's id as "who".
+AUDITED = {"start": AuditAction.START, "stop": AuditAction.STOP}
+
+
+def _origin(command_id: str | None) -> Origin:
+    return Origin(source="kafka", command_id=command_id or "")
+
+
+def _refused(ack: Ack, *, queue=None, step_name: str = "", action: str | None = None) -> Ack:
+    """Audit a command refused before it reached a service (the services audit their own refusals)."""
+    reason = "; ".join(f"{key}: {' '.join(map(str, messages))}" for key, messages in ack.errors.items())
+    audit_record(origin=_origin(ack.command_id), action=action or AUDITED[ack.command], result=AuditResult.REJECTED,
+                 queue=queue, queue_ref=ack.queue_id or "", step_name=step_name, reason=reason)
     return ack
 
 
@@ -186,12 +209,12 @@ def _start(command_id: str | None, data: dict) -> Ack:
     if payload is None:
         payload = {k: v for k, v in data.items() if k not in ENVELOPE_KEYS}
     if not isinstance(payload, dict):
-        return Ack("start", command_id, "rejected", {"payload": ["must be a JSON object"]})
+        return _refused(Ack("start", command_id, "rejected", {"payload": ["must be a JSON object"]}))
     queue_id = data.get("queue_id")
     if queue_id is not None and not isinstance(queue_id, str):
-        return Ack("start", command_id, "rejected", {"queue_id": ["must be a string"]})
+        return _refused(Ack("start", command_id, "rejected", {"queue_id": ["must be a string"]}))
     try:
-        queue, created = queue_create(payload=payload, queue_id=queue_id or None, source="kafka")
+        queue, created = queue_create(payload=payload, queue_id=queue_id or None, origin=_origin(command_id))
     except PayloadError as exc:
         return Ack("start", command_id, "rejected", exc.errors, queue_id=queue_id)
     except QueueConflict as exc:
@@ -202,14 +225,14 @@ def _start(command_id: str | None, data: dict) -> Ack:
 def _stop(command_id: str | None, data: dict) -> Ack:
     queue_id = data.get("queue_id")
     if not isinstance(queue_id, str) or not queue_id:
-        return Ack("stop", command_id, "rejected", {"queue_id": ["required"]})
+        return _refused(Ack("stop", command_id, "rejected", {"queue_id": ["required"]}))
     queue = Queue.objects.filter(queue_id=queue_id).first()
     if queue is None:
-        return Ack("stop", command_id, "rejected", {"queue_id": [f"unknown queue {queue_id!r}"]}, queue_id=queue_id)
+        return _refused(Ack("stop", command_id, "rejected", {"queue_id": [f"unknown queue {queue_id!r}"]}, queue_id=queue_id))
     reason = f"Stop command{' ' + command_id if command_id else ''} from Kafka."
     target, telemetry_id = data.get("target"), data.get("telemetry_id")  # strings (checked by _envelope)
     if not target and not telemetry_id:
-        queue_stop(queue=queue, reason=reason)
+        queue_stop(queue=queue, reason=reason, origin=_origin(command_id))
         return Ack("stop", command_id, "accepted", queue_id=queue_id)
     steps = queue.steps.all()
     if telemetry_id:
@@ -219,9 +242,10 @@ def _stop(command_id: str | None, data: dict) -> Ack:
     steps = list(steps)
     if not steps:
         field_name = "telemetry_id" if telemetry_id else "target"
-        return Ack("stop", command_id, "rejected", {field_name: ["no such step in this queue"]}, queue_id=queue_id)
+        return _refused(Ack("stop", command_id, "rejected", {field_name: ["no such step in this queue"]}, queue_id=queue_id),
+                        queue=queue, step_name=str(telemetry_id or target), action=AuditAction.STEP_STOP)
     for step in steps:
-        step_stop(step=step, reason=reason)
+        step_stop(step=step, reason=reason, origin=_origin(command_id))
     return Ack("stop", command_id, "accepted", queue_id=queue_id)
 
 

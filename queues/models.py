@@ -349,3 +349,7 @@ class TelemetryEvent(models.Model):
     def __str__(self) -> str:
         return f"{self.producer}: {self.status}"
 
+
+# The audit trail and past step runs live in their own module (queues/history.py); imported here so
+# Django registers them with the app.
+from queues.history import AuditEntry, StepRun  # noqa: E402,F401

@@ -10,6 +10,7 @@ from django.template.response import TemplateResponse
 
 from jobs import services
 from console.admin.live import queue_can_stop
+from queues.history import Origin
 from queues.models import QueueRequest, StepState
 
 
@@ -39,7 +40,7 @@ def stop_selected(model_admin, request, queryset):
     stopped = 0
     for queue in queues:
         if queue_can_stop(queue):
-            services.queue_stop(queue=queue, user=request.user)
+            services.queue_stop(queue=queue, origin=Origin.http(request, source="admin"))
             stopped += 1
     model_admin.message_user(request, f"Stop requested for {stopped} queue(s).", messages.SUCCESS)
     if skipped := len(queues) - stopped:
@@ -57,7 +58,7 @@ def retry_selected(model_admin, request, queryset):
                  else "skipped: no failed, stopped or lost step") for q in queues]  # fmt: skip
         return _confirm(model_admin, request, queryset, action="retry_selected", title="Retry steps of these queues?",
                         verb="Retry", rows=rows, affected=sum(1 for _, ok, _ in rows if ok))  # fmt: skip
-    retried = {queue.queue_id: services.queue_retry(queue=queue, user=request.user) for queue in queues}
+    retried = {queue.queue_id: services.queue_retry(queue=queue, origin=Origin.http(request, source="admin")) for queue in queues}
     count = sum(1 for n in retried.values() if n)
     model_admin.message_user(request, f"Retrying {sum(retried.values())} step(s) in {count} queue(s).", messages.SUCCESS)
     if nothing := sorted(queue_id for queue_id, n in retried.items() if not n):

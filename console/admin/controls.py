@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from jobs import services
 from console.admin.live import queue_can_retry, queue_can_stop, queue_live, step_can_stop  # noqa: F401 (used by pages)
+from queues.history import Origin
 from queues.models import Queue, QueueRequest, StepState
 from queues.permissions import START_QUEUE, STOP_QUEUE
 
@@ -52,7 +53,7 @@ def queue_retry_view(model_admin):
         queue = get_object_or_404(Queue, pk=object_id)
         if not may_retry(request.user):
             raise PermissionDenied
-        count = services.queue_retry(queue=queue, user=request.user)
+        count = services.queue_retry(queue=queue, origin=Origin.http(request, source="admin"))
         if count:
             model_admin.message_user(request, f"Retrying {count} step(s) of {queue.queue_id} (failed, stopped or lost).", messages.SUCCESS)
         else:
@@ -72,7 +73,7 @@ def step_stop_view(model_admin):
             model_admin.message_user(request, f"Step {step.name} is already {step.state}; nothing to stop.", messages.INFO)
         else:
             was_waiting = step.state == StepState.WAITING
-            services.step_stop(step=step, user=request.user)
+            services.step_stop(step=step, origin=Origin.http(request, source="admin"))
             text = "cancelled (it had not been launched)" if was_waiting else "is stopping (graceful, then forced)"
             model_admin.message_user(request, f"Step {step.name} of {step.queue.queue_id} {text}.", messages.SUCCESS)
         return _back(request, reverse("admin:queues_queue_change", args=[step.queue_id]))

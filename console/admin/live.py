@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import conditional_escape
 
-from console.admin import display
+from console.admin import display, history
 from console.admin.progress import QueueCounts, step_fractions
 from queues.graph import Edge, topological_order
 from queues.models import DependencyKind, Queue, QueueRequest, StepDependency, StepState
@@ -100,6 +100,7 @@ def queue_live(queue: Queue) -> dict:
     """What the queue page needs to update itself: raw fields, the cells the page rendered, nodes, edges, bars."""
     view = QueueView.load(queue)
     by_id = {step.pk: step for step in view.steps}
+    audit = history.queue_audit(queue)
     return {
         "queue_id": queue.queue_id,
         "status": queue.status,
@@ -112,7 +113,8 @@ def queue_live(queue: Queue) -> dict:
         "counts": view.counts.__dict__,
         "can_stop": queue_can_stop(queue),
         "can_retry": queue_can_retry(queue, view.steps),
-        "cells": queue_cells(view),
+        "cells": {**queue_cells(view), "history": str(history.audit_table(audit))},
+        "history": history.audit_rows(audit),
         "steps": [_step(step, view.info[step.pk]) for step in view.steps],
         "edges": [
             {

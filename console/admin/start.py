@@ -14,6 +14,7 @@ from django.urls import reverse
 
 from jobs import services
 from queues.contract import PayloadError
+from queues.history import Origin
 from console.forms import StartQueueForm
 from queues.permissions import START_QUEUE
 from queues.pipeline_templates import TEMPLATES, template_payload
@@ -41,8 +42,7 @@ def start_queue_view(model_admin):
                     queue, created = services.queue_create(
                         payload=form.cleaned_data["payload"],
                         queue_id=form.cleaned_data["queue_id"],
-                        user=request.user,
-                        source="admin",
+                        origin=Origin.http(request, source="admin"),
                     )
                 except PayloadError as exc:
                     payload_errors = exc.errors

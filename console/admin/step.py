@@ -9,7 +9,7 @@ from django.contrib import admin
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join, json_script
 
-from console.admin import controls, display, logs
+from console.admin import controls, display, history, logs
 from queues.models import QueueRequest
 
 logger = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class QueueRequestAdmin(admin.ModelAdmin):
         ("Progress", {"fields": ["reported_status", "records_written", "extra", "launch_attempts"]}),
         ("Timing", {"fields": ["created_at", "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "run"]}),
         ("Logs", {"fields": ["logs_view"]}),
+        ("Earlier runs", {"fields": ["earlier_runs"]}),
         ("Charts", {"fields": ["charts"]}),
         ("Dependencies", {"fields": ["waits_for", "waited_on_by"]}),
         ("Recent telemetry events", {"fields": ["recent_events"]}),
@@ -41,7 +42,7 @@ class QueueRequestAdmin(admin.ModelAdmin):
         "telemetry_id", "kafka_topic", "image", "interval", "collections_read", "collections_written",
         "inference_interval", "reported_status", "records_written", "extra", "launch_attempts", "created_at",
         "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "params_json",
-        "logs_view", "charts", "waits_for", "waited_on_by", "recent_events", "run",
+        "logs_view", "charts", "waits_for", "waited_on_by", "recent_events", "run", "earlier_runs",
     ]  # fmt: skip
 
     def has_add_permission(self, request) -> bool:
@@ -131,6 +132,10 @@ class QueueRequestAdmin(admin.ModelAdmin):
     def waits_for(self, step: QueueRequest):
         edges = step.upstream_edges.select_related("upstream").order_by("upstream__position")
         return _edge_list(edges, lambda edge: edge.upstream, "when it is {}")
+
+    @admin.display(description="ended runs (kept when a retry started the next)")
+    def earlier_runs(self, step: QueueRequest):
+        return history.step_runs_table(step)
 
     @admin.display(description="is waited on by")
     def waited_on_by(self, step: QueueRequest):
