@@ -135,6 +135,7 @@ def parse_payload(payload: object, *, queue_id: str | None = None, user=None) ->
     key = "requests" if "requests" in payload or "microservices" not in payload else "microservices"
     raw_requests = payload.get(key)
     steps: list[StepSpec] = []
+    unparsed_names: set[str] = set()  # names of requests that failed: depending on them is not "unknown"
     if raw_requests is None:
         errors.add(key, "This field is required.")
     elif not isinstance(raw_requests, list):
@@ -153,23 +154,22 @@ def parse_payload(payload: object, *, queue_id: str | None = None, user=None) ->
             step = _parse_request(index, raw, f"{key}[{index}]", errors)
             if step is not None:
                 steps.append(step)
+            else:
+                unparsed_names.update(_names_of_unparsed(raw))
 
     if steps and any(catalogue.STEP_TYPES[catalogue.type_family(s.type)].needs_time_range for s in steps):
         if start is None and "time_range" not in errors.items:
             errors.add("time_range", "Required for historical (api_*) types: YYYY-MM-DD:YYYY-MM-DD.")
 
     _check_image_registries(steps, key, user, errors)
-    if errors:
-        raise PayloadError(errors.items)
-
+    # Every problem at once (issue #15 §10): the graph checks run over the steps that parsed even
+    # when other fields failed, so a user fixing the payload does not meet a cycle only at the end.
     _assign_step_names(steps, key, errors)
     for step in steps:
         if step.collection_name is None and step.target_spec.topic_role:
             step.collection_name = naming.default_collection(symbol, step.type, start, end)
-    if errors:
-        raise PayloadError(errors.items)
 
-    edges, warnings, problems = infer_edges(steps, key)
+    edges, warnings, problems = infer_edges(steps, key, unparsed_names=unparsed_names)
     for path, message in problems:
         errors.add(path, message)
     if errors:
@@ -346,6 +346,16 @@ def _check_image_registries(steps: list[StepSpec], key: str, user, errors: _Erro
             f"Images may only come from the allowed registries ({allowed}); another registry needs the "
             f"permission {images.OVERRIDE_IMAGE!r}.",
         )
+
+
+def _names_of_unparsed(raw: object) -> set[str]:
+    """The names a request that failed to parse could be known by: its own, or the one it would get."""
+    if not isinstance(raw, dict):
+        return set()
+    names = {raw["name"]} if isinstance(raw.get("name"), str) else set()
+    if isinstance(raw.get("target"), str) and isinstance(raw.get("type"), str):
+        names.add(naming.default_step_name(raw["target"], raw["type"]))
+    return names
 
 
 def _assign_step_names(steps: list[StepSpec], key: str, errors: _Errors) -> None:

@@ -45,8 +45,14 @@ class Edge:
     reasons: list[str]
 
 
-def infer_edges(steps: list[StepSpec], key: str = "requests") -> tuple[list[Edge], list[str], list[tuple[str, str]]]:
-    """Return (edges, warnings, problems); a problem is (field path, message) and makes the payload invalid."""
+def infer_edges(steps: list[StepSpec], key: str = "requests", *, unparsed_names=frozenset()
+                ) -> tuple[list[Edge], list[str], list[tuple[str, str]]]:
+    """Return (edges, warnings, problems); a problem is (field path, message) and makes the payload invalid.
+
+    `steps` may be the requests that parsed, not all of them (their `index` keeps its place in the
+    payload); a `depends_on` naming one of `unparsed_names` (a request that failed on its own) is
+    skipped, not reported as unknown: that request already has its error.
+    """
     edges: dict[tuple[int, int], Edge] = {}
     warnings: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -96,6 +102,8 @@ def infer_edges(steps: list[StepSpec], key: str = "requests") -> tuple[list[Edge
     for step in steps:
         for name in step.depends_on:
             upstream = by_name.get(name)
+            if upstream is None and name in unparsed_names:
+                continue
             if upstream is None:
                 problems.append((f"{key}[{step.index}].depends_on", f"No step named {name!r} in this queue."))
             elif upstream.index == step.index:
@@ -103,11 +111,12 @@ def infer_edges(steps: list[StepSpec], key: str = "requests") -> tuple[list[Edge
             else:
                 add(upstream, step, upstream_kind(upstream), "depends_on")
 
-    if not problems:
-        cycle = find_cycle(len(steps), edges.values())
-        if cycle:
-            names = " → ".join(steps[i].name for i in cycle)
-            problems.append((key, f"Dependency cycle: {names}."))
+    # Checked whatever else is wrong: edges to unknown steps were never added, so a cycle found is real.
+    by_index = {step.index: step for step in steps}
+    cycle = find_cycle(max(by_index, default=-1) + 1, edges.values())
+    if cycle:
+        names = " → ".join(by_index[i].name for i in cycle)
+        problems.append((key, f"Dependency cycle: {names}."))
     return sorted(edges.values(), key=lambda e: (e.downstream, e.upstream)), warnings, problems
 
 
