@@ -5,12 +5,43 @@ rules live (the catalogue decides which target takes which type and fields).
 """
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import serializers
 
 from queues import catalogue
 from queues.pipeline_templates import TEMPLATES, template_payload
+
+
+_CODE_SPAN = re.compile(r"(`[^`]*`)")
+
+
+def escape_markup_in_descriptions(result, generator, request, public):
+    """drf-spectacular post-processing hook: `<` and `>` in descriptions as entities, outside code spans.
+
+    ReDoc and Swagger UI render descriptions as Markdown that allows HTML, so `api_candles_<interval>`
+    showed as `api_candles_` (`<interval>` taken for an unknown tag). Code spans are literal already.
+    """
+
+    def escape(text: str) -> str:
+        parts = _CODE_SPAN.split(text)
+        return "".join(p if p.startswith("`") else p.replace("<", "&lt;").replace(">", "&gt;") for p in parts)
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "description" and isinstance(value, str):
+                    node[key] = escape(value)
+                else:
+                    walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(result)
+    return result
 
 
 def _targets_help() -> str:

@@ -20,6 +20,27 @@ STEP_DISCARD = "jobs.tasks.step_discard_task"
 RECONCILE = "jobs.tasks.reconcile_task"
 
 
+# What the first argument of each task is, so Flower can show `queue=…, step=…` instead of `(24,)`.
+_QUEUE_TASKS = {QUEUE_ADVANCE}
+_STEP_TASKS = {STEP_LAUNCH, STEP_SEND_STOP, STEP_DISCARD}
+
+
+def describe(task_name: str, args: tuple) -> str | None:
+    """The task's arguments as an operator reads them (Celery's `argsrepr`); one small query by key."""
+    from queues.models import Queue, QueueRequest
+
+    if not args or task_name not in _QUEUE_TASKS | _STEP_TASKS:
+        return None
+    pk, rest = args[0], [f"job={value}" for value in args[1:2]]
+    if task_name in _QUEUE_TASKS:
+        queue_id = Queue.objects.filter(pk=pk).values_list("queue_id", flat=True).first()
+        return f"(queue={queue_id})" if queue_id else f"(queue #{pk} (gone))"
+    names = QueueRequest.objects.filter(pk=pk).values_list("queue__queue_id", "name").first()
+    if names is None:
+        return f"(step #{pk} (gone))"
+    return "(" + ", ".join([f"queue={names[0]}", f"step={names[1]}", *rest]) + ")"
+
+
 def enqueue(task_name: str, *args) -> None:
     """Send a task now; if the broker is unreachable, log it and go on.
 
@@ -28,7 +49,12 @@ def enqueue(task_name: str, *args) -> None:
     """
     task = current_app.tasks[task_name]  # a missing task is a programming error: let it raise
     try:
-        task.delay(*args)
+        argsrepr = describe(task_name, args)
+    except Exception:  # the names are for reading only: never let them stop the task from being sent
+        logger.warning("could not describe %s%s", task_name, args, exc_info=True)
+        argsrepr = None
+    try:
+        task.apply_async(args, argsrepr=argsrepr)
     except Exception:  # kombu/redis raise many kinds of connection errors
         logger.warning("could not enqueue %s%s; reconcile will catch up", task_name, args, exc_info=True)
 

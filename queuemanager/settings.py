@@ -177,6 +177,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # `<word>` in a description would be eaten as HTML by ReDoc and Swagger UI (issue #15 §9).
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.escape_markup_in_descriptions"],
 }
 
 # --- Celery (Redis broker) ---
