@@ -187,3 +187,93 @@ def test_it_keeps_users_without_admin_access_out(client):
     client.force_login(plain)
     assert client.get(LIST_URL).status_code == 302
     assert client.get(START_URL).status_code == 302
+
+
+def _list_queries(client, query: dict | None = None) -> tuple[str, list[str]]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        response = client.get(LIST_URL, query or {})
+    assert response.status_code == 200
+    return response.content.decode(), [q["sql"] for q in captured.captured_queries]
+
+
+def test_it_lists_at_a_cost_independent_of_the_history(client, staff_operator):
+    """Issue #12 (admin queue list: query count independent of page size and table size; no filter or
+    count reads every queue of the history)."""
+    for n in range(10):
+        make_queue("realtime-pipeline", queue_id=f"few-{n}")
+    client.force_login(staff_operator)
+    _, few = _list_queries(client)
+    for n in range(50):
+        make_queue("realtime-pipeline", queue_id=f"more-{n}", symbol="ETHUSDT" if n % 2 else "BTCUSDT")
+    html, many = _list_queries(client)
+    assert len(many) == len(few)
+    assert "60 queues" in html  # exact below QueuePaginator.ESTIMATE_ABOVE
+    for sql in many:
+        assert "DISTINCT" not in sql.upper() or '"queues_queuerequest"' in sql, sql  # no SELECT DISTINCT over queues
+    assert sum("COUNT(" in sql.upper() and '"queues_queue"' in sql for sql in many) == 1  # no second, full count
+    for query in ({"symbol": "ETHUSDT"}, {"source": "api", "status__exact": "pending"}, {"p": "2"}):
+        assert len(_list_queries(client, query)[1]) <= len(few) + 1, query
+
+
+def test_it_shows_exact_counts_and_progress_on_every_page_and_filter(client, staff_operator):
+    """Issue #12 (progress and counts that the list shows stay exact): counted per shown page."""
+    for n in range(55):
+        queue = make_queue("realtime-pipeline", queue_id=f"q-{n:02d}", symbol="ETHUSDT" if n < 3 else "BTCUSDT")
+        queue.steps.filter(position__lt=n % 4).update(state="succeeded")
+    client.force_login(staff_operator)
+    html, _ = _list_queries(client, {"p": "2"})
+    assert "55 queues" in html
+    for n in range(5):  # the oldest five are on the second page
+        assert f"q-{n:02d}" in html
+    assert html.count("/7 succeeded") == 5 and "3/7 succeeded" in html and "0/7 succeeded" in html
+    eth, _ = _list_queries(client, {"symbol": "ETHUSDT"})
+    assert "3 queues" in eth and all(f"q-{n:02d}" in eth for n in range(3)) and "q-03" not in eth
+    assert "ETHUSDT" in eth and "BTCUSDT" in eth  # both offered by the symbol filter
+    assert "1/7 succeeded" in eth and "2/7 succeeded" in eth
+    assert client.get(LIST_URL, {"source": "nope"}).status_code in (200, 302)  # the admin's ?e=1, not a 500
+    assert client.get(LIST_URL, {"symbol": "a\x00b"}).status_code in (200, 302)
+
+
+def test_it_estimates_only_the_unfiltered_count_of_a_large_history(client, staff_operator, monkeypatch):
+    """Issue #12 (admin count(*) on 100k rows): the unfiltered list takes the planner's estimate; any
+    filtered list counts exactly."""
+    from django.db import connection
+
+    from console.admin import listing
+
+    for n in range(4):
+        make_queue("realtime-pipeline", queue_id=f"est-{n}", symbol="ETHUSDT" if n else "BTCUSDT")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE queues_queue")
+    monkeypatch.setattr(listing.QueuePaginator, "ESTIMATE_ABOVE", 0)
+    make_queue("realtime-pipeline", queue_id="est-after-analyze")  # not in the estimate yet
+    client.force_login(staff_operator)
+    html, sqls = _list_queries(client)
+    assert "4 queues" in html and not any("COUNT(" in sql.upper() and '"queues_queue"' in sql for sql in sqls)
+    assert "3 queues" in _list_queries(client, {"symbol": "ETHUSDT"})[0]
+    assert "2 queues" in _list_queries(client, {"symbol": "BTCUSDT"})[0]  # exact: with the one added since
+
+
+def test_it_shows_a_queue_page_in_queries_independent_of_the_history(client, staff_operator):
+    """Issue #12 (admin queue page: a bounded number of queries, independent of history)."""
+    queue = make_queue(queue_id="the-page")
+    client.force_login(staff_operator)
+    url = reverse("admin:queues_queue_change", args=[queue.pk])
+    _page_queries(client, url)  # warm: per-process caches (content types) fill on the first view
+    before = _page_queries(client, url)
+    for n in range(8):
+        make_queue(queue_id=f"history-{n}")
+    assert _page_queries(client, url) == before
+    assert client.get(reverse("admin:queues_queue_live", args=[queue.pk])).status_code == 200
+
+
+def _page_queries(client, url) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    return len(captured)
