@@ -124,6 +124,11 @@ class Queue(models.Model):
         indexes = [
             # Reconcile's work list: a handful of rows among the whole history.
             models.Index(fields=["id"], name="queue_changes_pending", condition=models.Q(changes_pending__gt=0)),
+            # The lists (API cursor, admin) page newest first, also within a status or symbol: an index
+            # per order, so a page is an index range scan whatever the history's size.
+            models.Index(fields=["created_at", "id"], name="queue_list_order"),
+            models.Index(fields=["status", "created_at", "id"], name="queue_list_by_status"),
+            models.Index(fields=["symbol", "created_at", "id"], name="queue_list_by_symbol"),
         ]
         permissions = [
             ("start_queue", "Can start queues"),
