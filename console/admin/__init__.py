@@ -6,10 +6,11 @@
 - display.py: badges and progress bars shared by both; progress.py: what the bars and counts mean.
 - live.py: the queue page's live JSON (cells, DAG nodes and edges, timeline); logs.py: the step log endpoint.
 - listing.py: per-page figures of the list; bulk.py: bulk stop/retry behind a confirmation page.
+- history.py: the audit trail (History panel, admin History page, Audit entries) and a step's earlier runs.
 """
 from django.contrib import admin
 
-from console.admin import queue, step  # noqa: F401  (registers the ModelAdmins)
+from console.admin import history, queue, step  # noqa: F401  (registers the ModelAdmins)
 
 admin.site.site_header = "StreamForge Queue Manager"
 admin.site.site_title = "StreamForge Queue Manager"

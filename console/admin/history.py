@@ -2,6 +2,7 @@
 and a step's earlier runs on the step page."""
 from __future__ import annotations
 
+from django.contrib import admin
 from django.utils.html import format_html, format_html_join
 
 from console.admin import display
@@ -70,3 +71,23 @@ def step_runs_table(step):
         "<th>took</th><th>records</th><th>message</th><th>Job</th></tr></thead><tbody>{}</tbody></table>",
         rows,
     )
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Every recorded request, the refused starts too (they have no queue to show them on)."""
+
+    list_display = ["at", "action", "queue_ref", "step_name", "result", "who", "source", "address", "reason"]
+    list_filter = ["action", "result", "source"]
+    search_fields = ["queue_ref", "who", "command_id", "step_name"]
+    date_hierarchy = None
+    show_full_result_count = False  # the trail grows with the history: no count(*) per page
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

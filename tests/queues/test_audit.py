@@ -158,3 +158,11 @@ def test_it_keeps_each_run_of_a_retried_step(api, admin_client):
     section = page[page.index("Earlier runs"):]
     assert "first failure" in section and "second failure" in section and first_job in section
     assert section.index("second failure") < section.index("first failure")  # newest first
+
+
+def test_it_lists_refused_starts_under_audit_entries(api, admin_client):
+    """§7 a rejected start has no queue: the admin's Audit entries list shows it with the queue_id asked for."""
+    bad = {**payload(), "queue_id": "audit-refused-1", "symbol": "??"}
+    assert api.post("/api/queues/", bad, format="json").status_code == 400
+    page = admin_client.get(reverse("admin:queues_auditentry_changelist")).content.decode()
+    assert "audit-refused-1" in page and "rejected" in page
