@@ -73,7 +73,13 @@ def ca_setting(request, secret_settings):
 
 
 @pytest.fixture
-def all_queues(make_queue, historical_payload, realtime_payload):
+def override_registry_allowed(settings):
+    """The payload's image override comes from a registry allowed besides the platform's own."""
+    settings.ALLOWED_IMAGE_REGISTRIES = [settings.K8S_IMAGE_REGISTRY, "example.org/team"]
+
+
+@pytest.fixture
+def all_queues(make_queue, historical_payload, realtime_payload, override_registry_allowed):
     return [make_queue(historical_payload), make_queue(realtime_payload), make_queue(every_combination_payload())]
 
 
@@ -157,7 +163,7 @@ def test_it_sets_a_deadline_only_for_batch_steps(all_queues, secret_settings):
 
 
 def test_it_takes_image_and_resources_from_the_catalogue_unless_the_request_names_an_image(
-    make_queue, secret_settings
+    make_queue, secret_settings, override_registry_allowed
 ):
     queue = make_queue(every_combination_payload())
     for step in queue.steps.all():
@@ -255,6 +261,8 @@ def test_it_grants_the_queue_manager_exactly_the_rules_it_needs():
         (("batch",), ("jobs",)): sorted(["create", "get", "list", "watch", "delete"]),
         (("",), ("pods",)): sorted(["get", "list", "watch"]),
         (("",), ("pods/log",)): ["get"],
+        # the per-step telemetry credential: written and removed, never read back (no get/list)
+        (("",), ("secrets",)): sorted(["create", "patch", "delete"]),
     }
     binding = docs["RoleBinding"]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "queue-manager"}
