@@ -18,6 +18,7 @@ of an interrupted benchmark) is truncated first.
 """
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -203,9 +204,9 @@ def _json_columns(table_model) -> set[str]:
 
 
 def _wrap(cols: list[str], row, json_cols: set[str]) -> list:
-    from psycopg.types.json import Jsonb
-
-    return [Jsonb(v) if c in json_cols and v is not None else v for c, v in zip(cols, row)]
+    # JSON as text, serialised once per prototype: text-format COPY parses it into jsonb, and a
+    # Jsonb wrapper would serialise it again for every row.
+    return [json.dumps(v) if c in json_cols and v is not None else v for c, v in zip(cols, row)]
 
 
 def _load(scale: Scale, *, log) -> None:
@@ -375,10 +376,11 @@ def _plan(status: str, proto: Prototype, scols: list[str], created: datetime, rn
     return states, times, queue_times
 
 
-def _handle(launched: bool):
-    from psycopg.types.json import Jsonb
+_HANDLE = json.dumps({"launcher": "kubernetes", "namespace": "streamforge"})
 
-    return Jsonb({"launcher": "kubernetes", "namespace": "streamforge"}) if launched else Jsonb({})
+
+def _handle(launched: bool) -> str:
+    return _HANDLE if launched else "{}"
 
 
 def _copy_events(raw, m, events, per_step: int, rng: random.Random) -> None:
@@ -414,19 +416,18 @@ def _default(model_field):
 
 
 def remove_bench_queues() -> int:
-    """Delete the queues figures created for themselves, with their steps, edges and events (SQL: the
-    ORM's cascade would read every row first)."""
-    queue, step, edge, event = _tables()
-    from django.db import connection, transaction
+    """Delete the queues figures created for themselves, with everything that refers to them (the ORM
+    knows every relation, e.g. audit entries); their telemetry first in one statement, since the
+    ORM would load each of up to 200,000 events for the delete signals."""
+    from django.db import connection
 
-    with transaction.atomic(), connection.cursor() as cursor:
-        ids = f"SELECT id FROM {queue} WHERE queue_id LIKE %s"
-        like = [BENCH_PREFIX + "%"]
-        cursor.execute(f"DELETE FROM {event} WHERE queue_id IN ({ids})", like)
-        cursor.execute(f"DELETE FROM {edge} WHERE queue_id IN ({ids})", like)
-        cursor.execute(f"DELETE FROM {step} WHERE queue_id IN ({ids})", like)
-        cursor.execute(f"DELETE FROM {queue} WHERE queue_id LIKE %s", like)
-        return cursor.rowcount
+    m = targets.models()
+    queue, _, _, event = _tables()
+    if not m.TelemetryEvent._meta.related_objects:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DELETE FROM {event} WHERE queue_id IN (SELECT id FROM {queue} WHERE queue_id LIKE %s)",
+                           [BENCH_PREFIX + "%"])
+    return m.Queue.objects.filter(queue_id__startswith=BENCH_PREFIX).delete()[0]
 
 
 def clone_active(copies: int) -> int:

@@ -75,10 +75,14 @@ def _reconcile(ctx, size: int) -> None:
         bare.append((time.perf_counter() - t0) * 1000)
     launcher.api_client.close()
     measured, bare = Samples(measured), Samples(bare)
+    observed = min(s.get("observed", 0) for s in summaries)
     emit(f"reconcile_pass_{size}", value=measured.p50 / 1000, unit="s", baseline="bare list of Jobs + pods",
          baseline_value=bare.p50 / 1000, scale=f"{seeded} running Jobs, {len(jobs)} listed",
-         target="<= 1 s and <= 1.5x baseline", meets=measured.p50 <= 1000 and measured.p50 <= 1.5 * bare.p50,
-         queries=queries, changed=max(s.get("changed", 0) for s in summaries), warm_pass_changed=warm.get("changed"),
+         target="<= 1 s and <= 1.5x baseline",
+         # A pass that could not list the cluster returns early: that is no figure.
+         meets=observed >= seeded and measured.p50 <= 1000 and measured.p50 <= 1.5 * bare.p50,
+         queries=queries, observed=observed, changed=max(s.get("changed", 0) for s in summaries),
+         warm_pass_changed=warm.get("changed"),
          pods_listed=len(pods), passes=passes)
     dataset.remove_bench_queues()
 

@@ -192,9 +192,19 @@ def environment(*, fresh: bool):
 
     from devtools.servers import FAST_CONSUMER_CONFIG, start_kafka, start_postgres, start_redis
 
+    import fcntl
+
+    DATA.mkdir(parents=True, exist_ok=True)
+    # One run at a time on .data/bench: a second one would restart the first one's PostgreSQL.
+    lock = (DATA.parent / "bench.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log("another make bench is running in this work tree; waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     if fresh:
         shutil.rmtree(DATA, ignore_errors=True)
-    DATA.mkdir(parents=True, exist_ok=True)
+        DATA.mkdir(parents=True)
     scratch = DATA / f"run-{uuid.uuid4().hex[:6]}"
     kube = arango = pg = None
     try:
@@ -236,6 +246,7 @@ def environment(*, fresh: bool):
                 emulator.stop()
         if pg is not None:
             pg.stop()
+        lock.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 
