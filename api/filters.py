@@ -34,7 +34,11 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
 
 
 class QueueFilter(django_filters.FilterSet):
-    status = django_filters.MultipleChoiceFilter(choices=QueueStatus.choices, help_text="Repeat for several.")
+    # distinct=False: a column of the queue itself cannot repeat rows, and DISTINCT over the rows' JSON
+    # columns made PostgreSQL hash every matching queue before LIMIT.
+    status = django_filters.MultipleChoiceFilter(
+        choices=QueueStatus.choices, distinct=False, help_text="Repeat for several."
+    )
     symbol = django_filters.CharFilter(method="filter_symbol", help_text="Exchange symbol, e.g. BTCUSDT.")
     target = django_filters.ChoiceFilter(
         choices=[(t, t) for t in catalogue.TARGETS],

@@ -47,6 +47,10 @@ class DependencyKind(models.TextChoices):
     SUCCESS = "success", "success (upstream succeeded)"
 
 
+# Large columns no list row shows: left out of list reads (the queue page reads them).
+LIST_DEFERRED = ("payload", "canonical_payload")
+
+
 class QueueQuerySet(models.QuerySet):
     def active(self):
         return self.filter(status__in=QueueStatus.ACTIVE)
@@ -57,7 +61,7 @@ class QueueQuerySet(models.QuerySet):
         No step counts here: an annotation would group every step of the history before LIMIT.
         The list counts the steps of the shown page only, with `step_counts`.
         """
-        return self.select_related("submitted_by").order_by("-created_at", "-pk")
+        return self.select_related("submitted_by").defer(*LIST_DEFERRED).order_by("-created_at", "-pk")
 
     @staticmethod
     def step_counts(queue_ids) -> dict[int, dict[str, int]]:

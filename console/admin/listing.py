@@ -15,10 +15,13 @@ from django.db import connection
 from django.utils.functional import cached_property
 
 from console.admin.progress import QueueCounts
-from queues.models import Queue, QueueRequest, StepState
+from queues.models import LIST_DEFERRED, Queue, QueueRequest, StepState
 
 
 class QueueChangeList(ChangeList):
+    def get_queryset(self, request, exclude_parameters=None):
+        return super().get_queryset(request, exclude_parameters).defer(*LIST_DEFERRED)
+
     def get_results(self, request):
         super().get_results(request)
         attach_step_figures(self.result_list)
