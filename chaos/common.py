@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from chaos import targets
-from chaos.harness import Layout, Servers, System, say
+from chaos.harness import Layout, Servers, System, migrate_template, say
 from chaos.invariants import Context, Ledger, check_all
 from chaos.kafka_io import Client
 
@@ -44,6 +44,7 @@ class Run:
         return max(minimum, round(full * self.scale))
 
     def system(self, name: str, layout: Layout, extra_env: dict[str, str] | None = None) -> System:
+        migrate_template(self.servers, self.base)
         slug = f"{name.lower()}-{self.seed}-{time.time_ns() % 10**6}"
         # A Redis database of its own: a task left queued by one system must never reach another's
         # workers (task arguments are primary keys of that system's database).

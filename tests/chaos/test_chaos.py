@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,12 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def chaos_run(postgres_server, redis_server, kafka_server, tmp_path_factory):
     servers = Servers(postgres_server.url, redis_server.url, kafka_server.bootstrap)
-    return Run(seed=SEED, scale=0.01, servers=servers, base=tmp_path_factory.mktemp("chaos"))
+    base = tmp_path_factory.mktemp("chaos")
+    yield Run(seed=SEED, scale=0.01, servers=servers, base=base)
+    # The systems' logs and step folders (pytest would keep them for three sessions); the processes
+    # were stopped by each scenario's `with system`. CHAOS_KEEP=1 keeps the folder to read the logs.
+    if not os.environ.get("CHAOS_KEEP"):
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_it_dead_letters_every_hostile_message_and_applies_every_valid_one(chaos_run):
