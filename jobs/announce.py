@@ -7,6 +7,7 @@ to the tasks in `jobs/tasks.py`, which `JobsConfig.ready()` registers in every p
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from celery import current_app
 from django.db import transaction
@@ -16,13 +17,14 @@ logger = logging.getLogger(__name__)
 QUEUE_ADVANCE = "jobs.tasks.queue_advance_task"
 STEP_LAUNCH = "jobs.tasks.step_launch_task"
 STEP_SEND_STOP = "jobs.tasks.step_send_stop_task"
+STEP_FORCE_STOP = "jobs.tasks.step_force_stop_task"
 STEP_DISCARD = "jobs.tasks.step_discard_task"
 RECONCILE = "jobs.tasks.reconcile_task"
 
 
 # What the first argument of each task is, so Flower can show `queue=…, step=…` instead of `(24,)`.
 _QUEUE_TASKS = {QUEUE_ADVANCE}
-_STEP_TASKS = {STEP_LAUNCH, STEP_SEND_STOP, STEP_DISCARD}
+_STEP_TASKS = {STEP_LAUNCH, STEP_SEND_STOP, STEP_FORCE_STOP, STEP_DISCARD}
 
 
 def describe(task_name: str, args: tuple) -> str | None:
@@ -41,8 +43,8 @@ def describe(task_name: str, args: tuple) -> str | None:
     return "(" + ", ".join([f"queue={names[0]}", f"step={names[1]}", *rest]) + ")"
 
 
-def enqueue(task_name: str, *args) -> None:
-    """Send a task now; if the broker is unreachable, log it and go on.
+def enqueue(task_name: str, *args, eta: datetime | None = None) -> None:
+    """Send a task now (to run at `eta` when given); if the broker is unreachable, log it and go on.
 
     Nothing is lost: every task here is also driven by the periodic reconcile (level-triggered),
     so a request must not fail (or a transaction roll back) because Redis is down for a moment.
@@ -54,11 +56,11 @@ def enqueue(task_name: str, *args) -> None:
         logger.warning("could not describe %s%s", task_name, args, exc_info=True)
         argsrepr = None
     try:
-        task.apply_async(args, argsrepr=argsrepr)
+        task.apply_async(args, argsrepr=argsrepr, eta=eta)
     except Exception:  # kombu/redis raise many kinds of connection errors
         logger.warning("could not enqueue %s%s; reconcile will catch up", task_name, args, exc_info=True)
 
 
-def enqueue_on_commit(task_name: str, *args) -> None:
+def enqueue_on_commit(task_name: str, *args, eta: datetime | None = None) -> None:
     """enqueue() once the current transaction commits (at once outside a transaction)."""
-    transaction.on_commit(lambda: enqueue(task_name, *args))
+    transaction.on_commit(lambda: enqueue(task_name, *args, eta=eta))

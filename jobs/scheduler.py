@@ -280,7 +280,8 @@ def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = Non
 
 
 def step_send_stop(step_pk: int) -> None:
-    """First half of a stop: the graceful command. The forced end comes from reconcile after the grace period."""
+    """First half of a stop: the graceful command. The forced end is `step_force_stop` at the end of the
+    grace period (reconcile forces it too, should that task be lost)."""
     step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
     if step is None or step.state != StepState.STOPPING:
         return
@@ -295,6 +296,23 @@ def step_send_stop(step_pk: int) -> None:
         get_launcher().stop(step, force=False)
     except LaunchError as exc:
         logger.warning("graceful stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
+
+
+def step_force_stop(step_pk: int) -> bool:
+    """Second half of a stop, due at stop_requested_at + grace: remove the workload of a step still
+    stopping. Does nothing before the deadline (an early or redelivered task) or once the step ended;
+    the next reconcile pass sees the workload missing and ends the step. Returns whether it removed."""
+    step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
+    if step is None or step.state != StepState.STOPPING or step.stop_requested_at is None:
+        return False
+    if timezone.now() - step.stop_requested_at < timedelta(seconds=settings.STOP_GRACE_SECONDS):
+        return False
+    try:
+        get_launcher().stop(step, force=True)
+    except LaunchError as exc:  # reconcile forces it again on its next pass
+        logger.warning("forced stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
+        return False
+    return True
 
 
 def reconcile() -> dict:

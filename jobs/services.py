@@ -7,12 +7,14 @@ cluster themselves.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs.announce import QUEUE_ADVANCE, STEP_DISCARD, STEP_SEND_STOP, enqueue_on_commit
+from jobs.announce import QUEUE_ADVANCE, STEP_DISCARD, STEP_FORCE_STOP, STEP_SEND_STOP, enqueue_on_commit
 from queues import naming
 from queues.contract import PayloadError, PipelineSpec, canonical_json, parse_payload
 from queues.history import AuditAction, AuditResult, Origin, audit_record, errors_summary, step_run_record
@@ -199,6 +201,9 @@ def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False, 
         step_transition(step, StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now,
                         mark_queue=mark_queue, **extra)
         enqueue_on_commit(STEP_SEND_STOP, step.pk)
+        # The forced end is due when the grace period ends, not on the first reconcile pass after it
+        # (up to a beat interval later); reconcile still forces it if this task is lost.
+        enqueue_on_commit(STEP_FORCE_STOP, step.pk, eta=now + timedelta(seconds=settings.STOP_GRACE_SECONDS))
 
 
 def step_transition(step: QueueRequest, to: str, *, mark_queue: bool = True, **kwargs) -> bool:

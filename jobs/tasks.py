@@ -47,6 +47,11 @@ def step_send_stop_task(step_pk: int) -> None:
     scheduler.step_send_stop(step_pk)
 
 
+@shared_task(name=announce.STEP_FORCE_STOP, acks_late=True, ignore_result=True)
+def step_force_stop_task(step_pk: int) -> None:
+    scheduler.step_force_stop(step_pk)
+
+
 @shared_task(name=announce.RECONCILE, acks_late=True, ignore_result=True)
 def reconcile_task() -> dict:
     return scheduler.reconcile()

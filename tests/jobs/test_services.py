@@ -115,7 +115,9 @@ def test_it_stops_a_queue_cancelling_waiting_and_stopping_launched_steps(django_
     for position in (1, 4, 5):
         step = _at(queue, position)
         assert step.state == T and step.message.startswith("Cancelled")
-    assert len(_tasks(callbacks)) == 3  # a step_send_stop_task for each launched step, and the queue_advance
+    # A step_send_stop_task and a step_force_stop_task (due at the grace period's end) for each
+    # launched step, and the queue_advance.
+    assert len(_tasks(callbacks)) == 5
 
 
 def test_it_stops_a_queue_only_once(django_capture_on_commit_callbacks):
@@ -166,7 +168,7 @@ def test_it_marks_a_drain_stop_and_leaves_a_stopping_step_alone(django_capture_o
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.step_mark_stopping(step=step, reason="Drained: wrote 5 of 5 records.", drain=True)
     step.refresh_from_db()
-    assert step.state == X and step.drain_requested_at is not None and len(callbacks) == 1
+    assert step.state == X and step.drain_requested_at is not None and len(callbacks) == 2  # send stop, force stop
     first = step.stop_requested_at
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.step_mark_stopping(step=step, reason="again")
