@@ -58,14 +58,18 @@ def handle_batch(messages: list) -> BatchOutcome:
     letters: list[tuple[int, str]] = []
     for position, message in enumerate(messages):
         value = message.value()
-        data, reason = parse(value)
+        text = _text(value)
+        # Decoded once: json.loads(bytes) would sniff the encoding and decode again. A NUL or a BOM
+        # may mean UTF-16/32 (or a BOM json.loads(str) refuses): those take the bytes path.
+        plain = text is not None and "\x00" not in text and not text.startswith("\ufeff")
+        data, reason = parse(text if plain else value)
         if data is None:
             letters.append((position, reason))
         elif is_own_message(data):
             outcome.skipped += 1
         else:
             raws.append(data)
-            texts.append(_text(value))
+            texts.append(text)
             positions.append(position)
     if raws:
         # One transaction; committed when it returns. The texts are stored as received.

@@ -101,6 +101,28 @@ def check_json(value, path: str = "", depth: int = 0) -> None:
             check_json(item, child, depth + 1)
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
+def _plainly_storable(raw: dict, text: str | None) -> bool:
+    """True only when `check_json(raw)` cannot raise: a cheap test for the common event (flat, ASCII,
+    small), so the full walk runs only for the rest and gives the same verdict with the same reason.
+
+    From the text as received: ASCII without a `\\u` escape decodes to strings with no NUL and no
+    surrogate (JSON forbids raw control characters), and a text no longer than MAX_STRING_CHARS holds
+    no longer string. Flat values have no depth; floats are the only numbers that can be non-finite.
+    """
+    if text is None or len(text) > MAX_STRING_CHARS or not text.isascii() or "\\u" in text:
+        return False
+    for value in raw.values():
+        if type(value) in _SCALARS:
+            continue
+        if type(value) is float and math.isfinite(value):
+            continue
+        return False
+    return True
+
+
 def _string(raw: dict, key: str, max_length: int | None = None) -> str | None:
     value = raw.get(key)
     if value is None:
@@ -171,7 +193,8 @@ def normalize(raw: object, text: str | None = None) -> Event:
         raise InvalidEvent("not a JSON object")
     if text is not None and len(text) > MAX_EVENT_CHARS:
         raise InvalidEvent(f"invalid event: larger than {MAX_EVENT_CHARS} characters")
-    check_json(raw)  # before anything serialises it: bounded depth, finite numbers, storable strings
+    if not _plainly_storable(raw, text):
+        check_json(raw)  # before anything serialises it: bounded depth, finite numbers, storable strings
     status = _string(raw, "event") or _string(raw, "status")
     finished = raw.get("finished")
     if finished is not None and not isinstance(finished, bool):
