@@ -10,6 +10,7 @@ every invariant: queue and step states, workloads, telemetry, commands.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 
@@ -62,50 +63,61 @@ def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), l
         chosen = list(victims)
         queue_ids: dict[str, str] = {}  # queue_id -> template kind
         pending_kafka: dict[str, str] = {}  # command_id -> kind (queue_id learnt from the database)
-        to_restart: list[tuple[float, str]] = []
+        # Restarts run on timers, not in this loop: the loop may sit in an API call that waits for the
+        # very web server it would restart (a victim must come back on time whatever the loop is doing).
+        restarts: list[threading.Timer] = []
         stopped: list[str] = []
         t0 = time.monotonic()
-        while time.monotonic() - t0 < window or plan or to_restart:
-            now = time.monotonic() - t0
-            while plan and plan[0][0] <= now:
-                _, index = plan.pop(0)
-                kind, payload = mix[rng.randrange(len(mix))]
-                if index % 2 == 0:
-                    queue_id = f"r1-{r.seed}-{index}"
-                    status, _ = api_call(system, "POST", targets.API_QUEUES, {**payload, "queue_id": queue_id})
-                    if status not in (200, 201):
-                        result.violations.append(f"start {queue_id} answered {status}")
-                    queue_ids[queue_id] = kind
-                else:
-                    command_id = f"r1-{r.seed}-start-{index}"
-                    body = {"command": "start", "command_id": command_id, **payload}
-                    if index % 4 == 1:
-                        body["queue_id"] = f"r1-{r.seed}-k{index}"
-                    ledger.commands[command_id] = "start"
-                    ledger.starts[command_id] = body.get("queue_id", "")
-                    pending_kafka[command_id] = kind
-                    client.send(system.control_topic, json.dumps(body).encode(), key=command_id.encode())
-                    client.flush()
-            while kills and kills[0] <= now:
-                kills.pop(0)
-                victim = chosen.pop(0) if chosen else rng.choice(KILLABLE)
-                if system.children[victim].alive:
-                    system.kill(victim)
-                    result.faults.append(f"kill -9 {victim}@{now:.0f}s")
-                    to_restart.append((now + rng.uniform(1, 5), victim))
-            for entry in [e for e in to_restart if e[0] <= now]:
-                to_restart.remove(entry)
-                system.restart(entry[1], wait=False)
-            if queue_ids and rng.random() < 0.04:  # stop one mid-run, later retry it
-                queue_id = rng.choice(sorted(queue_ids))
-                api_call(system, "POST", targets.api_queue_stop(queue_id))
-                stopped.append(queue_id)
-            if stopped and rng.random() < 0.03:
-                queue_id = stopped.pop(0)
-                status, _ = api_call(system, "POST", targets.api_queue_retry(queue_id))
-                if status not in (202, 409):
-                    result.violations.append(f"retry {queue_id} answered {status}")
-            time.sleep(0.5)
+        try:
+            while time.monotonic() - t0 < window or plan:
+                now = time.monotonic() - t0
+                while plan and plan[0][0] <= now:
+                    _, index = plan.pop(0)
+                    kind, payload = mix[rng.randrange(len(mix))]
+                    if index % 2 == 0:
+                        queue_id = f"r1-{r.seed}-{index}"
+                        status, _ = api_call(system, "POST", targets.API_QUEUES, {**payload, "queue_id": queue_id})
+                        if status not in (200, 201):
+                            result.violations.append(f"start {queue_id} answered {status}")
+                        queue_ids[queue_id] = kind
+                    else:
+                        command_id = f"r1-{r.seed}-start-{index}"
+                        body = {"command": "start", "command_id": command_id, **payload}
+                        if index % 4 == 1:
+                            body["queue_id"] = f"r1-{r.seed}-k{index}"
+                        ledger.commands[command_id] = "start"
+                        ledger.starts[command_id] = body.get("queue_id", "")
+                        pending_kafka[command_id] = kind
+                        client.send(system.control_topic, json.dumps(body).encode(), key=command_id.encode())
+                        client.flush()
+                while kills and kills[0] <= now:
+                    kills.pop(0)
+                    victim = chosen.pop(0) if chosen else rng.choice(KILLABLE)
+                    if system.children[victim].alive:
+                        system.kill(victim)
+                        result.faults.append(f"kill -9 {victim}@{now:.0f}s")
+                        timer = threading.Timer(rng.uniform(1, 5), system.restart, (victim,), {"wait": False})
+                        timer.daemon = True
+                        timer.start()
+                        restarts.append(timer)
+                if queue_ids and rng.random() < 0.04:  # stop one mid-run, later retry it
+                    queue_id = rng.choice(sorted(queue_ids))
+                    api_call(system, "POST", targets.api_queue_stop(queue_id))
+                    stopped.append(queue_id)
+                if stopped and rng.random() < 0.03:
+                    queue_id = stopped.pop(0)
+                    status, _ = api_call(system, "POST", targets.api_queue_retry(queue_id))
+                    if status not in (202, 409):
+                        result.violations.append(f"retry {queue_id} answered {status}")
+                time.sleep(0.5)
+        except BaseException:
+            # An error or Ctrl-C: no timer may start a process after the system is stopped.
+            for timer in restarts:
+                timer.cancel()
+                timer.join()
+            raise
+        for timer in restarts:  # every victim is back before the checks
+            timer.join()
         for child in system.children.values():
             child.wait_ready()
         system.wait_web()
