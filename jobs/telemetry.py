@@ -97,6 +97,8 @@ _STORE_COLUMNS = (
     "queue_id", "step_id", "event_key", "status", "producer", "records_written",
     "message", "payload", "source", "sent_at", "received_at", "run",
 )
+# How the values are written (text COPY: the server parses the payload text as jsonb itself).
+_STORE_TYPES = ("int8", "int8", "text", "text", "text", "int8", "text", "text", "text", "timestamptz", "timestamptz", "int4")
 
 
 def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, QueueRequest | None]]:
@@ -148,9 +150,10 @@ def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueReq
         if unique:
             now = timezone.now()
             with cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
+                copy.set_types(_STORE_TYPES)  # one dumper per column instead of a lookup per value
                 for event, step in unique.values():
                     copy.write_row((
-                        queues[event.queue_id], step.pk if step else None, event.key, event.status,
+                        queues[event.queue_id], step.id if step else None, event.key, event.status,
                         event.producer[:100], event.records_written, event.message,
                         event.text, source, event.sent_at, now, event.run,
                     ))
@@ -177,27 +180,32 @@ def _store_safely(matched, queues: dict, source: str, result: IngestResult):
 
 def _apply_progress(new) -> None:
     """One UPDATE for the batch: records_written only grows; last status, extra and times follow."""
-    latest: dict[int, dict] = {}
+    latest: dict[int, list] = {}  # step id -> [max records, last status, last extra, any progress]
     for event, step in new:
         if step is None:
             continue
-        entry = latest.setdefault(step.pk, {"records": None, "status": "", "extra": None, "progress": False})
-        if event.records_written is not None:
-            entry["records"] = max(entry["records"] or 0, event.records_written)
-            entry["progress"] = True
-        entry["status"] = event.status
+        entry = latest.get(step.id)
+        if entry is None:
+            entry = latest[step.id] = [None, "", None, False]
+        records = event.records_written
+        if records is not None:
+            if entry[0] is None or records > entry[0]:
+                entry[0] = records
+            entry[3] = True
+        entry[1] = event.status
         if event.extra is not None:
-            entry["extra"] = event.extra
+            entry[2] = event.extra
     if not latest:
         return
     now = timezone.now()
     pks = list(latest)
+    entries = list(latest.values())
     columns = [
         pks,
-        [latest[pk]["records"] for pk in pks],
-        [latest[pk]["status"] for pk in pks],
-        [json.dumps(latest[pk]["extra"]) if latest[pk]["extra"] is not None else None for pk in pks],
-        [latest[pk]["progress"] for pk in pks],
+        [entry[0] for entry in entries],
+        [entry[1] for entry in entries],
+        [json.dumps(entry[2]) if entry[2] is not None else None for entry in entries],
+        [entry[3] for entry in entries],
     ]
     table = QueueRequest._meta.db_table
     # Arrays + unnest: five parameters whatever the batch size (a VALUES list costs a placeholder each).

@@ -33,7 +33,7 @@ class InvalidEvent(ValueError):
     """The event cannot be used; the message is the reason (400 body / dead-letter header)."""
 
 
-@dataclass
+@dataclass(slots=True)  # one per event on the hot path: no per-instance __dict__
 class Event:
     queue_id: str
     producer: str
