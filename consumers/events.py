@@ -43,7 +43,7 @@ def parse(value) -> tuple[dict | None, str]:
 
 
 def _text(value: bytes) -> str | None:
-    """The message as text when it is UTF-8 (JSON may also come as UTF-16/32: then None)."""
+    """The message as text when it decodes as UTF-8 (see handle_batch for UTF-16/32 that also do)."""
     try:
         return value.decode("utf-8")
     except (AttributeError, UnicodeDecodeError):
@@ -60,9 +60,11 @@ def handle_batch(messages: list) -> BatchOutcome:
         value = message.value()
         text = _text(value)
         # Decoded once: json.loads(bytes) would sniff the encoding and decode again. A NUL or a BOM
-        # may mean UTF-16/32 (or a BOM json.loads(str) refuses): those take the bytes path.
-        plain = text is not None and "\x00" not in text and not text.startswith("\ufeff")
-        data, reason = parse(text if plain else value)
+        # means UTF-16/32 (whose ASCII also decodes as UTF-8, NULs and all) or a UTF-8 BOM: those are
+        # read from the bytes and stored as canonical JSON (text None), never as the mis-decoded text.
+        if text is not None and ("\x00" in text or text.startswith("\ufeff")):
+            text = None
+        data, reason = parse(value if text is None else text)
         if data is None:
             letters.append((position, reason))
         elif is_own_message(data):
