@@ -10,6 +10,7 @@ every invariant: queue and step states, workloads, telemetry, commands.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import urllib.error
@@ -53,14 +54,19 @@ def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), l
     window = window if window is not None else max(30.0, FULL_WINDOW * min(1.0, r.scale * 4))
     result = Result("R1", r.seed, load=f"{count} queues (API + Kafka, mixed templates) over {window:.0f}s, local launcher")
     system = r.system("R1", layout or Layout())
-    rng = __import__("random").Random(r.seed)
+    rng = random.Random(r.seed)
     ledger = Ledger()
     with system:
         client = Client(system.servers.kafka_bootstrap)
         mix = payloads()
         plan = sorted((rng.uniform(0, window * 0.6), i) for i in range(count))
         kills = sorted(rng.uniform(window * 0.1, window * 0.9) for _ in range(len(victims) or max(2, round(window / 12))))
-        chosen = list(victims)
+        # Everything the seed decides is drawn here, before the loop: the loop's own draws (stops, retries)
+        # depend on how many rounds it ran, so drawing victims or payloads there would not reproduce.
+        chosen = list(victims) or [rng.choice(KILLABLE) for _ in kills]
+        delays = [rng.uniform(1, 5) for _ in kills]
+        kinds = [mix[rng.randrange(len(mix))] for _ in range(count)]
+        rounds = random.Random(r.seed + 1)  # the mid-run stops and retries
         queue_ids: dict[str, str] = {}  # queue_id -> template kind
         pending_kafka: dict[str, str] = {}  # command_id -> kind (queue_id learnt from the database)
         # Restarts run on timers, not in this loop: the loop may sit in an API call that waits for the
@@ -73,7 +79,7 @@ def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), l
                 now = time.monotonic() - t0
                 while plan and plan[0][0] <= now:
                     _, index = plan.pop(0)
-                    kind, payload = mix[rng.randrange(len(mix))]
+                    kind, payload = kinds[index]
                     if index % 2 == 0:
                         queue_id = f"r1-{r.seed}-{index}"
                         status, _ = api_call(system, "POST", targets.API_QUEUES, {**payload, "queue_id": queue_id})
@@ -92,19 +98,19 @@ def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), l
                         client.flush()
                 while kills and kills[0] <= now:
                     kills.pop(0)
-                    victim = chosen.pop(0) if chosen else rng.choice(KILLABLE)
+                    victim, delay = chosen.pop(0), delays.pop(0)
                     if system.children[victim].alive:
                         system.kill(victim)
                         result.faults.append(f"kill -9 {victim}@{now:.0f}s")
-                        timer = threading.Timer(rng.uniform(1, 5), system.restart, (victim,), {"wait": False})
+                        timer = threading.Timer(delay, system.restart, (victim,), {"wait": False})
                         timer.daemon = True
                         timer.start()
                         restarts.append(timer)
-                if queue_ids and rng.random() < 0.04:  # stop one mid-run, later retry it
-                    queue_id = rng.choice(sorted(queue_ids))
+                if queue_ids and rounds.random() < 0.04:  # stop one mid-run, later retry it
+                    queue_id = rounds.choice(sorted(queue_ids))
                     api_call(system, "POST", targets.api_queue_stop(queue_id))
                     stopped.append(queue_id)
-                if stopped and rng.random() < 0.03:
+                if stopped and rounds.random() < 0.03:
                     queue_id = stopped.pop(0)
                     status, _ = api_call(system, "POST", targets.api_queue_retry(queue_id))
                     if status not in (202, 409):
