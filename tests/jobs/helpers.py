@@ -14,3 +14,12 @@ def put(step: QueueRequest, state: str, **fields) -> QueueRequest:
     QueueRequest.objects.filter(pk=step.pk).update(state=state, **fields)
     step.refresh_from_db()
     return step
+
+
+def on_task(monkeypatch, name: str, handler) -> None:
+    """Run `handler(*args)` instead of sending the Celery task `jobs.tasks.<name>`.
+
+    The orchestration announces work with `apply_async` (jobs/announce.py: argsrepr, eta), so
+    that is what is intercepted; patching `.delay` would silently intercept nothing.
+    """
+    monkeypatch.setattr(f"jobs.tasks.{name}.apply_async", lambda args=(), kwargs=None, **options: handler(*args))

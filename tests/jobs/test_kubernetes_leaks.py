@@ -14,7 +14,7 @@ from jobs import scheduler
 from jobs.telemetry import ingest_events
 from queues.models import QueueRequest, StepState
 from jobs.services import step_stop
-from tests.jobs.helpers import put
+from tests.jobs.helpers import on_task, put
 from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline, start, step, tick  # noqa: F401
 
 pytestmark = pytest.mark.django_db
@@ -23,9 +23,9 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def discard_inline(monkeypatch):
     """Run the discard task the moment it is sent (the Celery worker's part)."""
-    monkeypatch.setattr("jobs.tasks.step_discard_task.delay", lambda pk, name: scheduler.step_discard(pk, job_name=name))
-    monkeypatch.setattr("jobs.tasks.step_send_stop_task.delay", lambda pk: scheduler.step_send_stop(pk))
-    monkeypatch.setattr("jobs.tasks.queue_advance_task.delay", lambda pk: None)
+    on_task(monkeypatch, "step_discard_task", lambda pk, name: scheduler.step_discard(pk, job_name=name))
+    on_task(monkeypatch, "step_send_stop_task", lambda pk: scheduler.step_send_stop(pk))
+    on_task(monkeypatch, "queue_advance_task", lambda pk: None)
 
 
 def _launch_with(monkeypatch, during):

@@ -15,6 +15,7 @@ from jobs import k8s_reconcile, scheduler
 from jobs.launchers import Observation, Phase
 from queues.models import Queue, QueueRequest, StepState
 from tests.queues.factories import make_queue
+from tests.jobs.helpers import on_task
 
 pytestmark = pytest.mark.django_db
 
@@ -54,7 +55,7 @@ def launcher(monkeypatch):
     fake = Launcher()
     monkeypatch.setattr(scheduler, "get_launcher", lambda: fake)
     for task in ("step_launch_task", "step_send_stop_task", "queue_advance_task", "step_discard_task"):
-        monkeypatch.setattr(f"jobs.tasks.{task}.delay", lambda *args: None)
+        on_task(monkeypatch, task, lambda *args: None)
     return fake
 
 

@@ -14,6 +14,7 @@ from jobs import scheduler
 from jobs.launchers import LaunchError, Observation, Phase
 from queues.models import DependencyKind, Queue, QueueRequest, QueueStatus, StepState
 from tests.queues.factories import make_queue
+from tests.jobs.helpers import on_task
 
 pytestmark = pytest.mark.django_db
 
@@ -308,7 +309,7 @@ def test_it_relaunches_a_step_stuck_in_launching(queue, settings, monkeypatch):
     launcher = FakeLauncher()
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
     sent: list[int] = []
-    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: sent.append(pk))
+    on_task(monkeypatch, "step_launch_task", lambda pk: sent.append(pk))
     stuck = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
     fresh = _put(queue, CONN_T, StepState.LAUNCHING, state_changed_at=_ago(2))
     summary = scheduler.reconcile()
@@ -415,10 +416,10 @@ class LaunchingLauncher(FakeLauncher):
 def fake(monkeypatch):
     launcher = LaunchingLauncher()
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
-    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: None)
-    monkeypatch.setattr("jobs.tasks.step_send_stop_task.delay", lambda pk: None)
-    monkeypatch.setattr("jobs.tasks.queue_advance_task.delay", lambda pk: None)
-    monkeypatch.setattr("jobs.tasks.step_discard_task.delay", lambda pk, name: scheduler.step_discard(pk, job_name=name))
+    on_task(monkeypatch, "step_launch_task", lambda pk: None)
+    on_task(monkeypatch, "step_send_stop_task", lambda pk: None)
+    on_task(monkeypatch, "queue_advance_task", lambda pk: None)
+    on_task(monkeypatch, "step_discard_task", lambda pk, name: scheduler.step_discard(pk, job_name=name))
     return launcher
 
 
@@ -544,7 +545,7 @@ def test_it_does_not_resend_a_launch_that_is_backing_off(queue, fake, settings, 
     settings.LAUNCH_STUCK_SECONDS = 30
     settings.LAUNCH_RETRY_BACKOFF_SECONDS = 60
     sent: list[int] = []
-    monkeypatch.setattr("jobs.tasks.step_launch_task.delay", lambda pk: sent.append(pk))
+    on_task(monkeypatch, "step_launch_task", lambda pk: sent.append(pk))
     step = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
     fake.error = LaunchError("HTTP 503")
     with pytest.raises(Exception):  # the task retries it after the backoff
@@ -592,7 +593,7 @@ def test_it_kills_a_local_process_started_after_a_stop_ended_its_step(queue, tmp
     launcher = RacingLocal(tmp_path, [sys.executable, "-c", "import time; time.sleep(120)"])
     monkeypatch.setattr(scheduler, "get_launcher", lambda: launcher)
     for task in ("step_launch_task", "step_send_stop_task", "queue_advance_task", "step_discard_task"):
-        monkeypatch.setattr(f"jobs.tasks.{task}.delay", lambda *args: None)
+        on_task(monkeypatch, task, lambda *args: None)
     step = _put(queue, CONN_C, StepState.LAUNCHING)
 
     scheduler.step_launch(step.pk)
