@@ -121,18 +121,25 @@ def audit_record(*, origin: Origin, action: str, result: str, queue=None, queue_
     user = origin.user if getattr(origin.user, "is_authenticated", False) and getattr(origin.user, "pk", None) else None
     return AuditEntry.objects.create(
         queue=queue,
-        queue_ref=(queue_ref or (queue.queue_id if queue is not None else ""))[:200],
-        step_name=step_name[:50],
+        queue_ref=_text(queue_ref or (queue.queue_id if queue is not None else ""), 200),
+        step_name=_text(step_name, 50),
         action=action,
         result=result,
-        reason=reason,
-        source=origin.source[:16],
+        reason=_text(reason),
+        source=_text(origin.source, 16),
         user=user,
-        who=origin.who[:250],
-        address=origin.address[:64],
-        command_id=origin.command_id[:200],
+        who=_text(origin.who, 250),
+        address=_text(origin.address, 64),
+        command_id=_text(origin.command_id, 200),
         detail=detail or {},
     )
+
+
+def _text(value: str, limit: int | None = None) -> str:
+    """Client-supplied text as PostgreSQL can store it: it refuses NUL in text (a refused request whose
+    field names held one failed to be recorded, and the client got a 500 instead of its 400)."""
+    value = value.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    return value[:limit] if limit is not None else value
 
 
 def step_run_record(*, step) -> StepRun:
