@@ -139,6 +139,8 @@ def _text(value: str, limit: int | None = None) -> str:
     """Client-supplied text as PostgreSQL can store it: it refuses NUL in text (a refused request whose
     field names held one failed to be recorded, and the client got a 500 instead of its 400)."""
     value = value.replace("\x00", "\N{REPLACEMENT CHARACTER}")
+    # JSON may carry lone surrogates ("\ud800"), which no UTF-8 database text can hold
+    value = value.encode("utf-8", "replace").decode("utf-8")
     return value[:limit] if limit is not None else value
 
 

@@ -54,6 +54,25 @@ def test_it_records_api_starts_with_user_address_and_each_result(api, operator):
     assert rejected.at is not None
 
 
+def test_it_records_a_rejected_start_whose_field_names_no_database_text_can_hold(api):
+    """Found by the API fuzzer: an unknown field name with NUL went into the audit's reason, PostgreSQL
+    refused it and the client got a 500 instead of its 400."""
+    body = '{"symbol": "BTCUSDT", "requests": [], "bad\\u0000name": 1}'
+    response = api.post("/api/queues/", body, content_type="application/json")
+    assert response.status_code == 400
+    rejected = AuditEntry.objects.get(result="rejected")
+    assert "\x00" not in rejected.reason and "Unknown field" in rejected.reason
+
+
+def test_it_refuses_a_lone_surrogate_escape_with_a_400(api):
+    """Found by the API fuzzer: `\\ud800` parsed into text no UTF-8 can hold; echoing it in the 400's field
+    message (or storing it) failed with a 500. The parser refuses such a body."""
+    body = '{"symbol": "BTCUSDT", "requests": [], "odd\\ud800name": 2}'
+    response = api.post("/api/queues/", body, content_type="application/json")
+    assert response.status_code == 400
+    assert "surrogate" in response.json()["detail"]
+
+
 def test_it_records_api_stop_retry_and_step_stop_with_results(api, operator):
     """§7 stops, retries and step stops from the API, the idempotent repeats as duplicates, nothing to retry as rejected."""
     assert api.post("/api/queues/", {**payload(), "queue_id": "audit-api-3"}, format="json").status_code == 201
