@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import k8s_reconcile, scheduler
+from jobs import advance, k8s_reconcile, scheduler
 from jobs.launchers import Observation, Phase
 from queues.models import Queue, QueueRequest, StepState
 from tests.queues.factories import make_queue
@@ -121,7 +121,7 @@ def test_a_change_whose_advance_was_lost_is_advanced_by_the_next_pass(launcher, 
 def test_a_change_counted_during_an_advance_stays_for_the_next_pass(launcher, advanced, monkeypatch):
     """Reconcile: a change made while an advance runs is not cleared by it (the next pass sees it)."""
     queue = _idle_running_queue(0)
-    original = scheduler._drain_consumers
+    original = advance._drain_consumers
 
     def change_meanwhile(steps):
         # Another actor's transition is counted after this advance read the queue's changes.
@@ -131,7 +131,7 @@ def test_a_change_counted_during_an_advance_stays_for_the_next_pass(launcher, ad
     from django.db.models import F
 
     Queue.objects.filter(pk=queue.pk).update(changes_pending=2)
-    monkeypatch.setattr(scheduler, "_drain_consumers", change_meanwhile)
+    monkeypatch.setattr(advance, "_drain_consumers", change_meanwhile)
     scheduler.queue_advance(queue.pk)
 
     assert Queue.objects.get(pk=queue.pk).changes_pending == 1

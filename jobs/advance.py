@@ -1,0 +1,113 @@
+"""Advancing one queue (DESIGN §5): which waiting steps launch now, failure policy, drain.
+
+Level-triggered: `queue_advance` looks at the whole queue under its lock and does what its state
+calls for, so running it twice, late, or after lost events is harmless. The scheduler's reconcile
+and the `queue_advance_task` call it; launching itself is `jobs.scheduler.step_launch`.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from jobs.announce import STEP_LAUNCH, enqueue_on_commit
+from jobs.services import queue_refresh_status, step_mark_stopping, step_transition
+from queues.catalogue import TARGETS
+from queues.models import DependencyKind, Queue, StepState
+
+
+def queue_advance(queue_pk: int) -> list[int]:
+    """Apply DESIGN §5 to one queue; returns the pks of steps to launch (enqueued on commit)."""
+    to_launch: list[int] = []
+    with transaction.atomic():
+        queue = Queue.objects.lock(queue_pk, missing_ok=True)
+        if queue is None:
+            return []
+        # What this advance acts on. Changes counted after this (they wait for our lock) stay
+        # counted for the next advance; our own changes are not counted (we decide from them here).
+        seen_changes = queue.changes_pending
+        steps = {s.pk: s for s in queue.steps.all()}
+        edges = list(queue.edges.all())
+        upstreams: dict[int, list] = {pk: [] for pk in steps}
+        for edge in edges:
+            upstreams[edge.downstream_id].append((steps[edge.upstream_id], edge.kind))
+
+        failed = [s for s in steps.values() if s.state in StepState.FAILED_STATES]
+        if failed and settings.FAILURE_POLICY == "stop_queue":
+            reason = f"Step {failed[0].name} {failed[0].state}: {failed[0].message}".strip().rstrip(":")
+            if not queue.message:
+                Queue.objects.filter(pk=queue.pk).update(message=reason)
+            for step in steps.values():
+                if not step.is_terminal and not step.stop_requested_at:
+                    step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
+        elif not queue.stop_requested_at:
+            _cancel_unreachable(steps.values(), upstreams)
+            for step in steps.values():
+                if step.state == StepState.WAITING and _dependencies_met(upstreams[step.pk]):
+                    if step_transition(step, StepState.LAUNCHING, from_states=[StepState.WAITING], message="",
+                                       mark_queue=False):
+                        to_launch.append(step.pk)
+            _drain_consumers(steps.values())
+        queue_refresh_status(queue=queue)
+        if seen_changes:
+            Queue.objects.filter(pk=queue.pk).update(changes_pending=F("changes_pending") - seen_changes)
+
+        if to_launch:
+            for pk in to_launch:
+                enqueue_on_commit(STEP_LAUNCH, pk)
+    return to_launch
+
+
+def _dependencies_met(upstream_edges) -> bool:
+    for upstream, kind in upstream_edges:
+        if kind == DependencyKind.SUCCESS and upstream.state != StepState.SUCCEEDED:
+            return False
+        if kind == DependencyKind.READY and not upstream.is_ready:
+            return False
+    return True
+
+
+def _cancel_unreachable(steps, upstreams) -> None:
+    """A waiting step whose upstream ended without success can never start: cancel it, and what
+    waits for it in turn (repeated until nothing changes: steps need not be in dependency order)."""
+    cancelled = True
+    while cancelled:
+        cancelled = False
+        for step in steps:
+            if step.state != StepState.WAITING:
+                continue
+            for upstream, _kind in upstreams[step.pk]:
+                if upstream.is_terminal and upstream.state != StepState.SUCCEEDED:
+                    cancelled |= step_transition(
+                        step, StepState.STOPPED, from_states=[StepState.WAITING],
+                        message=f"Cancelled: upstream {upstream.name} ended {upstream.state}.", mark_queue=False,
+                    )
+                    break
+
+
+def _drain_consumers(steps) -> None:
+    """DESIGN §5 rule 4: stop a consumer once all its producers succeeded and it caught up or idled."""
+    steps = list(steps)
+    now = timezone.now()
+    idle = timedelta(seconds=settings.DRAIN_IDLE_SECONDS)
+    for consumer in steps:
+        if TARGETS[consumer.target].topic_role != "consumer" or consumer.state != StepState.RUNNING:
+            continue
+        producers = [
+            s for s in steps if s.kafka_topic == consumer.kafka_topic and TARGETS[s.target].topic_role == "producer"
+        ]
+        if not producers or any(p.state != StepState.SUCCEEDED for p in producers):
+            continue
+        total = sum(p.records_written for p in producers)
+        producers_done = max(p.finished_at or now for p in producers)
+        last_activity = max(filter(None, [consumer.last_progress_at, consumer.started_at, producers_done]))
+        if consumer.records_written >= total:
+            reason = f"Drained: wrote {consumer.records_written} of {total} records."
+        elif now - last_activity >= idle:
+            reason = f"Drained after {settings.DRAIN_IDLE_SECONDS:g}s idle: wrote {consumer.records_written} of {total} records."
+        else:
+            continue
+        step_mark_stopping(step=consumer, reason=reason, drain=True, mark_queue=False)
