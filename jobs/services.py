@@ -262,6 +262,8 @@ def queue_retry(*, queue: Queue, user=None, origin: Origin | None = None) -> int
                 launcher_handle={},
                 reported_status="",
                 records_written=0,
+                logs="",  # the ended run's log tail and extra stay with its StepRun
+                extra={},
                 run=run,
                 job_name=naming.job_name(queue.queue_id, step.target, step.number, run),
             )

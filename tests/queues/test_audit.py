@@ -185,3 +185,20 @@ def test_it_lists_refused_starts_under_audit_entries(api, admin_client):
     assert api.post("/api/queues/", bad, format="json").status_code == 400
     page = admin_client.get(reverse("admin:queues_auditentry_changelist")).content.decode()
     assert "audit-refused-1" in page and "rejected" in page
+
+
+def test_it_starts_a_retried_run_with_empty_logs_and_extra(api):
+    """A retry kept the ended run's log tail and `extra` on the step: the new run showed them as its own,
+    and its own log tail was never captured (logs are kept only while the field is empty). They now
+    stay with the ended run (StepRun) and the new run starts empty."""
+    assert api.post("/api/queues/", {**payload(), "queue_id": "audit-runs-2"}, format="json").status_code == 201
+    queue = Queue.objects.get(queue_id="audit-runs-2")
+    name = queue.steps.order_by("position").first().name
+    fail_step(queue, name, message="first failure")
+    queue.steps.filter(name=name).update(logs="run 1 said goodbye", extra={"epoch": 3, "loss": 0.5})
+    assert api.post("/api/queues/audit-runs-2/retry/").status_code == 202
+
+    step = queue.steps.get(name=name)
+    assert (step.run, step.logs, step.extra) == (2, "", {})
+    earlier = StepRun.objects.get(step=step, run=1)
+    assert earlier.logs == "run 1 said goodbye" and earlier.extra == {"epoch": 3, "loss": 0.5}
