@@ -10,6 +10,19 @@ from django.utils.safestring import mark_safe
 
 from console.admin.progress import QueueCounts
 
+
+class ReadOnlyAdmin:
+    """Shown, never edited in the admin: rows change only through the services (start, stop, retry)."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
 # Colours by meaning: grey not started, blue in flight, green done, red failed, amber stopping/stopped.
 COLOURS = {
     "pending": "#6c757d",

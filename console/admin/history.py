@@ -74,7 +74,7 @@ def step_runs_table(step):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
     """Every recorded request, the refused starts too (they have no queue to show them on)."""
 
     list_display = ["at", "action", "queue_ref", "step_name", "result", "who", "source", "address", "reason"]
@@ -82,12 +82,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
     search_fields = ["queue_ref", "who", "command_id", "step_name"]
     date_hierarchy = None
     show_full_result_count = False  # the trail grows with the history: no count(*) per page
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False

@@ -20,7 +20,7 @@ from queues.models import Queue, QueueRequest, StepDependency, StepState
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 
 
-class ReadOnlyInline(admin.TabularInline):
+class ReadOnlyInline(display.ReadOnlyAdmin, admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = False
@@ -28,15 +28,6 @@ class ReadOnlyInline(admin.TabularInline):
     def has_view_permission(self, request, obj=None) -> bool:
         # Steps and edges are part of the queue: whoever may view the queue sees them.
         return request.user.has_perm(VIEW_QUEUE)
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class StepInline(ReadOnlyInline):
@@ -313,7 +304,6 @@ class QueueAdmin(admin.ModelAdmin):
             "history_html": history.audit_table(history.queue_audit(queue)) if queue else "",
         }
         return super().change_view(request, object_id, form_url, {**extra, **(extra_context or {})})
-
 
     def history_view(self, request, object_id, extra_context=None):
         # The audit trail (queues.history) is this object's history: LogEntry has no row for a Kafka command.

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 
-from django.conf import settings
 from django.contrib import admin
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join, json_script
@@ -18,7 +17,7 @@ CHART_EVENTS = 500
 
 
 @admin.register(QueueRequest)
-class QueueRequestAdmin(admin.ModelAdmin):
+class QueueRequestAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["name", "queue_link", "target", "type", "state_badge", "records_written", "job_name", "state_changed_at"]
     list_filter = ["state", "target", "streaming"]
     search_fields = ["name", "job_name", "telemetry_id", "queue__queue_id"]
@@ -44,15 +43,6 @@ class QueueRequestAdmin(admin.ModelAdmin):
         "launched_at", "started_at", "finished_at", "last_event_at", "state_changed_at", "params_json",
         "logs_view", "charts", "waits_for", "waited_on_by", "recent_events", "run", "earlier_runs",
     ]  # fmt: skip
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
     @admin.display(description="queue", ordering="queue__queue_id")
     def queue_link(self, step: QueueRequest):
