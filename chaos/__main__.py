@@ -22,7 +22,8 @@ from chaos.harness import ROOT, say, start_servers
 SCENARIOS = {
     "R3": scenario_hostile.run,
     "R7": scenario_clients.run,
-    "R1": scenario_storm.run,
+    "R1": scenario_storm.run,  # local launcher
+    "R1k": scenario_storm.run_kube,  # the same storm on the Kubernetes emulator
     "R4": scenario_fuzz.run,
     "R5": scenario_mirror.run,
     "R6": scenario_kube.run,
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full load (CI uses ~0.02)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    chosen = [s.strip().upper() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
+    by_name = {name.upper(): name for name in SCENARIOS}  # `--only r1k` or `--only R1K` picks R1k
+    chosen = [by_name.get(s.strip().upper(), s.strip()) for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = [s for s in chosen if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,3 +109,24 @@ def finish(result: Result, system: System, ledger: Ledger, started: float, queue
     result.seconds = time.monotonic() - started
     say(f"{result.scenario}: {len(result.violations)} violation(s) in {result.seconds:.0f}s")
     return result
+
+
+def payloads() -> list[tuple[str, dict]]:
+    """Mixed work: the two built-in templates and a small loader → connector pipeline cut from one."""
+    historical = targets.template_payload("historical-pipeline")
+    small = {**historical, "requests": [r for r in historical["requests"] if r["type"] == "api_trades"]}
+    return [("historical", historical), ("realtime", targets.template_payload("realtime-pipeline")), ("small", small),
+            ("small", small)]
+
+
+def api_call(system: System, method: str, path: str, body=None, attempts: int = 60) -> tuple[int, object]:
+    """The API as a patient client: retried while the web server is down (every call here is idempotent)."""
+    for _ in range(attempts):
+        try:
+            status, answer = system.api(method, path, body, timeout=60)
+            if status not in (502, 503):
+                return status, answer
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(1.0)
+    return 599, "web unreachable"

@@ -13,17 +13,19 @@ nothing stays `launching`; plus every invariant of the other scenarios.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
+import zlib
 from collections import Counter
 
 import psycopg
 
 from chaos import emulators, targets
-from chaos.common import Result, Run, finish, wait_quiescent
-from chaos.harness import Layout, say
+from chaos.common import Result, Run, api_call, finish, payloads, wait_quiescent
+from chaos.harness import Layout, System, say
 from chaos.invariants import Ledger
-from chaos.scenario_storm import api_call, payloads
+from chaos.kafka_io import Client
 
 FULL_QUEUES = 40
 FULL_WINDOW = 120.0
@@ -81,11 +83,12 @@ def _start_queues(r: Run, system, count: int, window: float, result: Result) -> 
 
 
 class JobController(threading.Thread):
-    """The Job controller and kubelet, played through the emulator's control surface."""
+    """The Job controller and kubelet, played through the emulator's control surface; with `telemetry`,
+    also the workers in the pods: each Job run reports its progress once it runs (R1k)."""
 
-    def __init__(self, kube):
-        super().__init__(daemon=True, name="r6-job-controller")
-        self.kube, self.running_since, self.done = kube, {}, threading.Event()
+    def __init__(self, kube, telemetry: JobTelemetry | None = None):
+        super().__init__(daemon=True, name="job-controller")
+        self.kube, self.telemetry, self.running_since, self.done = kube, telemetry, {}, threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(1.0):
@@ -93,10 +96,15 @@ class JobController(threading.Thread):
                 jobs = self.kube.control("GET", f"/_emulator/jobs?namespace={NAMESPACE}")["items"]
             except OSError:
                 continue
-            for job in jobs:
+            live = [job for job in jobs if not (job["deleting"] or _finished(job["status"]))]
+            if self.telemetry is not None:
+                try:
+                    # Before any of them is marked succeeded: a worker reports before its pod ends.
+                    self.telemetry.report([job["name"] for job in live if job["status"].get("active")])
+                except (OSError, psycopg.Error):
+                    pass  # the next pass reports what this one could not
+            for job in live:
                 status, name = job["status"], job["name"]
-                if job["deleting"] or status.get("conditions") or status.get("succeeded") or status.get("failed"):
-                    continue
                 since = self.running_since.setdefault(name, time.monotonic())
                 phase = "running"
                 if status.get("active"):
@@ -114,8 +122,51 @@ class JobController(threading.Thread):
         self.join(10)
 
 
+def _finished(status: dict) -> bool:
+    return bool(status.get("conditions") or status.get("succeeded") or status.get("failed"))
+
+
+class JobTelemetry:
+    """What the workers in the pods would send: one `progress` event per Job run, on queue-events, for
+    the step run the Job is (found by its name in the database; a Job of a run already replaced is
+    skipped: its events would only be stored as history). Everything sent goes into the ledger."""
+
+    def __init__(self, system: System, ledger: Ledger):
+        self.client, self.topic = Client(system.servers.kafka_bootstrap), system.events_topic
+        self.database_url, self.ledger = system.database_url, ledger
+        self.sent: dict[str, int] = {}  # Job name -> records its worker reported
+
+    def report(self, job_names: list[str]) -> None:
+        new = [name for name in job_names if name not in self.sent]
+        if not new:
+            return
+        with psycopg.connect(self.database_url, autocommit=True) as db:
+            rows = db.execute(f"SELECT s.job_name, q.queue_id, s.telemetry_id, s.run FROM {targets.STEP_TABLE} s "
+                              f"JOIN {targets.QUEUE_TABLE} q ON q.id = s.queue_id WHERE s.job_name = ANY(%s)",
+                              [new]).fetchall()
+        for job_name, queue_id, producer, run in rows:
+            records = 1 + zlib.crc32(job_name.encode()) % 5000
+            chaos_id = f"tele-{job_name}"
+            body = {"event": "progress", "queue_id": queue_id, "producer": producer, "records_written": records,
+                    "run": run, "chaos_id": chaos_id}
+            self.ledger.telemetry_ids[chaos_id] = (queue_id, producer)
+            self.ledger.event_keys[chaos_id] = "valid"  # never dead-lettered
+            self.client.send(self.topic, json.dumps(body).encode(), key=chaos_id.encode())
+            self.sent[job_name] = records
+        self.client.flush()
+
+    def expect(self) -> None:
+        """Each step's records_written must be what its current run's worker reported (0 if none did)."""
+        with psycopg.connect(self.database_url, autocommit=True) as db:
+            for queue_id, producer, job_name in db.execute(
+                    f"SELECT q.queue_id, s.telemetry_id, s.job_name FROM {targets.STEP_TABLE} s "
+                    f"JOIN {targets.QUEUE_TABLE} q ON q.id = s.queue_id"):
+                self.ledger.records[(queue_id, producer)] = self.sent.get(job_name, 0)
+
+
 def check_jobs(kube, database_url: str) -> list[str]:
-    """No step run with two Jobs ever; no live Job without a live step; every failed step says why."""
+    """No step run with two Jobs ever; no live Job without a live step, no running step without a live
+    Job; every failed step says why."""
     out = []
     created = Counter((labels.get(targets.JOB_LABEL_QUEUE), labels.get(targets.JOB_LABEL_STEP),
                        labels.get(targets.JOB_LABEL_RUN)) for labels in kube.control("GET", "/_emulator/created")["items"])
@@ -126,17 +177,19 @@ def check_jobs(kube, database_url: str) -> list[str]:
         steps = {row[0]: row[1:] for row in db.execute(
             f"SELECT s.job_name, s.state, s.message, q.queue_id, s.name FROM {targets.STEP_TABLE} s "
             f"JOIN {targets.QUEUE_TABLE} q ON q.id = s.queue_id")}
+    live = set()
     for job in kube.control("GET", f"/_emulator/jobs?namespace={NAMESPACE}")["items"]:
-        status = job["status"]
-        finished = status.get("conditions") or status.get("succeeded") or status.get("failed")
-        if job["deleting"] or finished:
+        if job["deleting"] or _finished(job["status"]):
             continue
+        live.add(job["name"])
         step = steps.get(job["name"])
         if step is None or step[0] not in targets.STEP_LAUNCHED:
             out.append(f"Job {job['name']} is live but its step is {step[0] if step else 'gone'}")
     for job_name, (state, message, queue_id, name) in steps.items():
         if state in targets.STEP_FAILED and not message.strip():
             out.append(f"step {queue_id}/{name} {state} without a reason")
+        if state == "running" and job_name not in live:
+            out.append(f"step {queue_id}/{name} is running without a Job")
         if state not in targets.STEP_TERMINAL and state != "waiting":
             out.append(f"step {queue_id}/{name} still {state} after quiescence")
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,21 @@ def test_it_recovers_from_kill_9_of_the_web_server_a_consumer_and_a_worker(chaos
         result.line()
     assert result.violations == [], result.line()
     assert sum(result.outcome.values()) >= 4 and set(result.outcome) <= {"succeeded", "stopped"}, result.line()
+
+
+def test_it_recovers_from_kill_9_on_the_kubernetes_emulator(chaos_run):
+    """R1k (small): the storm with JOB_LAUNCHER=kubernetes on the emulator (the harness plays the Job controller
+    and the pods' workers, which report progress on Kafka) while a worker, a control consumer and an events
+    consumer are SIGKILLed: no step run with two Jobs, no live Job without a live step, progress counted once."""
+    result = scenario_storm.run_kube(chaos_run, window=30, victims=("worker-1", "control-1", "events-1"),
+                                     layout=Layout(workers=2, beats=2, control=2, events=1, web_workers=1))
+    assert result.scenario == "R1k", result.line()
+    assert [f.split("@")[0] for f in result.faults] == ["kill -9 worker-1", "kill -9 control-1", "kill -9 events-1"], \
+        result.line()
+    assert result.violations == [], result.line()
+    assert sum(result.outcome.values()) >= 4 and set(result.outcome) <= {"succeeded", "stopped"}, result.line()
+    reported = int(re.search(r"(\d+) progress events", result.load).group(1))
+    assert reported > 0, result.line()
 
 
 # -- the checker sees violations ----------------------------------------------------------------------
@@ -215,3 +231,20 @@ def test_the_kube_checker_finds_two_jobs_for_one_step_run_and_a_job_without_a_st
     found = check_jobs(kube_emulator, url)
     assert found[0] == "1 step runs got more than one Job, e.g. [(('q1', 's1', '1'), 2)]", found
     assert found[1:] == ["Job j1 is live but its step is gone", "Job j1-again is live but its step is gone"], found
+
+
+@pytest.mark.django_db(transaction=True)  # committed: the checker reads over a connection of its own
+def test_the_kube_checker_finds_a_running_step_without_a_job(kube_emulator, postgres_server, historical_payload):
+    """R1k/R6 (checker): a step the database says is `running` while no live Job exists for it is a violation
+    (the issue: no `running` step without a workload)."""
+    from django.db import connection
+
+    from chaos.scenario_kube import check_jobs
+    from jobs.services import queue_create
+
+    queue, _ = queue_create(payload=historical_payload)
+    step = queue.steps.order_by("position").first()
+    type(step).objects.filter(pk=step.pk).update(state="running", job_name="ghost-run")
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+    found = check_jobs(kube_emulator, url)
+    assert f"step {queue.queue_id}/{step.name} is running without a Job" in found, found
