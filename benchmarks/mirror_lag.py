@@ -155,6 +155,22 @@ def _drain_forever() -> None:
     django.setup()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    profile_to = os.environ.get("MIRROR_LAG_PROFILE")  # a path: cProfile the drain process into it
+    profiler = None
+    if profile_to:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        _drain_until(stop)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+
+
+def _drain_until(stop) -> None:
     while not stop.is_set():
         try:
             result = targets.mirror_drain()

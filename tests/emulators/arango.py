@@ -41,7 +41,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .arango_aql import ArangoError, _AqlParser, _attr, _eval, _holds, aql_equal
+from .arango_aql import ArangoError, _AqlParser, _attr, _eval, _holds, aql_key
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254}$")
 _ID_RE = re.compile(r"^([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-:.@()+,=;$!*'%]{1,254})$")
@@ -79,6 +79,44 @@ class _Collection:
     def info(self):
         return {"id": self.id, "name": self.name, "isSystem": self.name.startswith("_"), "type": self.type,
                 "status": 3, "globallyUniqueId": f"emu{self.id}"}
+
+
+class _UniqueIndexes:
+    """The unique persistent indexes of one collection over ``docs``, as hashes built once per request:
+    a write checks its values in O(1), as a real server's index does, instead of scanning every document."""
+
+    def __init__(self, indexes, docs):
+        self.indexes = [i for i in indexes if i["type"] == "persistent" and i["unique"]]
+        self.owners = [{} for _ in self.indexes]  # per index: value key -> _keys holding it
+        for doc in docs.values():
+            self._add(doc)
+
+    def _values(self, index, doc):
+        values = [_attr(doc, f.split(".")) for f in index["fields"]]
+        return None if index["sparse"] and None in values else aql_key(values)
+
+    def _add(self, doc):
+        for index, owners in zip(self.indexes, self.owners):
+            value = self._values(index, doc)
+            if value is not None:
+                owners.setdefault(value, set()).add(doc["_key"])
+
+    def put(self, old, new):
+        """Check ``new`` (replacing ``old``, the same key's stored document or None), then index it.
+        Raises 1210 like the server when another document holds the same values."""
+        for index, owners in zip(self.indexes, self.owners):
+            value = self._values(index, new)
+            others = sorted(owners.get(value, set()) - {new["_key"]}) if value is not None else []
+            if others:
+                raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of type "
+                                             f"persistent over {index['fields']}; conflicting key: {others[0]}",
+                                  _key=new["_key"])
+        if old is not None:
+            for index, owners in zip(self.indexes, self.owners):
+                value = self._values(index, old)
+                if value is not None:
+                    owners.get(value, set()).discard(old["_key"])
+        self._add(new)
 
 
 # ---------------------------------------------------------------- the emulator
@@ -256,8 +294,9 @@ class ArangoEmulator:
         coll = m and self._dbs[db]["collections"].get(m.group(1))
         return coll.docs.get(m.group(2)) if coll else None
 
-    def _write(self, coll, docs, doc, mode, keep_null=True, merge_objects=True):
-        """Insert ``doc`` into ``docs`` (coll.docs or a scratch copy). Returns (new, old, written)."""
+    def _write(self, coll, docs, doc, mode, keep_null=True, merge_objects=True, unique=None):
+        """Insert ``doc`` into ``docs`` (coll.docs or a scratch copy). Returns (new, old, written).
+        ``unique``: a `_UniqueIndexes` over the same ``docs``, for requests that write many documents."""
         if not isinstance(doc, dict):
             raise ArangoError(400, 1227, "invalid document type")
         key = doc.get("_key")
@@ -276,24 +315,9 @@ class ArangoEmulator:
         new.update(_key=key, _id=f"{coll.name}/{key}", _rev=self._new_rev())
         if coll.type == 3 and not all(isinstance(new.get(a), str) and _ID_RE.match(new[a]) for a in ("_from", "_to")):
             raise ArangoError(400, 1233, "edge attribute missing or invalid")
-        self._check_unique(coll.indexes, docs, new)
+        (unique or _UniqueIndexes(coll.indexes, docs)).put(old, new)
         docs[key] = new
         return new, old, True
-
-    @staticmethod
-    def _check_unique(indexes, docs, new):
-        for index in indexes:
-            if index["type"] != "persistent" or not index["unique"]:
-                continue
-            values = [_attr(new, f.split(".")) for f in index["fields"]]
-            if index["sparse"] and None in values:
-                continue
-            for other in docs.values():
-                theirs = [_attr(other, f.split(".")) for f in index["fields"]]
-                if other["_key"] != new["_key"] and aql_equal(theirs, values):
-                    raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of type "
-                                                 f"persistent over {index['fields']}; conflicting key: {other['_key']}",
-                                      _key=new["_key"])
 
     @staticmethod
     def _meta(new, old, written, params):
@@ -433,10 +457,9 @@ class ArangoEmulator:
             iid = next(self._ids)
             index = {"id": f"{coll.name}/{iid}", "name": data.get("name") or f"idx_{iid}", **spec}
             if index["unique"]:
-                scratch = {}
+                scratch = _UniqueIndexes([index], {})
                 for doc in coll.docs.values():
-                    self._check_unique([index], scratch, doc)
-                    scratch[doc["_key"]] = doc
+                    scratch.put(None, doc)
             coll.indexes.append(index)
             return 201, {**index, "isNewlyCreated": True, "error": False, "code": 201}
         if method == "DELETE" and len(rest) == 2:
@@ -456,9 +479,10 @@ class ArangoEmulator:
             if mode not in ("conflict", "ignore", "replace", "update"):
                 raise ArangoError(400, 10, f"invalid overwriteMode: {mode}")
             silent = _flag(params, "silent")
+            unique = _UniqueIndexes(coll.indexes, coll.docs)
 
             def insert(doc):
-                return self._meta(*self._write(coll, coll.docs, doc, mode, keep_null, merge), params)
+                return self._meta(*self._write(coll, coll.docs, doc, mode, keep_null, merge, unique), params)
             if not isinstance(data, list):
                 return wrote, {} if silent else insert(data)
             out = []
@@ -514,6 +538,7 @@ class ArangoEmulator:
             raise ArangoError(400, 10, f"invalid onDuplicate: {on_dup}")
         docs = {} if _flag(params, "overwrite") else dict(coll.docs)  # scratch copy: applied at the end
         counts, details = {"created": 0, "errors": 0, "empty": 0, "updated": 0, "ignored": 0}, []
+        unique = _UniqueIndexes(coll.indexes, docs)
         for pos, doc in enumerate(data):
             if isinstance(doc, dict) and coll.type == 3:
                 for attr, prefix in (("_from", params.get("fromPrefix")), ("_to", params.get("toPrefix"))):
@@ -524,7 +549,7 @@ class ArangoEmulator:
                 counts["ignored"] += 1
                 continue
             try:
-                self._write(coll, docs, doc, "conflict" if on_dup == "error" else on_dup)
+                self._write(coll, docs, doc, "conflict" if on_dup == "error" else on_dup, unique=unique)
             except ArangoError as err:
                 if _flag(params, "complete"):
                     raise  # complete=true: nothing is imported
@@ -600,13 +625,16 @@ class ArangoEmulator:
         stats = {"writesExecuted": 0, "writesIgnored": 0}
         if plan["write"] is not None:
             rows = self._apply_writes(db, plan["write"], rows, stats)
-        out = []
+        out, seen = [], set()
         for row in rows:
             if plan["ret"] is None:
                 continue
             value = _eval(plan["ret"], row)
-            if not plan["distinct"] or not any(aql_equal(value, seen) for seen in out):
-                out.append(value)
+            if plan["distinct"]:
+                if aql_key(value) in seen:
+                    continue
+                seen.add(aql_key(value))
+            out.append(value)
         return out, stats
 
     # Errors a write query may skip with ignoreErrors: the document-level ones.
@@ -618,18 +646,20 @@ class ArangoEmulator:
         options = write["options"]
         keep_null, merge = options.get("keepNull", True), options.get("mergeObjects", True)
         scratch, out = dict(coll.docs), []
+        unique = _UniqueIndexes(coll.indexes, scratch) if write["verb"] == "UPSERT" else None
         for row in rows:
             try:
                 if write["verb"] == "UPSERT":
                     key = _eval(write["key"], row)
                     old = scratch.get(key) if isinstance(key, str) else None
                     if old is None:
-                        new, _, _ = self._write(coll, scratch, _eval(write["insert"], row), "conflict")
+                        new, _, _ = self._write(coll, scratch, _eval(write["insert"], row), "conflict", unique=unique)
                     else:
                         change = _eval(write["change"], {**row, "OLD": old})
                         if not isinstance(change, dict):
                             raise ArangoError(400, 1227, "invalid document type")
-                        new, _, _ = self._write(coll, scratch, {**change, "_key": key}, write["mode"], keep_null, merge)
+                        new, _, _ = self._write(coll, scratch, {**change, "_key": key}, write["mode"], keep_null, merge,
+                                                unique)
                 else:
                     target = _eval(write["target"], row)
                     key = target.get("_key") if isinstance(target, dict) else target

@@ -54,6 +54,17 @@ def aql_equal(a, b):
     return a == b
 
 
+def aql_key(value):
+    """A hashable stand-in for a value: equal keys exactly when `aql_equal` holds (type-strict, 1 == 1.0),
+    so IN lists, DISTINCT and unique indexes look values up in a hash instead of comparing with each."""
+    rank = _rank(value)
+    if rank == 4:
+        return 4, tuple(aql_key(x) for x in value)
+    if rank == 5:
+        return 5, tuple(sorted((k, aql_key(v)) for k, v in value.items()))
+    return rank, value
+
+
 def _attr(value, path):
     for name in path:
         value = value.get(name) if isinstance(value, dict) else None
@@ -276,12 +287,21 @@ class _AqlParser:
         left = self.operand(variables)
         if self.is_kw("NOT") and self.is_kw("IN", offset=1):
             self.i += 2
-            return (left, "NOT IN", self.operand(variables))
+            return _membership(left, "NOT IN", self.operand(variables))
         kind, val = self.take()
         if (kind == "op" and val not in _COMPARISONS) or (kind == "name" and val.upper() != "IN") \
                 or kind not in ("op", "name"):
             raise _unsupported(f"near '{val}' (only comparisons, IN, NOT IN and AND are supported in FILTER)")
-        return (left, val.upper(), self.operand(variables))
+        if val.upper() == "IN":
+            return _membership(left, "IN", self.operand(variables))
+        return (left, val, self.operand(variables))
+
+
+def _membership(left, op, right):
+    """An IN condition; a constant list (a bind parameter) is hashed once per query, not scanned per row."""
+    if right[0] == "const" and isinstance(right[1], list):
+        return (left, op, right, frozenset(aql_key(x) for x in right[1]))
+    return (left, op, right)
 
 
 _KEYWORDS = ("FOR", "IN", "FILTER", "LIMIT", "RETURN", "GRAPH", "UPSERT", "INSERT", "UPDATE", "REPLACE", "REMOVE",
@@ -318,10 +338,15 @@ def _eval(operand, row):
 
 
 def _holds(cond, row):
-    left, op, right = _eval(cond[0], row), cond[1], _eval(cond[2], row)
+    left, op = _eval(cond[0], row), cond[1]
     if op in ("IN", "NOT IN"):
-        found = isinstance(right, list) and any(aql_equal(left, x) for x in right)
+        if len(cond) == 4:
+            found = aql_key(left) in cond[3]
+        else:
+            right = _eval(cond[2], row)
+            found = isinstance(right, list) and any(aql_equal(left, x) for x in right)
         return found if op == "IN" else not found
+    right = _eval(cond[2], row)
     if op in ("==", "!="):
         return aql_equal(left, right) == (op == "==")
     c = aql_compare(left, right)

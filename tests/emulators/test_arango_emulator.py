@@ -486,3 +486,57 @@ def test_bulk_removes_with_and_without_a_version_guard(db):
     results = col.delete_many(["e4", "gone"])  # the document API's bulk delete
     assert results[0]["_key"] == "e4" and isinstance(results[1], DocumentDeleteError)
     assert results[1].error_code == 1202
+
+
+# ---------------------------------------------------------------- hashed lookups keep AQL's equality (issue #12)
+def test_in_lists_and_distinct_use_aql_equality(db):
+    """Issue #12 (mirror lag: the emulator hashes IN lists, DISTINCT and unique indexes instead of scanning):
+    type-strict equality, numbers equal across int/float, arrays and objects by value."""
+    col = db.create_collection("things")
+    col.insert_many([{"_key": "i", "v": 1}, {"_key": "f", "v": 2.5}, {"_key": "b", "v": True},
+                     {"_key": "s", "v": "1"}, {"_key": "n", "v": None}, {"_key": "a", "v": [1, "x"]},
+                     {"_key": "o", "v": {"p": 1, "q": [2]}}, {"_key": "m"}])
+
+    def where(values, op="IN"):
+        return sorted(keys(db, f"FOR d IN things FILTER d.v {op} @vs RETURN d._key", vs=values))
+
+    assert where([1.0]) == ["i"]
+    assert where([1]) == ["i"]  # not the boolean true, not the string "1"
+    assert where([True, "1"]) == ["b", "s"]
+    assert where([None]) == ["m", "n"]  # a missing attribute is null
+    assert where([[1.0, "x"], {"q": [2.0], "p": 1}]) == ["a", "o"]
+    assert where([[1], {"p": 1}]) == []
+    assert where([1, 2.5, True, "1", None], op="NOT IN") == ["a", "o"]
+    assert keys(db, "FOR d IN things FILTER d.v IN @vs RETURN d._key", vs="not a list") == []
+    values = list(db.aql.execute("FOR d IN @vs RETURN DISTINCT d",
+                                 bind_vars={"vs": [1, 1.0, True, "1", [1], [1.0], {"a": 1}, {"a": 1.0}]}))
+    assert sorted(type(v).__name__ for v in values) in (["bool", "dict", "int", "list", "str"],
+                                                         ["bool", "dict", "float", "list", "str"])
+
+
+def test_unique_index_inside_one_write_query(db):
+    """Issue #12 (the emulator's unique check is a hash per query): a document may take a value another
+    document of the same query gave up before it, not one it still holds; nulls are values unless sparse."""
+    col = db.create_collection("steps")
+    col.add_index({"type": "persistent", "fields": ["job"], "unique": True})
+    col.add_index({"type": "persistent", "fields": ["alias"], "unique": True, "sparse": True})
+    col.insert({"_key": "holder", "job": "j1", "version": 1})
+    upsert(db, [{"_key": "holder", "job": "j2", "version": 2}, {"_key": "taker", "job": "j1", "version": 2}],
+           collection="steps")
+    assert {d["_key"]: d["job"] for d in col.all()} == {"holder": "j2", "taker": "j1"}
+    with pytest.raises(AQLQueryExecuteError) as info:  # takes j2 while holder still has it
+        upsert(db, [{"_key": "taker", "job": "j2", "version": 3}, {"_key": "holder", "job": "j3", "version": 3}],
+               collection="steps")
+    assert info.value.error_code == 1210
+    assert {d["_key"]: d["job"] for d in col.all()} == {"holder": "j2", "taker": "j1"}  # nothing written
+    with pytest.raises(AQLQueryExecuteError) as info:  # 1 and 1.0 are the same value
+        upsert(db, [{"_key": "x", "job": 7, "version": 1}, {"_key": "y", "job": 7.0, "version": 1}], collection="steps")
+    assert info.value.error_code == 1210
+    upsert(db, [{"_key": "x", "job": 7, "version": 1}, {"_key": "y", "job": "7", "version": 1}], collection="steps")
+    with pytest.raises(AQLQueryExecuteError) as info:  # two documents without `job`: null twice
+        upsert(db, [{"_key": "p", "version": 1}, {"_key": "q", "version": 1}], collection="steps")
+    assert info.value.error_code == 1210
+    col.insert_many([{"_key": "p", "job": "jp"}, {"_key": "q", "job": "jq"}])  # sparse alias: no value, no clash
+    results = col.insert_many([{"_key": "r", "job": "jr", "alias": "a"}, {"_key": "s", "job": "js", "alias": "a"}])
+    assert isinstance(results[1], DocumentInsertError) and results[1].error_code == 1210
+    assert col.has("r") and not col.has("s")
