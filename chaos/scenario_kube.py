@@ -28,7 +28,7 @@ from chaos.invariants import Ledger
 from chaos.kafka_io import Client
 
 FULL_QUEUES = 40
-FULL_WINDOW = 120.0
+FULL_WINDOW = 90.0  # starts over the first 60 %, the faults on until its end
 FAULT_RATE = 0.15
 NAMESPACE = "chaos"
 BATCH_RUNS_FOR = 3.0  # seconds a batch Job runs before the emulated controller completes it
