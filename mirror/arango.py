@@ -96,14 +96,9 @@ class unavailable_on_network_errors:
 
 def connect(*, ensure: bool = True):
     """The mirror database handle (creating database, collections, indexes and graph if missing)."""
-    client = ArangoClient(
-        hosts=settings.ARANGO_URL,
-        # No urllib3 retries with sleeps inside a Celery task: Celery's own backoff retries the batch.
-        http_client=DefaultHTTPClient(retry_attempts=0, request_timeout=REQUEST_TIMEOUT_SECONDS),
-        request_timeout=REQUEST_TIMEOUT_SECONDS,
-    )
     auth = {"username": settings.ARANGO_USER, "password": settings.ARANGO_PASSWORD or ""}
     target = (settings.ARANGO_URL, settings.ARANGO_DB)
+    client = _client()
     with unavailable_on_network_errors():
         db = client.db(settings.ARANGO_DB, **auth)
         if ensure and target not in _ensured:
@@ -117,6 +112,23 @@ def connect(*, ensure: bool = True):
                 raise
             _ensured.add(target)
     return db
+
+
+_clients: dict[str, ArangoClient] = {}
+
+
+def _client() -> ArangoClient:
+    """One client (and HTTP session) per process and URL: a drain runs on every commit."""
+    url = settings.ARANGO_URL
+    if url not in _clients:
+        _clients.clear()  # settings changed (tests): keep no stale sessions
+        _clients[url] = ArangoClient(
+            hosts=url,
+            # No urllib3 retries with sleeps inside a Celery task: Celery's own backoff retries the batch.
+            http_client=DefaultHTTPClient(retry_attempts=0, request_timeout=REQUEST_TIMEOUT_SECONDS),
+            request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+    return _clients[url]
 
 
 def database_exists(db) -> bool:

@@ -1,7 +1,7 @@
 """Drain the outbox into ArangoDB, and rebuild the whole mirror (services; the task and command call these).
 
 Ordering argument, why an older state never wins: a drain claims outbox rows and takes a fresh
-`version` from `mirror_version_seq` in one short transaction, and only then reads the rows' current
+`version` from `mirror_version_seq` in one statement, and only then reads the rows' current
 state. Any change committed after that read bumps its outbox row's version, so the claimed row is not
 deleted and a later drain, whose version is larger, writes the newer state; the writer keeps the
 larger version per document. Network I/O happens outside transactions; a claim is a lease
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -126,20 +126,46 @@ class DrainResult:
     synced: int = 0
     failed: int = 0
     batches: int = 0
+    more: bool = False  # stopped at max_batches with a full last batch: rows are probably still pending
+
+
+_TABLE = MirrorOutbox._meta.db_table
+_COLUMNS = ("id", "kind", "object_id", "doc_key", "version", "created_at", "claimed_until", "attempts", "last_error")
+# One statement (a drain runs on every commit, so its round trips are the lag): lease the oldest free
+# rows, skipping those a writer or another drain holds, and take the batch's version in the same
+# statement, i.e. before the drain reads any state. No rows claimed, no version taken.
+_CLAIM_SQL = f"""
+WITH batch AS (SELECT nextval('{VERSION_SEQUENCE}') AS version),
+picked AS (
+    SELECT id FROM {_TABLE} WHERE claimed_until IS NULL OR claimed_until < clock_timestamp()
+    ORDER BY created_at, id LIMIT %s FOR UPDATE SKIP LOCKED
+)
+UPDATE {_TABLE} AS o SET claimed_until = clock_timestamp() + %s FROM picked WHERE o.id = picked.id
+RETURNING {", ".join(f"o.{c}" for c in _COLUMNS)}, (SELECT version FROM batch)
+"""
+# Delete the rows whose version is still the claimed one, release the others: they changed again
+# after the claim, so the change just written is no longer pending and the oldest one that is
+# happened after the claim (claimed_until - lease). Without moving created_at, an entity that
+# changes faster than a drain cycle would look older and older. One statement: the UPDATE skips
+# exactly the rows the DELETE removed, also when a concurrent change made the DELETE re-check one.
+_FINISH_SQL = f"""
+WITH gone AS (
+    DELETE FROM {_TABLE} AS o USING unnest(%s::bigint[], %s::bigint[]) AS c(id, v)
+    WHERE o.id = c.id AND o.version = c.v RETURNING o.id
+)
+UPDATE {_TABLE} SET claimed_until = NULL, created_at = GREATEST(created_at, claimed_until - %s)
+WHERE id = ANY(%s) AND id NOT IN (SELECT id FROM gone)
+"""
 
 
 def _claim(limit: int) -> tuple[int, list[MirrorOutbox]]:
-    with transaction.atomic():
-        now = timezone.now()
-        rows = list(
-            MirrorOutbox.objects.select_for_update(skip_locked=True)
-            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
-            .order_by("created_at", "id")[:limit]
-        )
-        if not rows:
-            return 0, []
-        MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=now + LEASE)
-        return next_version(), rows
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, [limit, LEASE])
+        found = cursor.fetchall()
+    if not found:
+        return 0, []
+    rows = sorted((MirrorOutbox(**dict(zip(_COLUMNS, r))) for r in found), key=lambda r: (r.created_at, r.pk))
+    return found[0][-1], rows
 
 
 def _build(version: int, rows: list[MirrorOutbox]) -> tuple[Batch, dict[str, list[str]]]:
@@ -177,14 +203,10 @@ def _build(version: int, rows: list[MirrorOutbox]) -> tuple[Batch, dict[str, lis
 
 def _finish(rows: list[MirrorOutbox], errors: dict) -> None:
     ok = [r for r in rows if r.pk not in errors]
-    with connection.cursor() as cursor:
-        # Only rows whose version is still the claimed one: a newer change keeps its row.
-        cursor.execute(
-            f"DELETE FROM {MirrorOutbox._meta.db_table} AS o USING unnest(%s::bigint[], %s::bigint[]) AS c(id, v) "
-            "WHERE o.id = c.id AND o.version = c.v",
-            [[r.pk for r in ok], [r.version for r in ok]],
-        )
-    MirrorOutbox.objects.filter(pk__in=[r.pk for r in ok]).update(claimed_until=None)
+    if ok:
+        with connection.cursor() as cursor:
+            ids = [r.pk for r in ok]
+            cursor.execute(_FINISH_SQL, [ids, [r.version for r in ok], LEASE, ids])
     now = timezone.now()
     for row in rows:
         if row.pk in errors:
@@ -198,18 +220,22 @@ def _release(rows: list[MirrorOutbox]) -> None:
     MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=None)
 
 
-def mirror_drain(*, batch_size: int | None = None, max_batches: int = MAX_BATCHES_PER_RUN) -> DrainResult:
-    """Sync pending changes to ArangoDB; raises arango.MirrorUnavailable (rows kept) when it is down."""
+def mirror_drain(*, batch_size: int | None = None, max_batches: int | None = None) -> DrainResult:
+    """Sync pending changes to ArangoDB; raises arango.MirrorUnavailable (rows kept) when it is down.
+    At most `max_batches` batches per run (a backlog must not hold a worker); `result.more` says
+    that rows are probably left, so the caller starts the next run at once."""
     result = DrainResult()
     if not settings.ARANGO_ENABLED:
         return result
     batch_size = batch_size or settings.MIRROR_BATCH_SIZE
+    max_batches = max_batches or MAX_BATCHES_PER_RUN
     try:
         db = arango.connect()
         while result.batches < max_batches:
             version, rows = _claim(batch_size)
             if not rows:
                 break
+            result.more = result.batches + 1 == max_batches and len(rows) == batch_size
             try:
                 batch, deleted = _build(version, rows)
                 with arango.unavailable_on_network_errors():
@@ -239,13 +265,14 @@ def _summary(result: DrainResult) -> str:
 
 def _note(*, synced: int | None = None, error: str | None = None) -> None:
     now = timezone.now()
-    MirrorState.get()  # make sure the singleton exists
     fields = {}
     if synced is not None:
         fields.update(last_success_at=now, last_synced=synced, total_synced=F("total_synced") + synced)
     if error is not None:
         fields.update(last_error_at=now, last_error=error[:4000])
-    MirrorState.objects.filter(pk=1).update(**fields)
+    if not MirrorState.objects.filter(pk=1).update(**fields):  # one query per drain; the row exists after the first
+        MirrorState.get()
+        MirrorState.objects.filter(pk=1).update(**fields)
 
 
 # ---------------------------------------------------------------- status and resync
