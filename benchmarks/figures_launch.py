@@ -2,32 +2,46 @@
 
 - launch_create_to_ready_jobs: `queue_create` of the 6-step historical example with the Celery chain
   run inline (create → queue_advance → step_launch), until both steps that may start at once (the two
-  connectors) have their Jobs created. Baseline: POSTing the same Secret and Job bodies bare.
-- launch_sustained: the Celery task body `step_launch` in a loop over steps ready to launch (6
-  independent steps per queue), one worker. Baseline: the same bodies POSTed bare in a loop.
+  connectors) have their Jobs created. Baseline: POSTing the same Job and Secret bodies bare.
+- launch_sustained: the Celery task body `step_launch` over steps ready to launch (6 independent steps
+  per queue) in WORKERS forked processes at once — the deployed worker's concurrency
+  (`celery worker --concurrency ${CELERY_CONCURRENCY:-2}`, prefork), each process with its own
+  database connection and API client, as a prefork worker's children have. Baseline: the same bodies
+  POSTed bare by as many processes. The one-process rates are printed beside it (`one_worker`).
+
+Both baselines make the launcher's two calls with its bodies: POST the Job, then POST its Secret whose
+`ownerReferences` name the uid the API answered.
+
+`BENCH_PROFILE=path` writes cProfiles of the one-process product loop (`path`) and of the measured
+`queue_create` calls (`path.create`); read them with `python -m pstats`.
 """
 from __future__ import annotations
 
+import copy
+import functools
+import json
+import os
 import time
 
 from benchmarks import targets
 from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples, celery_eager, emit
 
 INDEPENDENT = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")] + ["api_trades"]
+WORKERS = int(os.environ.get("CELERY_CONCURRENCY") or 2)
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
 def _bare_create(api_client, objects) -> None:
-    """POST each (plural, body) into the bare namespace, as the launcher's calls would, nothing else."""
-    import copy
-
-    for plural, body in objects:
-        body = copy.deepcopy(body)
-        body["metadata"]["namespace"] = BARE_NAMESPACE
-        path = f"/api/v1/namespaces/{BARE_NAMESPACE}/secrets" if plural == "secrets" \
-            else f"/apis/batch/v1/namespaces/{BARE_NAMESPACE}/jobs"
-        api_client.call_api(path, "POST", body=body, header_params={"Content-Type": "application/json",
-                                                                   "Accept": "application/json"},
-                            auth_settings=["BearerToken"], _preload_content=False)
+    """For each (Job, Secret) pair: POST the Job into the bare namespace, then its Secret owned by the
+    uid the API answered — the launcher's two calls, nothing else."""
+    for job, secret in objects:
+        job, secret = copy.deepcopy(job), copy.deepcopy(secret)
+        job["metadata"]["namespace"] = secret["metadata"]["namespace"] = BARE_NAMESPACE
+        answer = api_client.call_api(f"/apis/batch/v1/namespaces/{BARE_NAMESPACE}/jobs", "POST", body=job,
+                                     header_params=_HEADERS, auth_settings=["BearerToken"], _preload_content=False)
+        secret["metadata"]["ownerReferences"][0]["uid"] = json.loads(answer[0].data)["metadata"]["uid"]
+        api_client.call_api(f"/api/v1/namespaces/{BARE_NAMESPACE}/secrets", "POST", body=secret,
+                            header_params=_HEADERS, auth_settings=["BearerToken"], _preload_content=False)
 
 
 def run(ctx) -> None:
@@ -55,15 +69,16 @@ def _create_to_ready(ctx, api_client) -> None:
     payload = targets.template_payload("historical-pipeline")
     measured, bare, queries, jobs_seen = [], [], [], []
     rounds = 10 if ctx.quick else 30
+    profiler = _Profiler(bool(os.environ.get("BENCH_PROFILE")))
     with celery_eager(True):
         for i in range(rounds + 1):
             queue_id = f"bench-launch-{i}-{ctx.run_id}"
             with QueryCounter() as captured:
                 t0 = time.perf_counter()
-                queue, _ = targets.queue_create(payload=payload, queue_id=queue_id, source="api")
+                queue, _ = profiler.runcall(targets.queue_create, payload=payload, queue_id=queue_id, source="api")
                 elapsed = (time.perf_counter() - t0) * 1000
             launched = list(m.QueueRequest.objects.filter(queue=queue).exclude(launched_at=None).select_related("queue"))
-            objects = [obj for step in launched for obj in targets.job_objects(step)]
+            objects = [targets.job_objects(step) for step in launched]
             t0 = time.perf_counter()
             _bare_create(api_client, objects)
             bare_ms = (time.perf_counter() - t0) * 1000
@@ -73,11 +88,29 @@ def _create_to_ready(ctx, api_client) -> None:
             bare.append(bare_ms)
             queries.append(len(captured))
             jobs_seen.append(len(launched))
+    if os.environ.get("BENCH_PROFILE"):
+        profiler.dump_stats(os.environ["BENCH_PROFILE"] + ".create")
     measured, bare = Samples(measured), Samples(bare)
-    emit("launch_create_to_ready_jobs", value=measured.p50, unit="ms", baseline="same Secret+Job POSTs bare",
+    emit("launch_create_to_ready_jobs", value=measured.p50, unit="ms", baseline="same Job+Secret POSTs bare",
          baseline_value=bare.p50, scale=ctx.scale_label, target="p50 <= 20 ms", meets=measured.p50 <= 20,
          p50_ms=measured.p50, p95_ms=measured.p95, queries=max(queries), ready_jobs_created=min(jobs_seen),
          samples=len(measured.ms))
+
+
+class _Profiler:
+    """cProfile.Profile when profiling, else a plain call (the profiler's own cost stays out of figures)."""
+
+    def __init__(self, on: bool):
+        import cProfile
+
+        self.profile = cProfile.Profile() if on else None
+
+    def runcall(self, fn, *args, **kwargs):
+        return self.profile.runcall(fn, *args, **kwargs) if self.profile else fn(*args, **kwargs)
+
+    def dump_stats(self, path: str) -> None:
+        if self.profile:
+            self.profile.dump_stats(path)
 
 
 def _sustained(ctx, api_client) -> None:
@@ -86,25 +119,77 @@ def _sustained(ctx, api_client) -> None:
     queues = 21 if ctx.quick else 84  # 6 steps each: 504 launches at full scale
     payload = {"symbol": "BTCUSDT", "time_range": "2024-06-01:2024-06-30",
                "requests": [{"target": "loader-producer", "type": t} for t in INDEPENDENT]}
+    rounds = {}
     with celery_eager(False):  # steps become `launching`; their launch tasks go to a broker no one reads
-        for i in range(queues):
-            queue, _ = targets.queue_create(payload=payload, queue_id=f"bench-sustained-{i}-{ctx.run_id}", source="api")
-            scheduler.queue_advance(queue.pk)
-        steps = list(m.QueueRequest.objects.filter(queue__queue_id__startswith=f"bench-sustained-",
-                                                   state="launching").select_related("queue").order_by("pk"))
-        objects = [targets.job_objects(step) for step in steps]
-        with QueryCounter() as captured:
-            t0 = time.perf_counter()
-            results = [scheduler.step_launch(step.pk) for step in steps]
-            elapsed = time.perf_counter() - t0
-    launched = results.count("launched")
-    t0 = time.perf_counter()
-    for objs in objects:
-        _bare_create(api_client, objs)
-    bare_elapsed = time.perf_counter() - t0
-    rate, bare_rate = launched / elapsed, len(objects) / bare_elapsed
-    emit("launch_sustained", value=rate, unit="Jobs/s", baseline="bare create loop (same Secret+Job bodies)",
-         baseline_value=bare_rate, scale=f"{len(steps)} steps", target=">= 200 Jobs/s and >= 0.7x baseline",
-         meets=rate >= 200 and rate >= 0.7 * bare_rate, launched=launched,
-         queries_per_launch=round(len(captured) / max(len(steps), 1), 2),
+        for workers in (1, WORKERS):
+            for i in range(queues):
+                queue, _ = targets.queue_create(payload=payload, queue_id=f"bench-sustained-{workers}-{i}-{ctx.run_id}",
+                                                source="api")
+                scheduler.queue_advance(queue.pk)
+            steps = list(m.QueueRequest.objects.filter(queue__queue_id__startswith=f"bench-sustained-{workers}-",
+                                                       state="launching").select_related("queue").order_by("pk"))
+            objects = [targets.job_objects(step) for step in steps]
+            profile = os.environ.get("BENCH_PROFILE") if workers == 1 else None
+            launched, queries, elapsed = _in_workers(workers, _launch_all, [s.pk for s in steps], profile)
+            _, _, bare_elapsed = _in_workers(workers, functools.partial(_bare_all, ctx.kube), objects, None)
+            rounds[workers] = (launched.count("launched") / elapsed, len(objects) / bare_elapsed, len(steps),
+                               queries)
+    rate, bare_rate, launches, queries = rounds[WORKERS]
+    one_rate, one_bare, _, _ = rounds[1]
+    emit("launch_sustained", value=rate, unit="Jobs/s", baseline="bare create loop (same Job+Secret bodies)",
+         baseline_value=bare_rate, scale=f"{launches} steps, {WORKERS} worker processes",
+         target=">= 200 Jobs/s and >= 0.7x baseline", meets=rate >= 200 and rate >= 0.7 * bare_rate,
+         launched=launches, workers=WORKERS, queries_per_launch=round(queries / max(launches, 1), 2),
+         one_worker=f"{one_rate:.1f} vs {one_bare:.1f} Jobs/s ({one_rate / one_bare:.2f}x)",
          jobs_in_cluster=ctx.kube.count("jobs", NAMESPACE))
+
+
+def _launch_all(pks, counter) -> list[str]:
+    scheduler = targets.scheduler()
+    with counter:
+        return [scheduler.step_launch(pk) for pk in pks]
+
+
+def _bare_all(kube, objects, counter) -> list[str]:
+    client = kube.api_client()
+    try:
+        _bare_create(client, objects)
+    finally:
+        client.close()
+    return ["created"] * len(objects)
+
+
+def _in_workers(workers: int, fn, items: list, profile: str | None):
+    """Run fn(share, QueryCounter) in `workers` forked processes at once, each on every workers-th item;
+    returns (all results, queries, seconds from the first start to the last end). Each process opens
+    its own database connection and API client after the fork (a prefork worker's children do too)."""
+    import multiprocessing
+
+    from django import db
+
+    db.connections.close_all()
+    targets.reset_launcher_cache()
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(workers), context.Queue()
+
+    def child(share):
+        from django.db import connection
+
+        connection.ensure_connection()
+        counter = QueryCounter()
+        barrier.wait()
+        t0 = time.perf_counter()
+        profiler = _Profiler(bool(profile))
+        out = profiler.runcall(fn, share, counter)
+        profiler.dump_stats(profile)
+        results.put((out, counter.count, t0, time.perf_counter()))
+        connection.close()
+
+    processes = [context.Process(target=child, args=(items[i::workers],)) for i in range(workers)]
+    for process in processes:
+        process.start()
+    answers = [results.get() for _ in processes]
+    for process in processes:
+        process.join()
+    out = [r for answer in answers for r in answer[0]]
+    return out, sum(a[1] for a in answers), max(a[3] for a in answers) - min(a[2] for a in answers)

@@ -62,19 +62,13 @@ def reset_launcher_cache() -> None:
     _build.cache_clear()
 
 
-def job_objects(step) -> list[tuple[str, dict]]:
-    """What the launcher creates for one step, in order, as (plural, body): its Secret, then its Job."""
-    import base64
+def job_objects(step) -> tuple[dict, dict]:
+    """What the launcher creates for one step, in its order: the Job's manifest, then the Secret owned
+    by it (its ownerReferences uid is the created Job's, filled in from the API's answer)."""
+    from jobs.launchers.kubernetes import credential_secret
+    from jobs.manifests import job_manifest
 
-    from jobs.credentials import SECRET_KEY_NAME, secret_name, step_credential_issue
-    from jobs.manifests import job_manifest, step_labels
-
-    secret = {
-        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {"name": secret_name(step.job_name), "labels": step_labels(step)},
-        "data": {SECRET_KEY_NAME: base64.b64encode(step_credential_issue(step=step).encode()).decode()},
-    }
-    return [("secrets", secret), ("jobs", job_manifest(step))]
+    return job_manifest(step), credential_secret(step, {"metadata": {"name": step.job_name, "uid": ""}}, namespace="")
 
 
 def job_manifest(step) -> dict:

@@ -55,9 +55,10 @@ def queue_advance(queue_pk: int) -> list[int]:
         if seen_changes:
             Queue.objects.filter(pk=queue.pk).update(changes_pending=F("changes_pending") - seen_changes)
 
-        if to_launch:
-            for pk in to_launch:
-                enqueue_on_commit(STEP_LAUNCH, pk)
+        for pk in to_launch:
+            # The step is in hand (its queue too, through the related manager): Flower's readable
+            # arguments cost no query per launched step.
+            enqueue_on_commit(STEP_LAUNCH, pk, about=steps[pk])
     return to_launch
 
 

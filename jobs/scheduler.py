@@ -124,7 +124,7 @@ def _record_launch(step: QueueRequest, handle: dict) -> str:
                 step.launcher_handle, step.launched_at = handle, now
                 if QueueRequest.objects.filter(pk=step.pk, state=StepState.STOPPING).exists():
                     # Its stop command may have gone out before the workload existed: send it again.
-                    enqueue_on_commit(STEP_SEND_STOP, step.pk)
+                    enqueue_on_commit(STEP_SEND_STOP, step.pk, about=step)
     if not recorded:
         # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
         # another run: what was just created belongs to no live step.
@@ -161,7 +161,7 @@ def _attempt_failed(step: QueueRequest, error: Exception) -> float | None:
 def _fail_launch(step: QueueRequest, reason: str) -> None:
     if step_transition(step, StepState.FAILED, from_states=[StepState.LAUNCHING], in_run=step.run, message=f"Launch failed ({reason})"):
         logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": reason})
-        enqueue(QUEUE_ADVANCE, step.queue_id)
+        enqueue(QUEUE_ADVANCE, step.queue_id, about=step.queue)
 
 
 def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = None) -> None:
@@ -311,7 +311,7 @@ def _resend_launch(step: QueueRequest, now) -> bool:
         pk=step.pk, state=StepState.LAUNCHING, run=step.run, next_launch_at=step.next_launch_at
     ).update(next_launch_at=now + attempt_deadline())
     if moved:
-        enqueue(STEP_LAUNCH, step.pk)
+        enqueue(STEP_LAUNCH, step.pk, about=step)
     return bool(moved)
 
 

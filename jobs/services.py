@@ -200,10 +200,11 @@ def step_mark_stopping(*, step: QueueRequest, reason: str, drain: bool = False, 
         extra = {"drain_requested_at": now} if drain else {}
         step_transition(step, StepState.STOPPING, from_states=StepState.LAUNCHED, message=reason, stop_requested_at=now,
                         mark_queue=mark_queue, **extra)
-        enqueue_on_commit(STEP_SEND_STOP, step.pk)
+        enqueue_on_commit(STEP_SEND_STOP, step.pk, about=step)
         # The forced end is due when the grace period ends, not on the first reconcile pass after it
         # (up to a beat interval later); reconcile still forces it if this task is lost.
-        enqueue_on_commit(STEP_FORCE_STOP, step.pk, eta=now + timedelta(seconds=settings.STOP_GRACE_SECONDS))
+        enqueue_on_commit(STEP_FORCE_STOP, step.pk, eta=now + timedelta(seconds=settings.STOP_GRACE_SECONDS),
+                          about=step)
 
 
 def step_transition(step: QueueRequest, to: str, *, mark_queue: bool = True, **kwargs) -> bool:
@@ -226,7 +227,7 @@ def step_transition(step: QueueRequest, to: str, *, mark_queue: bool = True, **k
             Queue.objects.filter(pk=step.queue_id).update(changes_pending=F("changes_pending") + 1)
         changed = step.transition(to, **kwargs)
     if changed and to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
-        enqueue_on_commit(STEP_DISCARD, step.pk, step.job_name)
+        enqueue_on_commit(STEP_DISCARD, step.pk, step.job_name, about=step)
     return changed
 
 
@@ -310,4 +311,4 @@ def queue_refresh_status(*, queue: Queue) -> str:
 
 
 def _advance_on_commit(queue: Queue) -> None:
-    enqueue_on_commit(QUEUE_ADVANCE, queue.pk)
+    enqueue_on_commit(QUEUE_ADVANCE, queue.pk, about=queue)

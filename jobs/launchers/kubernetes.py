@@ -129,8 +129,16 @@ class KubernetesLauncher:
         return job_manifest(step)
 
     def launch(self, step) -> dict:
+        """Two API calls: the Job, then its telemetry credential Secret, owned by the Job from creation.
+
+        The Job goes first so that the Secret's create can name it as owner (`ownerReferences` with its
+        uid) — no third call to patch the owner in. Its pod may therefore exist a moment before the
+        Secret: the kubelet holds the container in `CreateContainerConfigError` and retries until the
+        Secret exists, and the step is `launching` until this returns, so reconcile never judges it
+        meanwhile. If the Secret cannot be created, a transient error leaves the Job for the retry
+        (409 adopts it, the Secret follows); a permanent one deletes the Job before raising.
+        """
         manifest = job_manifest(step)
-        self._create_credential_secret(step)
         try:
             job = self._json(self.batch.create_namespaced_job, self.namespace, manifest)
             created = True
@@ -138,7 +146,12 @@ class KubernetesLauncher:
             if exc.status != 409:
                 raise _permanent(f"creating Job {step.job_name}", exc) from exc
             job, created = self._adopt_existing(step), False
-        self._own_credential_secret(step, job)
+        try:
+            self._create_credential_secret(step, job)
+        except LaunchError as exc:
+            if exc.permanent:
+                self._remove_unstartable(step.job_name)
+            raise
         logger.info("job launched" if created else "job already launched",
                     extra={"job_name": step.job_name, "namespace": self.namespace})
         return {
@@ -149,44 +162,48 @@ class KubernetesLauncher:
             "created": created,
         }
 
-    def _create_credential_secret(self, step) -> None:
-        """The step run's telemetry credential, in a Secret created before the Job, so the pod finds it.
+    def _create_credential_secret(self, step, job: dict) -> None:
+        """The step run's telemetry credential, in a Secret the Job owns from its creation on, so the
+        garbage collector deletes it with the Job (stop, TTL) — and also when the Job is already gone
+        by the time the Secret is created (an owner verified absent).
 
-        409 means an earlier attempt of this launch created it; the value is deterministic, so it stands.
-        Only create/patch/delete on Secrets are needed: the manager never reads a Secret back.
+        409 means an earlier attempt of this launch created it; the value is deterministic, so it
+        stands, and its owner is set to this Job (it may predate it: an attempt that died between the
+        two creates of an earlier Job of the name). Only create/patch/delete on Secrets are needed: the
+        manager never reads a Secret back.
         """
         name = secret_name(step.job_name)
-        token = step_credential_issue(step=step)
-        body = {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "Opaque",
-            "metadata": {"name": name, "namespace": self.namespace, "labels": step_labels(step)},
-            "data": {SECRET_KEY_NAME: base64.b64encode(token.encode()).decode()},
-        }
         try:
-            self._request(self.core.create_namespaced_secret, self.namespace, body, _preload_content=False)
+            self._request(self.core.create_namespaced_secret, self.namespace,
+                          credential_secret(step, job, namespace=self.namespace), _preload_content=False)
         except ApiException as exc:
             if exc.status != 409:
                 raise _permanent(f"creating Secret {name}", exc) from exc
+            self._own_credential_secret(name, job)
 
-    def _own_credential_secret(self, step, job: dict) -> None:
-        """Make the Job the Secret's owner: the garbage collector then deletes the Secret with the Job,
-        also when the TTL controller removes a finished one."""
-        name = secret_name(step.job_name)
-        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}
+    def _own_credential_secret(self, name: str, job: dict) -> None:
+        """Make `job` the owner of the existing Secret `name` (the rare path after a 409)."""
         try:
             # A merge patch: the generated patch method would send a JSON patch for this dict.
             self._request(
                 self.api_client.call_api, f"/api/v1/namespaces/{self.namespace}/secrets/{name}", "PATCH",
                 header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-                body={"metadata": {"ownerReferences": [owner]}}, auth_settings=["BearerToken"],
+                body={"metadata": {"ownerReferences": [job_owner(job)]}}, auth_settings=["BearerToken"],
                 _preload_content=False,
             )
         except ApiException as exc:
             if exc.status == 404:
                 raise LaunchError(f"Secret {name} vanished while launching; retry") from exc
-            raise _permanent(f"making Job {step.job_name} the owner of Secret {name}", exc) from exc
+            raise _permanent(f"making Job {job['metadata']['name']} the owner of Secret {name}", exc) from exc
+
+    def _remove_unstartable(self, job_name: str) -> None:
+        """Delete a Job whose Secret can never be created: its pod would wait for it forever. Best
+        effort — the failed step's discard deletes it too."""
+        try:
+            self.delete_job(job_name)
+        except LaunchError:
+            logger.warning("could not delete the Job of a failed launch; its discard will",
+                           extra={"job_name": job_name}, exc_info=True)
 
     def _adopt_existing(self, step) -> dict:
         """After 409: our own Job for this step means "already launched"; anything else is a clash."""
@@ -250,8 +267,9 @@ class KubernetesLauncher:
         except ApiException as exc:
             if exc.status != 404:
                 raise _permanent(f"deleting Job {name}", exc) from exc
-        # The garbage collector removes an owned credential Secret too; this also covers one whose
-        # owner was never set (a launch that died between creating the Secret and the Job).
+        # The garbage collector removes the owned credential Secret too, a moment later; deleting it
+        # here makes it go now, and covers one without an owner (left by launches that created the
+        # Secret before the Job and died in between).
         try:
             self._request(self.core.delete_namespaced_secret, secret_name(name), self.namespace, _preload_content=False)
         except ApiException as exc:
@@ -302,6 +320,24 @@ class KubernetesLauncher:
                 return f"(no log: {_status_message(exc)})\n"
             raise _permanent(f"reading log of pod {pod_name}", exc) from exc
         return _tail(response.data.decode("utf-8", errors="replace"), tail_bytes)
+
+
+def job_owner(job: dict) -> dict:
+    """An owner reference to a created Job (its uid pins this very Job, not a later one of the name)."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}
+
+
+def credential_secret(step, job: dict, *, namespace: str) -> dict:
+    """The Secret holding the step run's telemetry credential, labelled like its Job and owned by it."""
+    token = step_credential_issue(step=step)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {"name": secret_name(step.job_name), "namespace": namespace, "labels": step_labels(step),
+                     "ownerReferences": [job_owner(job)]},
+        "data": {SECRET_KEY_NAME: base64.b64encode(token.encode()).decode()},
+    }
 
 
 def step_container(pod: dict, step) -> str:

@@ -20,6 +20,8 @@ follow ``version`` (1.31: ``SuccessCriteriaMet``/``FailureTarget`` first); ``sid
 several containers, whose logs need the container named; ``tls=True`` serves HTTPS with a throw-away
 CA (``ca_file``); ``bind_rbac("deploy/rbac.yaml")`` gives a token limited to that Role (403
 Forbidden with the real Status), and the admin token may act as a user with ``Impersonate-User``.
+A pod whose non-optional Secret is missing waits in ``CreateContainerConfigError`` until it exists, and
+an object created with only absent owners is garbage-collected (``kube_kubelet``).
 """
 import base64
 import copy
@@ -39,6 +41,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import kubernetes
 
+from . import kube_kubelet
 from .kube_rbac import Rbac, forbidden_message
 from .kube_rbac import request_for as rbac_request_for
 from .tls import make_server_certificate
@@ -168,6 +171,7 @@ class KubeStore:
         self._rv = itertools.count(1000)
         self.gc_delay, self.grace = gc_delay, grace
         self._timers, self.closed = [], False
+        self.config_waits = {}  # (namespace, Secret name) -> [(Job name, uid, held mark)], kube_kubelet
 
     def get(self, plural, namespace, name):
         with self.lock:
@@ -725,7 +729,11 @@ class KubeCluster:
                 if store.get(plural, ns, name) is not None:
                     raise ApiError(409, f'{_full_name(plural)} "{name}" already exists', "AlreadyExists",
                                    {"name": name, "group": RESOURCES[plural][0], "kind": plural})
-                return 201, obj if query.get("dryRun") == "All" else store.put(plural, obj)
+                if query.get("dryRun") == "All":
+                    return 201, obj
+                stored = store.put(plural, obj)
+                kube_kubelet.created(store, plural, stored)
+                return 201, stored
         if method == "DELETE":
             propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
             with store.lock:
@@ -940,9 +948,15 @@ class JobController:
             return self.store.put("jobs", current)
 
     def mark_running(self, job, with_pods=True):
+        held = with_pods and kube_kubelet.hold_until_configured(self, job, lambda: self.mark_running(job))
+        if held:
+            return held
         return self._finish(job, "Running", None, with_pods, lambda n: {"active": n, "ready": n})
 
     def mark_succeeded(self, job, with_pods=True):
+        held = with_pods and kube_kubelet.hold_until_configured(self, job, lambda: self.mark_succeeded(job))
+        if held:
+            return held
         message = "Reached expected number of succeeded pods"
         first, terminal = _cond("SuccessCriteriaMet", "True", "CompletionsReached", message), \
             _cond("Complete", "True", "CompletionsReached", message)
@@ -956,6 +970,10 @@ class JobController:
     def mark_failed(self, job, reason="BackoffLimitExceeded", message=None, with_pods=True):
         """Fail the Job. ``DeadlineExceeded`` (activeDeadlineSeconds) deletes its running pods, as the
         controller does; other reasons move them to Failed."""
+        if reason != "DeadlineExceeded" and with_pods:  # a deadline fails the Job whether its pods started or not
+            held = kube_kubelet.hold_until_configured(self, job, lambda: self.mark_failed(job, reason, message))
+            if held:
+                return held
         message = message or _FAIL_MESSAGES.get(reason, reason)
         first, terminal = _cond("FailureTarget", "True", reason, message), _cond("Failed", "True", reason, message)
         conditions = [terminal] if self.version < (1, 31) else [first]

@@ -37,8 +37,9 @@ def job_manifest(name, labels=None, command=("python", "-m", "worker")):
                         "image": "streamforge/worker:1.0",
                         "command": list(command),
                         "env": [{"name": "QUEUE_ID", "value": "q1"},
+                                # optional, as the product's are: a missing Secret would hold the pod
                                 {"name": "KAFKA_PASSWORD", "valueFrom": {
-                                    "secretKeyRef": {"name": "kafka", "key": "password"}}}],
+                                    "secretKeyRef": {"name": "kafka", "key": "password", "optional": True}}}],
                     }],
                 },
             },

@@ -153,7 +153,8 @@ def test_any_other_403_is_permanent(launcher, kube, historical_queue, tmp_path):
     with pytest.raises(LaunchError) as caught:
         reader.launch(first_step(historical_queue))
     assert caught.value.permanent is True and "cannot create resource" in str(caught.value)
-    assert len(cluster.requests_matching("POST", r"/secrets$")) == 1  # refused once, not retried
+    assert len(cluster.requests_matching("POST", r"/jobs$")) == 1  # refused once, not retried
+    assert cluster.requests_matching("POST", r"/secrets$") == []  # no Secret for a Job never created
 
 
 def read_only_role(directory):

@@ -215,8 +215,9 @@ def test_the_job_manifest_references_the_credential_secret(historical_queue, k8s
     assert _credential(step) not in json.dumps(manifest)
 
 
-def test_it_creates_the_credential_secret_before_the_job_and_owned_by_it(launcher, historical_queue, kube):
-    """Case: the launcher creates a per-step Secret with the token before the Job, owner-referenced to it."""
+def test_it_creates_the_credential_secret_owned_by_the_job(launcher, historical_queue, kube):
+    """Case: the launcher creates a per-step Secret with the token, owner-referenced to its Job from
+    creation (issue #12: the Job first, so the Secret's create names its uid; no patch)."""
     step = historical_queue.steps.select_related("queue").first()
     handle = launcher.launch(step)
     [secret] = _secrets(kube, step)
@@ -226,8 +227,7 @@ def test_it_creates_the_credential_secret_before_the_job_and_owned_by_it(launche
     assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("Job", step.job_name, handle["uid"])]
     if kube.emulator is not None:
         posts = [path for method, path, *_ in kube.emulator.requests if method == "POST"]
-        assert posts.index(f"/api/v1/namespaces/{kube.namespace}/secrets") < posts.index(
-            f"/apis/batch/v1/namespaces/{kube.namespace}/jobs")
+        assert posts == [f"/apis/batch/v1/namespaces/{kube.namespace}/jobs", f"/api/v1/namespaces/{kube.namespace}/secrets"]
     assert launcher.launch(step)["uid"] == handle["uid"]  # idempotent: the Secret's 409 is fine
     assert len(_secrets(kube, step)) == 1
 

@@ -1,0 +1,272 @@
+"""Issue #12 "Launch": a launch costs two API calls and a fixed number of queries, and keeps its security.
+
+Each test pins behaviour the faster launch must keep, by counting (API requests the emulator received,
+queries captured), never by timing: the Job first, then its telemetry credential Secret owned by the Job
+from creation (no patch); nothing left behind when the Secret cannot be created; a pod that waits for its
+Secret is not a failed step; Flower's readable task arguments without a query per enqueued task.
+"""
+from __future__ import annotations
+
+import json
+
+import kubernetes
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from jobs import advance, scheduler
+from jobs.announce import STEP_LAUNCH
+from jobs.launchers import LaunchError
+from queues.models import QueueRequest, StepState
+from tests.helpers import wait_until
+from tests.jobs.helpers import on_task
+from tests.jobs.test_kubernetes_pipeline import k8s_pipeline, step, tick  # noqa: F401
+from tests.queues.factories import make_queue
+
+TYPES = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")] + ["api_trades"]
+
+
+def _first(queue) -> QueueRequest:
+    return queue.steps.select_related("queue").order_by("position").first()
+
+
+def _api_calls(emulator, namespace) -> list[tuple[str, str]]:
+    prefix = (f"/apis/batch/v1/namespaces/{namespace}/", f"/api/v1/namespaces/{namespace}/")
+    return [(method, path.split("/")[-1] if method == "POST" else path.split("/")[-2])
+            for method, path, *_ in emulator.requests if path.startswith(prefix)]
+
+
+def _secret(kube, step_) -> dict | None:
+    raw = kubernetes.client.CoreV1Api(kube.api_client).list_namespaced_secret(kube.namespace, _preload_content=False)
+    return next((s for s in json.loads(raw.data)["items"] if s["metadata"]["name"] == f"{step_.job_name}-telemetry"),
+                None)
+
+
+def _job(kube, name) -> dict | None:
+    raw = kubernetes.client.BatchV1Api(kube.api_client).list_namespaced_job(kube.namespace, _preload_content=False)
+    return next((j for j in json.loads(raw.data)["items"] if j["metadata"]["name"] == name), None)
+
+
+# --- API calls per launch ------------------------------------------------------------------------
+
+
+def test_a_launch_is_two_api_calls_the_job_then_its_secret_owned_from_creation(launcher, historical_queue, kube,
+                                                                            emulator):
+    """Case: two API calls per launch (was three: Secret, Job, PATCH of the Secret's owner); the Secret
+    names the Job's uid as owner in its create, so it is never without one."""
+    step_ = _first(historical_queue)
+    emulator.requests.clear()
+
+    handle = launcher.launch(step_)
+
+    assert _api_calls(emulator, kube.namespace) == [("POST", "jobs"), ("POST", "secrets")]
+    secret = _secret(kube, step_)
+    owners = secret["metadata"].get("ownerReferences") or []
+    assert [(o["kind"], o["name"], o["uid"]) for o in owners] == [("Job", step_.job_name, handle["uid"])]
+    assert "blockOwnerDeletion" not in owners[0]  # needs more than the Role grants; the GC does not need it
+
+
+def test_a_repeated_launch_adopts_the_job_and_reowns_its_secret(launcher, historical_queue, kube, emulator):
+    """Case: idempotent launch — the second attempt meets two 409s, keeps one Job and one Secret owned by it
+    (the rare path may cost a patch: the Secret could predate this Job)."""
+    step_ = _first(historical_queue)
+    first = launcher.launch(step_)
+    emulator.requests.clear()
+
+    again = launcher.launch(step_)
+
+    assert again["uid"] == first["uid"] and again["created"] is False
+    calls = _api_calls(emulator, kube.namespace)
+    assert calls[0] == ("POST", "jobs") and ("POST", "secrets") in calls and ("PATCH", "secrets") in calls
+    owners = _secret(kube, step_)["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == [first["uid"]]
+
+
+# --- failure between the two calls ---------------------------------------------------------------
+
+
+def test_a_secret_refused_for_good_deletes_the_job_it_was_for(launcher, historical_queue, kube, emulator):
+    """Case: no leak on partial failure — Job created, Secret refused (422): the launch fails for good
+    and removes the Job, whose pod could never start."""
+    step_ = _first(historical_queue)
+    emulator.fail_next("POST", r"/secrets$", 422)
+
+    with pytest.raises(LaunchError) as caught:
+        launcher.launch(step_)
+
+    assert caught.value.permanent
+    assert [call for call in _api_calls(emulator, kube.namespace) if call[0] == "POST"] == [
+        ("POST", "jobs"), ("POST", "secrets")]
+    wait_until(lambda: _job(kube, step_.job_name) is None, message="the Job of the failed launch is deleted")
+    assert _secret(kube, step_) is None
+
+
+def test_a_secret_that_failed_for_now_is_created_by_the_retry_for_the_same_job(launcher, historical_queue, kube,
+                                                                           emulator):
+    """Case: no leak and no duplicate on a transient failure — the Job stays for the retry, which adopts
+    it (409) and creates the Secret owned by it."""
+    step_ = _first(historical_queue)
+    emulator.fail_next("POST", r"/secrets$", 503, times=launcher.attempts)
+
+    with pytest.raises(LaunchError) as caught:
+        launcher.launch(step_)
+    assert not caught.value.permanent
+    job = _job(kube, step_.job_name)
+    assert job is not None and _secret(kube, step_) is None
+
+    handle = launcher.launch(step_)
+
+    assert handle["uid"] == job["metadata"]["uid"]
+    assert [o["uid"] for o in _secret(kube, step_)["metadata"]["ownerReferences"]] == [handle["uid"]]
+
+
+def test_a_launch_out_of_attempts_between_job_and_secret_leaves_nothing(k8s_pipeline, historical_queue, kube,
+                                                                        emulator, settings, monkeypatch):
+    """Case: no leak when the budget runs out between the two calls — the step fails, and its discard
+    removes the Job (and a Secret, had one been made)."""
+    settings.LAUNCH_MAX_ATTEMPTS = 1
+    settings.LAUNCH_RETRY_BACKOFF_SECONDS = 0.01
+    on_task(monkeypatch, "step_discard_task", lambda pk, job_name: scheduler.step_discard(pk, job_name=job_name))
+    on_task(monkeypatch, "queue_advance_task", lambda pk: None)
+    advance.queue_advance(historical_queue.pk)
+    launching = historical_queue.steps.filter(state=StepState.LAUNCHING).order_by("position").first()
+    emulator.fail_next("POST", r"/secrets$", 503, times=10)
+
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        assert scheduler.step_launch(launching.pk) == "failed"
+
+    launching.refresh_from_db()
+    assert launching.state == StepState.FAILED
+    wait_until(lambda: _job(kube, launching.job_name) is None, message="the failed step's Job is discarded")
+    assert _secret(kube, launching) is None
+
+
+# --- a pod waiting for its Secret --------------------------------------------------------------
+
+
+def test_the_emulated_kubelet_holds_a_pod_until_its_secret_exists(launcher, historical_queue, kube, controller):
+    """Case: the emulator is strict — a container whose non-optional secretKeyRef is missing waits in
+    CreateContainerConfigError (the pod Pending), and starts once the Secret is created."""
+    from jobs.manifests import job_manifest
+
+    step_ = _first(historical_queue)
+    batch = kubernetes.client.BatchV1Api(kube.api_client)
+    batch.create_namespaced_job(kube.namespace, job_manifest(step_))  # the Job alone: its Secret is missing
+
+    controller.mark_running(step_.job_name)
+
+    [pod] = controller.pods(step_.job_name)
+    assert pod["status"]["phase"] == "Pending"
+    waiting = pod["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert waiting == {"reason": "CreateContainerConfigError",
+                       "message": f'Error: secret "{step_.job_name}-telemetry" not found'}
+    assert controller.job(step_.job_name)["status"].get("ready") == 0
+
+    kubernetes.client.CoreV1Api(kube.api_client).create_namespaced_secret(
+        kube.namespace, {"metadata": {"name": f"{step_.job_name}-telemetry"}, "stringData": {"token": "t"}})
+
+    wait_until(lambda: [p["status"]["phase"] for p in controller.pods(step_.job_name)] == ["Running"],
+               message="the kubelet starts the container once its Secret exists")
+
+
+def test_the_emulated_garbage_collector_removes_a_secret_created_for_a_job_already_gone(launcher, historical_queue,
+                                                                                         kube, emulator):
+    """Case: no leak when the Job is deleted between the two calls — a Secret whose owner is absent at its
+    creation is collected, as a real garbage collector does."""
+    from jobs.launchers.kubernetes import credential_secret
+
+    step_ = _first(historical_queue)
+    gone = {"metadata": {"name": step_.job_name, "uid": "0b6d1d4e-0000-4000-8000-000000000000"}}
+    kubernetes.client.CoreV1Api(kube.api_client).create_namespaced_secret(
+        kube.namespace, credential_secret(step_, gone, namespace=kube.namespace))
+
+    wait_until(lambda: _secret(kube, step_) is None, message="the Secret of an absent owner is collected")
+
+
+def test_a_pending_step_whose_pod_waits_for_its_secret_is_not_failed(k8s_pipeline, historical_queue, kube):
+    """Case: reconcile treats CreateContainerConfigError while the Secret is being created as pending — the
+    step neither fails nor counts as running; it runs once the kubelet starts the container."""
+    controller, queue = k8s_pipeline, historical_queue
+    advance.queue_advance(queue.pk)
+    connector = queue.steps.filter(state=StepState.LAUNCHING).select_related("queue").order_by("position").first()
+    message = f'Error: secret "{connector.job_name}-telemetry" not found'
+    original = scheduler.get_launcher().launch
+
+    def kubelet_first(step_):
+        # The kubelet tries the pod between the two calls; the launch then records the step pending.
+        handle = original(step_)
+        controller.create_pod_for(step_.job_name, "Pending", "CreateContainerConfigError", message=message)
+        return handle
+
+    launcher = scheduler.get_launcher()
+    launcher.launch = kubelet_first
+    try:
+        assert scheduler.step_launch(connector.pk) == "launched"
+    finally:
+        del launcher.launch
+
+    tick(queue)
+    connector.refresh_from_db()
+    assert connector.state == StepState.PENDING
+    assert "CreateContainerConfigError" in connector.message
+
+    controller.mark_running(connector.job_name)
+    tick(queue)
+    connector.refresh_from_db()
+    assert connector.state == StepState.RUNNING
+
+
+# --- queries per launch and per advance ----------------------------------------------------------
+
+
+def _independent_queue(queue_id: str, n: int):
+    return make_queue(queue_id=queue_id, requests=[{"target": "loader-producer", "type": t} for t in TYPES[:n]])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_advance_sends_every_launch_without_a_query_per_step(monkeypatch):
+    """Case: queries per launch independent of the queue — an advance that starts 6 steps costs the one of
+    1 step plus one statement per further step (its own state change; was four: a savepoint around it,
+    and the query per enqueued task for Flower's readable arguments, which now come from the steps in hand)."""
+    sent: list[tuple] = []
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async",
+                        lambda args=(), kwargs=None, **options: sent.append((tuple(args), options.get("argsrepr"))))
+    counts = {}
+    for n in (1, 6):
+        queue = _independent_queue(f"launch-cost-{n}", n)
+        with CaptureQueriesContext(connection) as queries:
+            launched = advance.queue_advance(queue.pk)
+        assert len(launched) == n
+        counts[n] = len(queries.captured_queries)
+
+    assert counts[6] - counts[1] == 5, counts
+    names = dict(QueueRequest.objects.filter(queue__queue_id="launch-cost-6").values_list("pk", "name"))
+    assert sorted(argsrepr for args, argsrepr in sent if args[0] in names) == sorted(
+        f"(queue=launch-cost-6, step={name})" for name in names.values())
+
+
+@pytest.mark.django_db
+def test_a_launch_costs_the_same_queries_whatever_the_queue_size(settings, monkeypatch):
+    """Case: queries per launch independent of the queue's size and of the history (claim + record)."""
+
+    class Fake:
+        name = "fake"
+
+        def launch(self, step_):
+            return {"launcher": self.name, "job_name": step_.job_name}
+
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: Fake())
+    on_task(monkeypatch, STEP_LAUNCH.rsplit(".", 1)[-1], lambda *args: None)
+    settings.ARANGO_ENABLED = False
+    counts = {}
+    for n in (1, 6):
+        queue = _independent_queue(f"launch-size-{n}", n)
+        advance.queue_advance(queue.pk)
+        pks = list(queue.steps.filter(state=StepState.LAUNCHING).values_list("pk", flat=True))
+        with CaptureQueriesContext(connection) as queries:
+            assert [scheduler.step_launch(pk) for pk in pks] == ["launched"] * n
+        counts[n] = len(queries.captured_queries) / n
+
+    assert counts[1] == counts[6] == 2, counts  # the claim (UPDATE … RETURNING) and the record (UPDATE)
