@@ -15,7 +15,8 @@ import sys
 import time
 import traceback
 
-from chaos import scenario_clients, scenario_fuzz, scenario_hostile, scenario_kube, scenario_mirror, scenario_storm
+from chaos import (scenario_broker, scenario_clients, scenario_fuzz, scenario_hostile, scenario_kube, scenario_mirror,
+                   scenario_storm)
 from chaos.common import Result, Run
 from chaos.harness import ROOT, say, start_servers
 
@@ -24,6 +25,7 @@ SCENARIOS = {
     "R7": scenario_clients.run,
     "R1": scenario_storm.run,  # local launcher
     "R1k": scenario_storm.run_kube,  # the same storm on the Kubernetes emulator
+    "R2": scenario_broker.run,  # its own tansu, every connection to it cut mid-stream
     "R4": scenario_fuzz.run,
     "R5": scenario_mirror.run,
     "R6": scenario_kube.run,

