@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from benchmarks import dataset
+from benchmarks import dataset, dataset_shape
 from queues.contract import parse_payload
 from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState, TelemetryEvent
 from queues.pipeline_templates import template_payload
@@ -79,3 +79,64 @@ def test_it_reuses_the_data_on_a_second_run_and_reloads_another_scale(loaded):
     assert not Queue.objects.filter(queue_id="bench-leftover").exists()
     smaller = dataset.ensure(dataset.Scale(queues=12, active=2, telemetry_queues=2, seed=3), log=lambda *_: None)
     assert (smaller.queues, smaller.steps) == (12, 72) and not smaller.reused
+
+
+def _schema() -> set[tuple[str, str]]:
+    """Every index and constraint of the tables the loader touches (and of those pointing at them)."""
+    from django.db import connection
+
+    tables = [Queue._meta.db_table, QueueRequest._meta.db_table, StepDependency._meta.db_table,
+              TelemetryEvent._meta.db_table]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index"
+                       " WHERE indrelid = ANY(%s::regclass[])", [tables])
+        indexes = set(cursor.fetchall())
+        cursor.execute("SELECT conrelid::regclass::text || '.' || conname, pg_get_constraintdef(oid) || "
+                       " CASE WHEN convalidated THEN '' ELSE ' (not validated)' END FROM pg_constraint"
+                       " WHERE conrelid = ANY(%s::regclass[]) OR confrelid = ANY(%s::regclass[])", [tables, tables])
+        return indexes | set(cursor.fetchall())
+
+
+def test_it_leaves_every_index_and_constraint_as_the_migrations_made_them(transactional_db):
+    """Issue #12 Deliver (fast COPY load): the loader drops indexes and constraints while it copies and
+    builds them again; afterwards each one exists with its name and definition, foreign keys validated."""
+    before = _schema()
+    assert any("FOREIGN KEY" in definition for _, definition in before)
+    dataset.ensure(TINY, log=lambda *_: None)
+    assert _schema() == before
+
+
+def test_a_load_that_fails_midway_leaves_the_previous_history_and_schema(loaded, monkeypatch):
+    """Issue #12 Deliver (fast COPY load): it runs in one transaction — a failure while copying leaves the
+    previous rows, every index and constraint, and the marker, so the next run reuses or reloads cleanly."""
+    schema, counts = _schema(), (Queue.objects.count(), QueueRequest.objects.count(), TelemetryEvent.objects.count())
+
+    def broken(self, start, stop):
+        raise RuntimeError("generator broke")
+
+    monkeypatch.setattr(dataset_shape.Generator, "block", broken)
+    with pytest.raises(RuntimeError, match="generator broke"):
+        dataset.ensure(dataset.Scale(queues=30, active=3, telemetry_queues=3, seed=4), log=lambda *_: None)
+    assert _schema() == schema
+    assert (Queue.objects.count(), QueueRequest.objects.count(), TelemetryEvent.objects.count()) == counts
+    monkeypatch.undo()
+    assert dataset.ensure(TINY, log=lambda *_: None).reused
+
+
+def test_rows_are_the_products_own(loaded):
+    """Issue #12 Deliver: each generated queue is the prototype `queue_create` made, renamed — its payload
+    names its symbol, its steps carry the product's Job names and topics for its own queue id."""
+    from queues.naming import job_name
+
+    for queue in Queue.objects.prefetch_related("steps"):
+        assert queue.payload["symbol"] == queue.symbol and queue.canonical_payload["symbol"] == queue.symbol
+        steps = list(queue.steps.all())
+        assert [s.position for s in steps] == list(range(6))
+        for step in steps:
+            assert step.job_name == job_name(queue.queue_id, step.target, step.position + 1)
+            assert not step.kafka_topic or step.kafka_topic.startswith(queue.queue_id + "-")
+            assert isinstance(step.params, dict) and step.params["target"] == step.target
+            assert step.launcher_handle == ({} if step.launched_at is None else
+                                            {"launcher": "kubernetes", "namespace": "streamforge"})
+    for edge in StepDependency.objects.select_related("upstream", "downstream"):
+        assert edge.upstream.queue_id == edge.downstream.queue_id == edge.queue_id
