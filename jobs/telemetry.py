@@ -57,19 +57,21 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
     `texts`, when given, are the events' JSON texts as received (same order as `raw_events`).
     """
     result = IngestResult()
-    events: list[tuple[int, Event]] = []
+    events: list[Event] = []
+    rejected = result.rejected
     for index, raw in enumerate(raw_events):
         try:
-            event = normalize(raw, texts[index] if texts is not None else None)
-            event.index = index
-            events.append((index, event))
+            event = normalize(raw, None if texts is None else texts[index])
         except InvalidEvent as exc:
-            result.rejected.append((index, str(exc)))
+            rejected.append((index, str(exc)))
+            continue
+        event.index = index
+        events.append(event)
     if not events:
         return result
 
     with transaction.atomic():
-        queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for _, e in events}).values_list("queue_id", "pk"))
+        queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for e in events}).values_list("queue_id", "pk"))
         # Lock first, then read the steps: what we decide from their state cannot be stale.
         Queue.objects.lock_many(queues.values())
         matched = _match(events, queues, result)
@@ -78,8 +80,11 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         result.accepted = len(new)
         current = [(event, step) for event, step in new if step is not None and not event.stale]
         _apply_progress(current)
+        running = StepState.RUNNING
         for event, step in current:
-            if _apply_state(step, event):
+            if step.state == running and event.status in PROGRESS_STATUSES:
+                step.reported_status = event.status  # the common case: progress of a running step
+            elif _apply_state(step, event):
                 result.changed_queues.add(step.queue_id)
         _count(new)
         if new:
@@ -109,21 +114,23 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
         for s in QueueRequest.objects.filter(queue_id__in=queue_id_of).only(*_STEP_FIELDS)
     }
     matched = []
-    for index, event in events:
-        if event.queue_id not in queues:
-            result.rejected.append((index, f"unknown queue {event.queue_id!r}"))
-            continue
+    rejected = result.rejected
+    for event in events:
         step = steps.get((event.queue_id, event.producer))
-        if step is None and event.status != "pong":
-            result.rejected.append((index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
-            continue
         if step is not None:
-            if event.run is None:
-                event.run = step.run  # workers that do not send their run: the run current now
-            elif event.run > step.run:
-                result.rejected.append((index, f"invalid run: {event.run} has not started (step is in run {step.run})"))
+            run = event.run
+            if run is None:
+                event.run = run = step.run  # workers that do not send their run: the run current now
+            elif run > step.run:
+                rejected.append((event.index, f"invalid run: {run} has not started (step is in run {step.run})"))
                 continue
-            event.stale = event.run < step.run
+            event.stale = run < step.run
+        elif event.queue_id not in queues:
+            rejected.append((event.index, f"unknown queue {event.queue_id!r}"))
+            continue
+        elif event.status != "pong":
+            rejected.append((event.index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
+            continue
         event.key = event_key(event.text, event.run)
         matched.append((event, step))
     return matched
@@ -142,14 +149,16 @@ def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueReq
     if not unique:
         return []
     table = TelemetryEvent._meta.db_table
-    raw = connection.connection  # the psycopg connection, inside the caller's transaction
-    with raw.cursor() as cursor:
-        cursor.execute(f"SELECT event_key FROM {table} WHERE event_key = ANY(%s)", [list(unique)])
+    with connection.cursor() as cursor:
+        # The keys are hex digests: one space-separated text is split by the server, instead of a
+        # text[] parameter that the driver quotes element by element (a regex per key).
+        cursor.execute(f"SELECT event_key FROM {table} WHERE event_key = ANY(string_to_array(%s, ' '))", [" ".join(unique)])
         for (key,) in cursor.fetchall():
             del unique[key]
         if unique:
             now = timezone.now()
-            with cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
+            # psycopg's COPY on the same connection, inside the caller's transaction.
+            with cursor.cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
                 copy.set_types(_STORE_TYPES)  # one dumper per column instead of a lookup per value
                 for event, step in unique.values():
                     copy.write_row((

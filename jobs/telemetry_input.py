@@ -26,6 +26,7 @@ MAX_DEPTH = 10  # objects/arrays inside one another (e.g. `extra`)
 BIGINT_MAX = 2**63 - 1  # records_written is a PostgreSQL bigint
 MAX_RUN = 2**31 - 1
 QUEUE_ID_MAX = 40
+_EPOCH_MAX = 253_402_300_800  # year 10000: the inline epoch-seconds path stays below any overflow
 PRODUCER_MAX = 100
 
 
@@ -195,31 +196,54 @@ def normalize(raw: object, text: str | None = None) -> Event:
         raise InvalidEvent(f"invalid event: larger than {MAX_EVENT_CHARS} characters")
     if not _plainly_storable(raw, text):
         check_json(raw)  # before anything serialises it: bounded depth, finite numbers, storable strings
-    status = _string(raw, "event") or _string(raw, "status")
-    finished = raw.get("finished")
+    get = raw.get
+    # The fields of every event are read inline when they are plain strings (the hot path); anything
+    # else goes through _string, which gives the verdict and the reason.
+    status = get("event")
+    if status is not None and status.__class__ is not str or not status:
+        status = _string(raw, "event") or _string(raw, "status")
+    finished = get("finished")
     if finished is not None and not isinstance(finished, bool):
         raise InvalidEvent(f"invalid finished: must be true or false, got {_short(finished)}")
     if not status and finished is True:
         status = "finished"
-    if not status or status.lower() not in STATUSES:
-        raise InvalidEvent(f"unknown or missing status {_short(status)}")
-    status = status.lower()
+    if status not in STATUSES:  # exact spellings first; other cases are lowered below
+        if not status or status.lower() not in STATUSES:
+            raise InvalidEvent(f"unknown or missing status {_short(status)}")
+        status = status.lower()
     if status == "progress" and finished is True:
         status = "finished"
-    queue_id = _string(raw, "queue_id", QUEUE_ID_MAX)
+    queue_id = get("queue_id")
+    if queue_id.__class__ is not str or len(queue_id) > QUEUE_ID_MAX:
+        queue_id = _string(raw, "queue_id", QUEUE_ID_MAX)
     if not queue_id:
         raise InvalidEvent("missing queue_id")
-    producer = _string(raw, "producer", PRODUCER_MAX) or _string(raw, "telemetry_id", PRODUCER_MAX) or ""
+    producer = get("producer")
+    if producer.__class__ is not str or len(producer) > PRODUCER_MAX or not producer:
+        producer = _string(raw, "producer", PRODUCER_MAX) or _string(raw, "telemetry_id", PRODUCER_MAX) or ""
     if not producer and status != "pong":
         raise InvalidEvent("missing producer/telemetry_id")
-    records = _count(raw)
-    message = _string(raw, "error_message") or _string(raw, "message") or ""
-    extra = raw.get("extra")
+    records = get("records_written")
+    if records.__class__ is not int or not 0 <= records <= BIGINT_MAX:
+        records = _count(raw)
+    message = get("error_message")
+    if message.__class__ is not str or not message:
+        if message is None and get("message").__class__ is str:
+            message = get("message")
+        else:
+            message = _string(raw, "error_message") or _string(raw, "message") or ""
+    extra = get("extra")
     if extra is not None and not isinstance(extra, dict):
         raise InvalidEvent(f"invalid extra: must be an object, got {type(extra).__name__}")
-    times = [parse_time(raw.get(key), key) for key in ("timestamp", "sent_at")]  # both checked when both sent
-    sent_at = times[0] or times[1]
-    run = _run(raw)
+    timestamp, sent = get("timestamp"), get("sent_at")
+    if sent is None and timestamp.__class__ is int and 0 <= timestamp < _EPOCH_MAX:
+        sent_at = datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
+    else:
+        times = [parse_time(timestamp, "timestamp"), parse_time(sent, "sent_at")]  # both checked when both sent
+        sent_at = times[0] or times[1]
+    run = get("run")
+    if run is not None:
+        run = _run(raw)
     if text is None:
         text = canonical(raw)
         if len(text) > MAX_EVENT_CHARS:

@@ -337,9 +337,13 @@ class TelemetryEvent(models.Model):
     """A telemetry event from a worker, as received (DESIGN §6), deduplicated by `event_key`."""
 
     # Few indexes on purpose: this table takes every event at high rate (the composite index below
-    # serves per-queue listings; step_id serves a step's page).
-    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="events", db_index=False)
-    step = models.ForeignKey(QueueRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="events")
+    # serves per-queue listings; step_id serves a step's page). No database-checked foreign keys
+    # either (a trigger query per row): ingestion resolves queue and step under the queue's lock, and
+    # the ORM still cascades a queue's deletion to its events (migration 0011).
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="events", db_index=False, db_constraint=False)
+    step = models.ForeignKey(
+        QueueRequest, null=True, blank=True, on_delete=models.CASCADE, related_name="events", db_constraint=False
+    )
     event_key = models.CharField(max_length=64, unique=True, help_text="Hash of the event, for idempotent ingestion.")
     status = models.CharField(max_length=32)
     producer = models.CharField(max_length=100, blank=True)
