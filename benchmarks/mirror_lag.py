@@ -3,7 +3,7 @@
 A writer changes running steps of the history at 1,000 changes/s (ticks of 20 changes, each one
 transaction that updates the rows and records them in the outbox, as bulk paths do). The drain
 (`mirror_drain`, the Celery task's body) runs in a process of its own in a loop, like a dedicated
-worker. A change counts as mirrored when its outbox row is gone (deleted only after the document
+worker; the writer starts once that process has drained once (Django set up, schema checked). A change counts as mirrored when its outbox row is gone (deleted only after the document
 write returned) or was re-created by a later change; a watcher polls the outbox every 10 ms.
 Baseline: writing the same number of documents per tick straight to the emulator.
 
@@ -12,6 +12,7 @@ Baseline: writing the same number of documents per tick straight to the emulator
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -36,8 +37,9 @@ def run(ctx) -> None:
         setattr(settings, key, value)
     settings.ARANGO_ENABLED = True
     drainer = subprocess.Popen([sys.executable, "-m", "benchmarks.mirror_lag", "--drain"], cwd=ROOT,
-                               env={**os.environ, **arango_env})
+                               env={**os.environ, **arango_env}, stdout=subprocess.PIPE, text=True)
     try:
+        _wait_until_ready(drainer)
         with celery_eager(False):  # the drain task the outbox enqueues goes to the broker; the process above drains
             _measure(ctx, seconds=5 if ctx.quick else 15)
     finally:
@@ -49,6 +51,14 @@ def run(ctx) -> None:
 
         with connection.cursor() as cursor:
             cursor.execute(f"DELETE FROM {targets.mirror_outbox_table()}")
+
+
+def _wait_until_ready(drainer, timeout: float = 180) -> None:
+    """A dedicated worker is up before the traffic: its start (Django, the schema check) is not lag."""
+    ready, _, _ = select.select([drainer.stdout], [], [], timeout)
+    line = drainer.stdout.readline() if ready else ""
+    if line.strip() != "ready":
+        raise RuntimeError(f"the drain process did not get ready within {timeout:g} s")
 
 
 def _measure(ctx, *, seconds: float) -> None:
@@ -171,6 +181,7 @@ def _drain_forever() -> None:
 
 
 def _drain_until(stop) -> None:
+    ready = False
     while not stop.is_set():
         try:
             result = targets.mirror_drain()
@@ -179,6 +190,9 @@ def _drain_until(stop) -> None:
             targets.mirror_forget_schema()
             stop.wait(0.2)
             continue
+        if not ready:  # schema checked, connections open: tell the bench to start writing
+            print("ready", flush=True)
+            ready = True
         if not result.synced:
             stop.wait(0.005)
 

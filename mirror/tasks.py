@@ -2,6 +2,7 @@
 from celery import shared_task
 
 from mirror.arango import MirrorUnavailable
+from mirror.outbox import drain_started, enqueue_drain
 from mirror.sync import mirror_drain
 
 
@@ -15,7 +16,8 @@ from mirror.sync import mirror_drain
     ignore_result=True,
 )
 def mirror_drain_task() -> dict:
+    drain_started()
     result = mirror_drain()
     if result.more:  # a run is bounded; the backlog goes on in the next one, not at the next beat
-        mirror_drain_task.delay()
+        enqueue_drain()
     return {"synced": result.synced, "failed": result.failed, "batches": result.batches}

@@ -103,3 +103,36 @@ def test_a_drain_that_stops_with_rows_pending_enqueues_the_next_one(mirror, hist
     assert tasks.mirror_drain_task() == {"synced": 1, "failed": 0, "batches": 1}
     assert calls == [1]  # done: nothing enqueued
     assert not MirrorOutbox.objects.exists()
+
+
+def test_commits_while_a_drain_is_queued_enqueue_no_other(mirror, monkeypatch):
+    """Issue #12, case "`mirror_drain_task.delay()` on every commit": at 1,000 changes/s that is dozens
+    of tasks a second, each claiming an empty or tiny batch beside the others. One drain waits in the
+    broker at a time; it takes everything committed before it starts, and a commit after its start
+    enqueues the next."""
+    calls = []
+    monkeypatch.setattr(tasks.mirror_drain_task, "delay", lambda: calls.append(1))
+    outbox._enqueue_drain()
+    outbox._enqueue_drain()
+    outbox._enqueue_drain()
+    assert calls == [1]
+    tasks.mirror_drain_task()  # the queued drain starts: the next commit needs a drain of its own
+    outbox._enqueue_drain()
+    assert calls == [1, 1]
+
+
+def test_without_the_flag_store_every_commit_enqueues(mirror, monkeypatch):
+    """Issue #12: the debounce is an optimisation; when Redis does not answer, enqueue anyway."""
+    calls = []
+    monkeypatch.setattr(tasks.mirror_drain_task, "delay", lambda: calls.append(1))
+
+    class Down:
+        def set(self, *args, **kwargs):
+            raise ConnectionError("redis down")
+
+        delete = set
+
+    monkeypatch.setattr(outbox, "_flag_store", lambda: Down())
+    outbox._enqueue_drain()
+    outbox._enqueue_drain()
+    assert calls == [1, 1]
