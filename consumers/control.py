@@ -23,7 +23,8 @@ from django.db import transaction
 from consumers.events import parse
 from consumers.signals import command_handled
 from jobs.telemetry_input import InvalidEvent, check_json, parse_time
-from kafkabus.claims import ClaimLost, command_claim, command_claim_get, command_claim_release, command_outcome_record
+from kafkabus.claims import (PROCESSING, ClaimLost, command_claim, command_claim_get, command_claim_release,
+                             command_outcome_record)
 from kafkabus.config import ORIGIN, is_own_message
 from kafkabus.consumer import is_transient
 from kafkabus.deadletter import send_dead_letters
@@ -126,7 +127,7 @@ def handle_command(data: dict) -> Ack:
 def _duplicate(command: str, command_id: str) -> Ack:
     """The ack for an id claimed before: the recorded outcome, or `processing` while its owner acts."""
     claim = command_claim_get(command_id=command_id)
-    if claim is not None and claim.ack:
+    if claim is not None and claim.status != PROCESSING and claim.ack:  # while processing, ack names the owner
         ack = Ack(**{**_ack_fields(claim.ack), "duplicate": True})
     else:
         ack = Ack(command, command_id, claim.status if claim is not None else "processing", duplicate=True)

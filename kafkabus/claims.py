@@ -5,9 +5,13 @@ its own, so of two consumers receiving the same id at once exactly one wins and 
 claim (never an IntegrityError inside its own transaction). The winner records the outcome on the
 claimed row in the same transaction as the action, so the row says what happened or nothing did.
 
-A claim still `processing` means its owner is acting, or lost the database before it could release
-the claim. After CLAIM_LEASE such a claim may be taken over; the outcome is written only by the
-claim's current owner (the claim time is the fencing token), so a late original rolls back.
+A claim still `processing` means its owner is acting, or died (SIGKILL, OOM) or lost the database
+before it could record an outcome. The claim names its owner's database session (backend pid and
+start time): once that session is gone, the owner cannot be acting any more, so the next delivery
+takes the claim over at once — the redelivery after a consumer's death is usually the only one, and
+answering it `duplicate` would lose the command. After CLAIM_LEASE any claim may be taken over (an
+owner stuck behind a pooler whose session we cannot see). The outcome is written only by the claim's
+current owner (the claim time is the fencing token), so a late original rolls back.
 """
 from __future__ import annotations
 
@@ -28,6 +32,15 @@ class ClaimLost(Exception):
     """The claim was taken over (its lease ran out) before this owner recorded an outcome."""
 
 
+# While `processing`, the claim's `ack` names its owner's session; the outcome replaces it.
+_OWNER = "jsonb_build_object('owner_pid', pg_backend_pid(), 'owner_start', " \
+         "(SELECT backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()))"
+# The owner's session no longer exists: it cannot be acting. (A session of another role whose start
+# time this role may not read counts as alive: then only the lease frees the claim.)
+_OWNER_GONE = "NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = (c.ack->>'owner_pid')::int " \
+              "AND (a.backend_start IS NULL OR a.backend_start = (c.ack->>'owner_start')::timestamptz))"
+
+
 def command_claim(*, command_id: str, command: str) -> datetime | None:
     """Claim `command_id`; returns the claim's token (its time) if this caller won, None otherwise."""
     now = timezone.now()
@@ -35,14 +48,19 @@ def command_claim(*, command_id: str, command: str) -> datetime | None:
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {table} (command_id, command, status, queue_id, ack, received_at) "
-            "VALUES (%s, %s, %s, '', '{}'::jsonb, %s) ON CONFLICT (command_id) DO NOTHING RETURNING id",
+            f"VALUES (%s, %s, %s, '', {_OWNER}, %s) ON CONFLICT (command_id) DO NOTHING RETURNING id",
             [command_id, command, PROCESSING, now],
         )
         if cursor.fetchone() is not None:
             return now
-        taken = ProcessedCommand.objects.filter(
-            command_id=command_id, status=PROCESSING, received_at__lt=now - CLAIM_LEASE
-        ).update(received_at=now)
+        # Taken over when its owner is gone or its lease ran out; of two deliveries doing this at once,
+        # the second's UPDATE sees the first's new owner (alive) and time, and takes nothing.
+        cursor.execute(
+            f"UPDATE {table} c SET received_at = %s, ack = {_OWNER} WHERE c.command_id = %s AND c.status = %s "
+            f"AND (c.received_at < %s OR {_OWNER_GONE}) RETURNING c.id",
+            [now, command_id, PROCESSING, now - CLAIM_LEASE],
+        )
+        taken = cursor.fetchone() is not None
     return now if taken else None
 
 
