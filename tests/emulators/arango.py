@@ -75,48 +75,26 @@ class _Collection:
         if ctype == 3:
             self.indexes.append({"id": f"{name}/2", "type": "edge", "name": "edge", "fields": ["_from", "_to"],
                                  "unique": False, "sparse": False})
+        # Unique indexes as hashes, so a write checks in O(1) like a server's index instead of scanning:
+        # index id -> value -> the _keys written with that value. Every document enters through
+        # `_write` (or the index's creation), so this is a superset of who holds a value in coll.docs
+        # and in any scratch copy; entries of replaced, removed or rolled-back documents stay and are
+        # checked against the documents at hand (`_check_unique`), so they never cause a false conflict.
+        self.unique_owners = {}
 
     def info(self):
         return {"id": self.id, "name": self.name, "isSystem": self.name.startswith("_"), "type": self.type,
                 "status": 3, "globallyUniqueId": f"emu{self.id}"}
 
 
-class _UniqueIndexes:
-    """The unique persistent indexes of one collection over ``docs``, as hashes built once per request:
-    a write checks its values in O(1), as a real server's index does, instead of scanning every document."""
+def _unique_value(index, doc):
+    """The hashable value a unique index holds for ``doc`` (None: not indexed, a sparse index and a null)."""
+    values = [_attr(doc, f.split(".")) for f in index["fields"]]
+    return None if index["sparse"] and None in values else aql_key(values)
 
-    def __init__(self, indexes, docs):
-        self.indexes = [i for i in indexes if i["type"] == "persistent" and i["unique"]]
-        self.owners = [{} for _ in self.indexes]  # per index: value key -> _keys holding it
-        for doc in docs.values():
-            self._add(doc)
 
-    def _values(self, index, doc):
-        values = [_attr(doc, f.split(".")) for f in index["fields"]]
-        return None if index["sparse"] and None in values else aql_key(values)
-
-    def _add(self, doc):
-        for index, owners in zip(self.indexes, self.owners):
-            value = self._values(index, doc)
-            if value is not None:
-                owners.setdefault(value, set()).add(doc["_key"])
-
-    def put(self, old, new):
-        """Check ``new`` (replacing ``old``, the same key's stored document or None), then index it.
-        Raises 1210 like the server when another document holds the same values."""
-        for index, owners in zip(self.indexes, self.owners):
-            value = self._values(index, new)
-            others = sorted(owners.get(value, set()) - {new["_key"]}) if value is not None else []
-            if others:
-                raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of type "
-                                             f"persistent over {index['fields']}; conflicting key: {others[0]}",
-                                  _key=new["_key"])
-        if old is not None:
-            for index, owners in zip(self.indexes, self.owners):
-                value = self._values(index, old)
-                if value is not None:
-                    owners.get(value, set()).discard(old["_key"])
-        self._add(new)
+def _unique_indexes(coll):
+    return [i for i in coll.indexes if i["type"] == "persistent" and i["unique"]]
 
 
 # ---------------------------------------------------------------- the emulator
@@ -294,9 +272,8 @@ class ArangoEmulator:
         coll = m and self._dbs[db]["collections"].get(m.group(1))
         return coll.docs.get(m.group(2)) if coll else None
 
-    def _write(self, coll, docs, doc, mode, keep_null=True, merge_objects=True, unique=None):
-        """Insert ``doc`` into ``docs`` (coll.docs or a scratch copy). Returns (new, old, written).
-        ``unique``: a `_UniqueIndexes` over the same ``docs``, for requests that write many documents."""
+    def _write(self, coll, docs, doc, mode, keep_null=True, merge_objects=True):
+        """Insert ``doc`` into ``docs`` (coll.docs or a scratch copy). Returns (new, old, written)."""
         if not isinstance(doc, dict):
             raise ArangoError(400, 1227, "invalid document type")
         key = doc.get("_key")
@@ -315,9 +292,27 @@ class ArangoEmulator:
         new.update(_key=key, _id=f"{coll.name}/{key}", _rev=self._new_rev())
         if coll.type == 3 and not all(isinstance(new.get(a), str) and _ID_RE.match(new[a]) for a in ("_from", "_to")):
             raise ArangoError(400, 1233, "edge attribute missing or invalid")
-        (unique or _UniqueIndexes(coll.indexes, docs)).put(old, new)
+        self._check_unique(coll, docs, new)
         docs[key] = new
+        for index in _unique_indexes(coll):
+            value = _unique_value(index, new)
+            if value is not None:
+                coll.unique_owners.setdefault(index["id"], {}).setdefault(value, set()).add(key)
         return new, old, True
+
+    @staticmethod
+    def _check_unique(coll, docs, new):
+        """1210 when another document of ``docs`` holds ``new``'s value in a unique index."""
+        for index in _unique_indexes(coll):
+            value = _unique_value(index, new)
+            if value is None:
+                continue
+            for key in sorted(coll.unique_owners.get(index["id"], {}).get(value, ())):
+                other = docs.get(key)
+                if key != new["_key"] and other is not None and _unique_value(index, other) == value:
+                    raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of type "
+                                                 f"persistent over {index['fields']}; conflicting key: {key}",
+                                      _key=new["_key"])
 
     @staticmethod
     def _meta(new, old, written, params):
@@ -457,9 +452,16 @@ class ArangoEmulator:
             iid = next(self._ids)
             index = {"id": f"{coll.name}/{iid}", "name": data.get("name") or f"idx_{iid}", **spec}
             if index["unique"]:
-                scratch = _UniqueIndexes([index], {})
+                owners = {}
                 for doc in coll.docs.values():
-                    scratch.put(None, doc)
+                    value = _unique_value(index, doc)
+                    if value is not None and owners.get(value):
+                        raise ArangoError(409, 1210, f"unique constraint violated - in index {index['name']} of "
+                                                     f"type persistent over {fields}; conflicting key: {min(owners[value])}",
+                                          _key=doc["_key"])
+                    if value is not None:
+                        owners[value] = {doc["_key"]}
+                coll.unique_owners[index["id"]] = owners
             coll.indexes.append(index)
             return 201, {**index, "isNewlyCreated": True, "error": False, "code": 201}
         if method == "DELETE" and len(rest) == 2:
@@ -479,10 +481,9 @@ class ArangoEmulator:
             if mode not in ("conflict", "ignore", "replace", "update"):
                 raise ArangoError(400, 10, f"invalid overwriteMode: {mode}")
             silent = _flag(params, "silent")
-            unique = _UniqueIndexes(coll.indexes, coll.docs)
 
             def insert(doc):
-                return self._meta(*self._write(coll, coll.docs, doc, mode, keep_null, merge, unique), params)
+                return self._meta(*self._write(coll, coll.docs, doc, mode, keep_null, merge), params)
             if not isinstance(data, list):
                 return wrote, {} if silent else insert(data)
             out = []
@@ -538,7 +539,6 @@ class ArangoEmulator:
             raise ArangoError(400, 10, f"invalid onDuplicate: {on_dup}")
         docs = {} if _flag(params, "overwrite") else dict(coll.docs)  # scratch copy: applied at the end
         counts, details = {"created": 0, "errors": 0, "empty": 0, "updated": 0, "ignored": 0}, []
-        unique = _UniqueIndexes(coll.indexes, docs)
         for pos, doc in enumerate(data):
             if isinstance(doc, dict) and coll.type == 3:
                 for attr, prefix in (("_from", params.get("fromPrefix")), ("_to", params.get("toPrefix"))):
@@ -549,7 +549,7 @@ class ArangoEmulator:
                 counts["ignored"] += 1
                 continue
             try:
-                self._write(coll, docs, doc, "conflict" if on_dup == "error" else on_dup, unique=unique)
+                self._write(coll, docs, doc, "conflict" if on_dup == "error" else on_dup)
             except ArangoError as err:
                 if _flag(params, "complete"):
                     raise  # complete=true: nothing is imported
@@ -646,20 +646,18 @@ class ArangoEmulator:
         options = write["options"]
         keep_null, merge = options.get("keepNull", True), options.get("mergeObjects", True)
         scratch, out = dict(coll.docs), []
-        unique = _UniqueIndexes(coll.indexes, scratch) if write["verb"] == "UPSERT" else None
         for row in rows:
             try:
                 if write["verb"] == "UPSERT":
                     key = _eval(write["key"], row)
                     old = scratch.get(key) if isinstance(key, str) else None
                     if old is None:
-                        new, _, _ = self._write(coll, scratch, _eval(write["insert"], row), "conflict", unique=unique)
+                        new, _, _ = self._write(coll, scratch, _eval(write["insert"], row), "conflict")
                     else:
                         change = _eval(write["change"], {**row, "OLD": old})
                         if not isinstance(change, dict):
                             raise ArangoError(400, 1227, "invalid document type")
-                        new, _, _ = self._write(coll, scratch, {**change, "_key": key}, write["mode"], keep_null, merge,
-                                                unique)
+                        new, _, _ = self._write(coll, scratch, {**change, "_key": key}, write["mode"], keep_null, merge)
                 else:
                     target = _eval(write["target"], row)
                     key = target.get("_key") if isinstance(target, dict) else target
