@@ -248,3 +248,61 @@ def test_the_kube_checker_finds_a_running_step_without_a_job(kube_emulator, post
     url = postgres_server.url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
     found = check_jobs(kube_emulator, url)
     assert f"step {queue.queue_id}/{step.name} is running without a Job" in found, found
+
+
+# -- R2: the broker gone mid-stream ------------------------------------------------------------------
+
+def test_it_survives_the_broker_going_away_mid_stream(chaos_run):
+    """R2 (small): telemetry and commands flow while every connection to the broker is dropped and refused for
+    seconds; the consumers and producers reconnect by themselves (no process restarted), every valid event is
+    stored once with records_written as sent, every command acted on once, nothing dead-lettered."""
+    from chaos import scenario_broker
+
+    result = scenario_broker.run(chaos_run, window=15, outages=1)
+    assert len(result.faults) == 1 and result.faults[0].startswith("broker unreachable@"), result.line()
+    assert result.violations == [], result.line()
+    started_by_kafka = chaos_run.n(scenario_broker.FULL_STARTS, 2)
+    assert result.outcome == {"stopped": scenario_broker.QUEUES + started_by_kafka}, result.line()
+
+
+def test_the_broker_link_drops_every_connection_and_refuses_new_ones_until_opened():
+    """R2 (fault injector): a cut closes the connections through the relay (the client reads EOF or a reset)
+    and refuses new ones; after open() the same port relays again."""
+    import socket
+    import threading
+
+    from chaos.scenario_broker import BrokerLink
+    from devtools.process import free_port
+
+    echo = socket.create_server(("127.0.0.1", free_port()))
+
+    def serve():
+        while True:
+            try:
+                conn, _ = echo.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(lambda: c.recv(1024), b"")],
+                             daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    link = BrokerLink(echo.getsockname()[1])
+    link.open()
+    try:
+        client = socket.create_connection(("127.0.0.1", link.port), timeout=10)
+        client.sendall(b"ping")
+        assert client.recv(16) == b"ping"
+        assert link.cut() == 1
+        try:
+            assert client.recv(16) == b""  # EOF ...
+        except ConnectionResetError:
+            pass  # ... or a reset: either way the connection is gone
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", link.port), timeout=10)
+        link.open()
+        again = socket.create_connection(("127.0.0.1", link.port), timeout=10)
+        again.sendall(b"pong")
+        assert again.recv(16) == b"pong"
+    finally:
+        link.close()
+        echo.close()
