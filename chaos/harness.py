@@ -105,7 +105,7 @@ class Servers:
     redis_url: str
     kafka_bootstrap: str
     owned: list = field(default_factory=list)
-    kafka: KafkaServer | None = None  # restartable (R2) when we started it
+    kafka: KafkaServer | None = None  # when we started it
     template: str = ""  # a migrated database each system's own is cloned from (see `migrate_template`)
     template_token: str = ""  # the API token of the operator in that database
 
@@ -119,8 +119,8 @@ def start_servers(base: Path) -> Servers:
         servers.owned.append(redis)
         servers.redis_url = redis.url
         # tansu's PostgreSQL storage engine is "not enabled" in the build here, so trying it first only
-        # cost three failed starts per run: memory storage from the start (a broker restart, R2, would
-        # lose its topics, which is why R2 is not part of the suite).
+        # cost three failed starts per run: memory storage from the start. A restart would lose its topics,
+        # so R2 runs a tansu of its own and cuts the connections to it instead (chaos/scenario_broker.py).
         say("broker: tansu with memory storage (not durable: a restart loses topics and offsets)")
         kafka = KafkaServer(logs)
         kafka.start()
