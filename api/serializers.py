@@ -1,6 +1,7 @@
 """Serializers for reading queues, steps and edges (writes go through services.queue_create)."""
 from __future__ import annotations
 
+from django.db.models import F, Func, OuterRef, Subquery
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -78,6 +79,8 @@ class ProgressSerializer(serializers.Serializer):
 
 
 def _progress(queue: Queue) -> dict:
+    if hasattr(queue, "progress_done"):  # the list: counted by its page query (with_progress)
+        return {"done": queue.progress_done, "total": queue.progress_total}
     counts = getattr(queue, "step_state_counts", None)
     if counts is None:  # one queue (detail, create, stop): its steps are prefetched or read here
         counts = {}
@@ -86,15 +89,51 @@ def _progress(queue: Queue) -> dict:
     return {"done": counts.get(StepState.SUCCEEDED, 0), "total": sum(counts.values())}
 
 
+def _step_count(**filters):
+    steps = QueueRequest.objects.filter(queue=OuterRef("pk"), **filters).order_by()
+    return Subquery(steps.annotate(n=Func(F("pk"), function="COUNT")).values("n"))
+
+
+def with_progress(queryset):
+    """The list's queues with their progress counted in the page's own query, exactly.
+
+    Two correlated counts per row, each an index range over one queue's steps: PostgreSQL evaluates
+    them for the rows the LIMIT keeps (after the sort), never by grouping the history's steps, and the
+    page costs one round trip instead of two.
+    """
+    return queryset.annotate(progress_done=_step_count(state=StepState.SUCCEEDED), progress_total=_step_count())
+
+
 class QueueListSerializer(serializers.ListSerializer):
-    """Many queues: their step counts in one query for the rows being serialized (a page), not per row."""
+    """Many queues, serialized with the fields resolved once for the page rather than once per row.
+
+    Progress comes from the page query (with_progress); rows without it get their step counts in one
+    query for the rows being serialized, not one per row.
+    """
 
     def to_representation(self, data):
         queues = list(data.all() if hasattr(data, "all") else data)
-        counts = Queue.objects.step_counts([queue.pk for queue in queues])
-        for queue in queues:
-            queue.step_state_counts = counts[queue.pk]
-        return super().to_representation(queues)
+        if queues and not hasattr(queues[0], "progress_done"):
+            counts = Queue.objects.step_counts([queue.pk for queue in queues])
+            for queue in queues:
+                queue.step_state_counts = counts[queue.pk]
+        plan = [(field.field_name, field, _plain_attribute(field)) for field in self.child._readable_fields]
+        return [_row(queue, plan) for queue in queues]
+
+
+def _plain_attribute(field) -> str | None:
+    """The attribute a field reads straight off the instance, or None when DRF must look it up."""
+    attrs = field.source_attrs
+    return attrs[0] if len(attrs) == 1 and field.source != "*" else None
+
+
+def _row(instance, plan) -> dict:
+    # What Serializer.to_representation does, without re-walking the fields and sources for each row.
+    row = {}
+    for name, field, attribute in plan:
+        value = getattr(instance, attribute) if attribute is not None else field.get_attribute(instance)
+        row[name] = None if value is None else field.to_representation(value)
+    return row
 
 
 class QueueSerializer(serializers.ModelSerializer):
