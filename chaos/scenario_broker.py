@@ -229,11 +229,11 @@ class BrokerLink:
 
     def cut(self) -> int:
         """Stop listening and drop every open connection; returns how many pairs were dropped."""
-        if self._listener is not None:
-            _close(self._listener)  # shutdown() wakes the thread blocked in accept()
-            self._listener = None
         with self._lock:
+            listener, self._listener = self._listener, None
             dropped, self._sockets = self._sockets, set()
+        if listener is not None:
+            _close(listener)  # shutdown() wakes the thread blocked in accept()
         for sock in dropped:
             _close(sock)
         return len(dropped) // 2
@@ -253,6 +253,10 @@ class BrokerLink:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if listener is not self._listener:  # cut meanwhile: this one goes too
+                    _close(client)
+                    _close(upstream)
+                    return
                 self._sockets.update((client, upstream))
             for source, target in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
