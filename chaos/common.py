@@ -59,8 +59,9 @@ _REDIS_DATABASES = itertools.cycle(range(1, 16))  # Redis has 16 by default; 0 i
 
 
 def context(system: System, queue_ids: set[str] | None = None) -> Context:
+    local = system.env.get("JOB_LAUNCHER") == "local"  # step processes to look for (else Jobs: check_jobs)
     return Context(
-        database_url=system.database_url, steps_dir=system.steps_dir, kafka=Client(system.servers.kafka_bootstrap),
+        database_url=system.database_url, steps_dir=system.steps_dir if local else None, kafka=Client(system.servers.kafka_bootstrap),
         control_topic=system.control_topic, events_topic=system.events_topic,
         stop_grace=float(system.env["STOP_GRACE_SECONDS"]), launch_stuck=float(system.env["LAUNCH_STUCK_SECONDS"]),
         queue_ids=queue_ids,

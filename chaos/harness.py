@@ -246,6 +246,7 @@ class System:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> System:
+        started = time.monotonic()
         if self.migrated:  # cloned from the template: migrated, with the operator and its token
             self.token = self.servers.template_token
         else:
@@ -258,6 +259,7 @@ class System:
         for child in self.children.values():
             child.wait_ready()
         self.wait_web()
+        say(f"{self.base.name}: {len(self.children)} processes up in {time.monotonic() - started:.0f}s")
         return self
 
     def _plan(self) -> list[Child]:
@@ -317,16 +319,19 @@ class System:
         return revived
 
     def stop(self) -> None:
+        started = time.monotonic()
         for child in self.children.values():
             with contextlib.suppress(Exception):
                 child.kill(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = started + STOP_GRACE
         for child in self.children.values():
             if child.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.proc.wait(max(0.1, deadline - time.monotonic()))
             child.kill(signal.SIGKILL)
         stop_step_processes(self.steps_dir)
+        if self.children:
+            say(f"{self.base.name}: stopped in {time.monotonic() - started:.0f}s")
 
     def __enter__(self) -> System:
         return self.start()

@@ -31,7 +31,7 @@ FULL_QUEUES = 40
 FULL_WINDOW = 90.0  # starts over the first 60 %, the faults on until its end
 FAULT_RATE = 0.15
 NAMESPACE = "chaos"
-BATCH_RUNS_FOR = 3.0  # seconds a batch Job runs before the emulated controller completes it
+BATCH_RUNS_FOR = 1.5  # seconds a batch Job runs before the emulated controller completes it
 
 
 def run(r: Run, *, window: float | None = None, rate: float = FAULT_RATE) -> Result:
@@ -91,31 +91,39 @@ class JobController(threading.Thread):
         self.kube, self.telemetry, self.running_since, self.done = kube, telemetry, {}, threading.Event()
 
     def run(self) -> None:
-        while not self.done.wait(1.0):
+        while not self.done.wait(0.5):
             try:
                 jobs = self.kube.control("GET", f"/_emulator/jobs?namespace={NAMESPACE}")["items"]
             except OSError:
                 continue
             live = [job for job in jobs if not (job["deleting"] or _finished(job["status"]))]
-            if self.telemetry is not None:
-                try:
-                    # Before any of them is marked succeeded: a worker reports before its pod ends.
-                    self.telemetry.report([job["name"] for job in live if job["status"].get("active")])
-                except (OSError, psycopg.Error):
-                    pass  # the next pass reports what this one could not
+            self._report("progress", [job["name"] for job in live if job["status"].get("active")])
+            ending = []
             for job in live:
                 status, name = job["status"], job["name"]
                 since = self.running_since.setdefault(name, time.monotonic())
-                phase = "running"
-                if status.get("active"):
-                    streaming = job["labels"].get(targets.JOB_LABEL_TYPE, "").startswith(targets.STREAMING_TYPES)
-                    if streaming or time.monotonic() - since < BATCH_RUNS_FOR:
-                        continue
-                    phase = "succeeded"
-                try:
-                    self.kube.control("POST", "/_emulator/mark", {"namespace": NAMESPACE, "name": name, "phase": phase})
-                except OSError:
-                    pass  # deleted meanwhile (404) or the emulator busy: the next pass sees it again
+                if not status.get("active"):
+                    self._mark(name, "running")
+                    continue
+                streaming = job["labels"].get(targets.JOB_LABEL_TYPE, "").startswith(targets.STREAMING_TYPES)
+                if not streaming and time.monotonic() - since >= BATCH_RUNS_FOR:
+                    ending.append(name)
+            self._report("finished", ending)  # a worker says it is done before its pod ends
+            for name in ending:
+                self._mark(name, "succeeded")
+
+    def _report(self, event: str, names: list[str]) -> None:
+        if self.telemetry is not None and names:
+            try:
+                self.telemetry.report(event, names)
+            except (OSError, psycopg.Error):
+                pass  # the next pass reports what this one could not
+
+    def _mark(self, name: str, phase: str) -> None:
+        try:
+            self.kube.control("POST", "/_emulator/mark", {"namespace": NAMESPACE, "name": name, "phase": phase})
+        except OSError:
+            pass  # deleted meanwhile (404) or the emulator busy: the next pass sees it again
 
     def stop(self) -> None:
         self.done.set()
@@ -127,17 +135,19 @@ def _finished(status: dict) -> bool:
 
 
 class JobTelemetry:
-    """What the workers in the pods would send: one `progress` event per Job run, on queue-events, for
-    the step run the Job is (found by its name in the database; a Job of a run already replaced is
-    skipped: its events would only be stored as history). Everything sent goes into the ledger."""
+    """What the workers in the pods would send on queue-events: `progress` once the Job runs, `finished`
+    before a batch Job ends, each once per Job run and with the same records, for the step run the Job
+    is (found by its name in the database; a Job of a run already replaced is skipped: its events would
+    only be stored as history). Everything sent goes into the ledger."""
 
     def __init__(self, system: System, ledger: Ledger):
         self.client, self.topic = Client(system.servers.kafka_bootstrap), system.events_topic
         self.database_url, self.ledger = system.database_url, ledger
         self.sent: dict[str, int] = {}  # Job name -> records its worker reported
+        self.events: set[tuple[str, str]] = set()  # (Job name, event) sent
 
-    def report(self, job_names: list[str]) -> None:
-        new = [name for name in job_names if name not in self.sent]
+    def report(self, event: str, job_names: list[str]) -> None:
+        new = [name for name in job_names if (name, event) not in self.events]
         if not new:
             return
         with psycopg.connect(self.database_url, autocommit=True) as db:
@@ -146,13 +156,14 @@ class JobTelemetry:
                               [new]).fetchall()
         for job_name, queue_id, producer, run in rows:
             records = 1 + zlib.crc32(job_name.encode()) % 5000
-            chaos_id = f"tele-{job_name}"
-            body = {"event": "progress", "queue_id": queue_id, "producer": producer, "records_written": records,
+            chaos_id = f"tele-{event}-{job_name}"
+            body = {"event": event, "queue_id": queue_id, "producer": producer, "records_written": records,
                     "run": run, "chaos_id": chaos_id}
             self.ledger.telemetry_ids[chaos_id] = (queue_id, producer)
             self.ledger.event_keys[chaos_id] = "valid"  # never dead-lettered
             self.client.send(self.topic, json.dumps(body).encode(), key=chaos_id.encode())
             self.sent[job_name] = records
+            self.events.add((job_name, event))
         self.client.flush()
 
     def expect(self) -> None:

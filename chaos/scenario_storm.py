@@ -144,11 +144,12 @@ def run(r: Run, *, window: float | None = None, victims: tuple[str, ...] = (), l
         if not wait_quiescent(system, timeout=240 + count * 2):
             # Anything still open now is stuck: the invariants below name it.
             result.violations.append("no quiescence: queues still active after the wait")
+        say(f"{name}: quiescent (or given up) {time.monotonic() - t0:.0f}s after the load began")
         if controller is not None:
             controller.stop()  # every Job has ended: nothing more to report
         wait_consumed(system, [system.control_topic, system.events_topic], timeout=60)
         if kube:
-            result.load += f", {len(telemetry.sent)} progress events from the Jobs' workers"
+            result.load += f", {len(telemetry.events)} events from the Jobs' workers"
             telemetry.expect()
             result.violations += scenario_kube.check_jobs(kube, system.database_url)
         return finish(result, system, ledger, started)

@@ -72,7 +72,7 @@ def test_it_recovers_from_kill_9_on_the_kubernetes_emulator(chaos_run):
         result.line()
     assert result.violations == [], result.line()
     assert sum(result.outcome.values()) >= 4 and set(result.outcome) <= {"succeeded", "stopped"}, result.line()
-    reported = int(re.search(r"(\d+) progress events", result.load).group(1))
+    reported = int(re.search(r"(\d+) events from the Jobs' workers", result.load).group(1))
     assert reported > 0, result.line()
 
 
