@@ -29,6 +29,7 @@ def run(ctx) -> None:
 
 def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
     from django.conf import settings
+    from django.db import connection
 
     m = targets.models()
     payload = targets.template_payload("historical-pipeline")
@@ -60,22 +61,53 @@ def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
             producer.poll(0)
     producer.flush(120)
 
+    raw_cpu = time.process_time()
     raw_seconds = _raw_consume(topic, events, batch_size)
+    raw_cpu = time.process_time() - raw_cpu
     before = m.TelemetryEvent.objects.filter(queue_id__in=created).count()
 
     def until():
         return m.TelemetryEvent.objects.filter(queue_id__in=created).count() - before >= events
 
+    connection.close()  # a fresh connection: the consumer keeps it (CONN_MAX_AGE) and it is the one measured
+    cpu, database_cpu = time.process_time(), _database_cpu()
     t0 = time.monotonic()
     consumer = targets.events_consumer_run(until=until, batch_size=batch_size, install_signals=False)
     done = time.monotonic()
+    cpu = time.process_time() - cpu
+    after = _database_cpu()
+    database_cpu = after[1] - database_cpu[1] if database_cpu and after and after[0] == database_cpu[0] else None
     count = m.TelemetryEvent.objects.filter(queue_id__in=created).count() - before
     ingest = done - consumer.first_message_at
     rate, raw_rate = count / ingest, events / raw_seconds
+    # CPU seconds are what a loaded machine does not distort: this process (the consumer, librdkafka's
+    # threads included) and the PostgreSQL backend that served it, against the bare loop's CPU.
+    spent = cpu + (database_cpu or 0.0)
     emit("telemetry_ingest", value=rate, unit="events/s", baseline="raw consume + json parse",
          baseline_value=raw_rate, scale=f"{events} events over {len(steps)} steps",
          target=">= 30000 events/s and >= 0.3x baseline", meets=rate >= 30_000 and rate >= 0.3 * raw_rate,
-         events=count, batches=consumer.batches, seconds=ingest, seconds_including_group_join=done - t0)
+         events=count, batches=consumer.batches, seconds=ingest, seconds_including_group_join=done - t0,
+         cpu_us_per_event=spent / count * 1e6, consumer_cpu_us_per_event=cpu / count * 1e6,
+         database_cpu_us_per_event=None if database_cpu is None else database_cpu / count * 1e6,
+         baseline_cpu_us_per_event=raw_cpu / events * 1e6,
+         cpu_ratio=round(raw_cpu / spent, 3) if spent and database_cpu is not None else None)
+
+
+def _database_cpu() -> tuple[int, float] | None:
+    """(pid, CPU seconds so far) of this connection's PostgreSQL backend (Linux /proc; None elsewhere).
+    A different pid after the run means the connection was replaced meanwhile: not measured."""
+    import os
+
+    from django.db import connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            pid = cursor.fetchone()[0]
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _raw_consume(topic: str, expected: int, batch_size: int) -> float:

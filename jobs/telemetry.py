@@ -139,34 +139,49 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
 def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueRequest | None]]:
     """Store the events not seen before and return those (the ones to apply).
 
-    Which keys exist is one indexed lookup; the new rows then go in with COPY, the fastest way
-    into PostgreSQL (the hot path of ingestion). No other writer can insert the same key
-    meanwhile: an event's key covers its queue_id, and the caller holds that queue's lock.
+    Optimistic: in the steady state no event of a batch was stored before, so the batch goes in with
+    one COPY (the fastest way into PostgreSQL) and the unique index on event_key is the only check.
+    A batch delivered again (a consumer restart, a rebalance) fails that COPY on its first known key;
+    then the known keys are looked up at once and only the others are copied. No other writer can
+    insert the same key meanwhile: an event's key covers its queue_id, and the caller holds that
+    queue's lock.
     """
     unique: dict[str, tuple[Event, QueueRequest | None]] = {}
     for event, step in matched:
         unique.setdefault(event.key, (event, step))
     if not unique:
         return []
-    table = TelemetryEvent._meta.db_table
+    try:
+        with transaction.atomic():  # a savepoint: the failed COPY is undone, the batch goes on
+            _copy(unique.values(), queues, source)
+        return list(unique.values())
+    except psycopg.errors.UniqueViolation:
+        pass
     with connection.cursor() as cursor:
         # The keys are hex digests: one space-separated text is split by the server, instead of a
         # text[] parameter that the driver quotes element by element (a regex per key).
+        table = TelemetryEvent._meta.db_table
         cursor.execute(f"SELECT event_key FROM {table} WHERE event_key = ANY(string_to_array(%s, ' '))", [" ".join(unique)])
         for (key,) in cursor.fetchall():
             del unique[key]
-        if unique:
-            now = timezone.now()
-            # psycopg's COPY on the same connection, inside the caller's transaction.
-            with cursor.cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
-                copy.set_types(_STORE_TYPES)  # one dumper per column instead of a lookup per value
-                for event, step in unique.values():
-                    copy.write_row((
-                        queues[event.queue_id], step.id if step else None, event.key, event.status,
-                        event.producer[:100], event.records_written, event.message,
-                        event.text, source, event.sent_at, now, event.run,
-                    ))
+    if unique:
+        _copy(unique.values(), queues, source)
     return list(unique.values())
+
+
+def _copy(rows, queues: dict, source: str) -> None:
+    now = timezone.now()
+    table = TelemetryEvent._meta.db_table
+    with connection.cursor() as cursor:
+        # psycopg's COPY on the same connection, inside the caller's transaction.
+        with cursor.cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
+            copy.set_types(_STORE_TYPES)  # one dumper per column instead of a lookup per value
+            for event, step in rows:
+                copy.write_row((
+                    queues[event.queue_id], step.id if step else None, event.key, event.status,
+                    event.producer[:100], event.records_written, event.message,
+                    event.text, source, event.sent_at, now, event.run,
+                ))
 
 
 def _store_safely(matched, queues: dict, source: str, result: IngestResult):

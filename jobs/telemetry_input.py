@@ -248,15 +248,6 @@ def normalize(raw: object, text: str | None = None) -> Event:
         text = canonical(raw)
         if len(text) > MAX_EVENT_CHARS:
             raise InvalidEvent(f"invalid event: larger than {MAX_EVENT_CHARS} characters")
-    return Event(
-        queue_id=queue_id,
-        producer=producer,
-        status=status,
-        raw=raw,
-        text=text,
-        records_written=records,
-        message=message[:2000],
-        extra=extra,
-        sent_at=sent_at,
-        run=run,
-    )
+    # Positional, in the field order of Event (a third of the cost of keywords, once per event):
+    # queue_id, producer, status, raw, text, key, records_written, message, extra, sent_at, run.
+    return Event(queue_id, producer, status, raw, text, "", records, message[:2000], extra, sent_at, run)
