@@ -10,13 +10,17 @@ larger version per document. Network I/O happens outside transactions; a claim i
 from __future__ import annotations
 
 import logging
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import reduce
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import BooleanField, F, Q
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from mirror import arango
@@ -55,7 +59,7 @@ class Batch:
         self.add(d.QUEUES, d.queue_doc(queue, self.version), owner)
 
     def add_step(self, step, owner=None) -> None:
-        queue_id = step.queue.queue_id
+        queue_id = _queue_id_of(step)
         self.add(d.STEPS, d.step_doc(step, queue_id, self.version), owner)
         self.step_keys.append(d.step_key(queue_id, step.name))
         for name in step.reads() + step.writes():
@@ -65,8 +69,34 @@ class Batch:
                 self.add(collection, edge, owner)
 
     def add_event(self, event, owner=None) -> None:
-        step_name = event.step.name if event.step_id else None
-        self.add(d.TELEMETRY, d.telemetry_doc(event, event.queue.queue_id, step_name, self.version), owner)
+        step_name = (event.mirror_step_name if hasattr(event, "mirror_step_name") else event.step.name) \
+            if event.step_id else None
+        self.add(d.TELEMETRY, d.telemetry_doc(event, _queue_id_of(event), step_name, self.version), owner)
+
+
+def _queue_id_of(row) -> str:
+    # Read with the row by `_steps()`/`_events()`: a joined queue would be a whole model per row
+    # (payload, timestamps) for one string.
+    return row.mirror_queue_id if hasattr(row, "mirror_queue_id") else row.queue.queue_id
+
+
+def _steps(condition):
+    from queues.models import QueueRequest
+
+    return QueueRequest.objects.filter(condition).annotate(mirror_queue_id=F("queue__queue_id"))
+
+
+def _events(condition):
+    from queues.models import TelemetryEvent
+
+    return TelemetryEvent.objects.filter(condition).annotate(mirror_queue_id=F("queue__queue_id"),
+                                                             mirror_step_name=F("step__name"))
+
+
+def _any(model, column: str, ids) -> Q:
+    """`column = ANY(ids)`: one array parameter instead of a placeholder per id (Django's `__in`
+    builds and converts one per id, a noticeable share of a 500-row batch)."""
+    return Q(RawSQL(f'"{model._meta.db_table}"."{column}" = ANY(%s)', [list(ids)], output_field=BooleanField()))
 
 
 def write_batch(db, batch: Batch) -> dict:
@@ -130,7 +160,7 @@ class DrainResult:
 
 
 _TABLE = MirrorOutbox._meta.db_table
-_COLUMNS = ("id", "kind", "object_id", "doc_key", "version", "created_at", "claimed_until", "attempts", "last_error")
+_COLUMNS = ("id", "kind", "object_id", "doc_key", "version", "created_at", "attempts")  # = Claimed
 # One statement (a drain runs on every commit, so its round trips are the lag): lease the oldest free
 # rows, skipping those a writer or another drain holds, and take the batch's version in the same
 # statement, i.e. before the drain reads any state. No rows claimed, no version taken.
@@ -158,29 +188,43 @@ WHERE id = ANY(%s) AND id NOT IN (SELECT id FROM gone)
 """
 
 
-def _claim(limit: int) -> tuple[int, list[MirrorOutbox]]:
+class Claimed(NamedTuple):
+    """A leased outbox row: what the drain needs of it."""
+
+    pk: int
+    kind: str
+    object_id: int
+    doc_key: str
+    version: int
+    created_at: datetime
+    attempts: int
+
+
+def _claim(limit: int) -> tuple[int, list[Claimed]]:
     with connection.cursor() as cursor:
         cursor.execute(_CLAIM_SQL, [limit, LEASE])
         found = cursor.fetchall()
     if not found:
         return 0, []
-    rows = sorted((MirrorOutbox(**dict(zip(_COLUMNS, r))) for r in found), key=lambda r: (r.created_at, r.pk))
+    rows = sorted((Claimed(*r[:-1]) for r in found), key=lambda r: (r.created_at, r.pk))
     return found[0][-1], rows
 
 
-def _build(version: int, rows: list[MirrorOutbox]) -> tuple[Batch, dict[str, list[str]]]:
+def _build(version: int, rows: list[Claimed]) -> tuple[Batch, dict[str, list[str]]]:
     from queues.models import Queue, QueueRequest, TelemetryEvent
 
     batch, deleted = Batch(version), defaultdict(list)
     by_kind = defaultdict(dict)
     for row in rows:
         by_kind[row.kind][row.object_id] = row
-    queues = {q.pk: q for q in Queue.objects.filter(pk__in=list(by_kind[EntityKind.QUEUE]))}
-    steps = QueueRequest.objects.filter(
-        Q(pk__in=list(by_kind[EntityKind.STEP])) | Q(queue_id__in=list(queues))
-    ).select_related("queue")
-    events = {e.pk: e for e in TelemetryEvent.objects.filter(pk__in=list(by_kind[EntityKind.TELEMETRY]))
-              .select_related("queue", "step")}
+    # One query per kind present, whatever the batch size (a queue's steps come with it: they are
+    # created by bulk_create, without signals).
+    queue_pks, step_pks, event_pks = (list(by_kind[k]) for k in (EntityKind.QUEUE, EntityKind.STEP, EntityKind.TELEMETRY))
+    queues = {q.pk: q for q in Queue.objects.filter(_any(Queue, "id", queue_pks))} if queue_pks else {}
+    step_filter = [_any(QueueRequest, "id", step_pks)] if step_pks else []
+    step_filter += [_any(QueueRequest, "queue_id", queues)] if queues else []
+    steps = _steps(reduce(operator.or_, step_filter)) if step_filter else []
+    events = {e.pk: e for e in _events(_any(TelemetryEvent, "id", event_pks))} if event_pks else {}
     for pk, queue in queues.items():
         batch.add_queue(queue, by_kind[EntityKind.QUEUE][pk].pk)
     found_steps = set()
@@ -201,7 +245,7 @@ def _build(version: int, rows: list[MirrorOutbox]) -> tuple[Batch, dict[str, lis
     return batch, deleted
 
 
-def _finish(rows: list[MirrorOutbox], errors: dict) -> None:
+def _finish(rows: list[Claimed], errors: dict) -> None:
     ok = [r for r in rows if r.pk not in errors]
     if ok:
         with connection.cursor() as cursor:
@@ -216,7 +260,7 @@ def _finish(rows: list[MirrorOutbox], errors: dict) -> None:
             )
 
 
-def _release(rows: list[MirrorOutbox]) -> None:
+def _release(rows: list[Claimed]) -> None:
     MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=None)
 
 
@@ -318,14 +362,13 @@ def mirror_resync(*, truncate: bool = False, chunk_size: int = 500) -> dict[str,
             batch = Batch(version)
             for queue in Queue.objects.filter(pk__in=queue_ids[start:start + chunk_size]):
                 batch.add_queue(queue)
-            for step in QueueRequest.objects.filter(queue_id__in=queue_ids[start:start + chunk_size]).select_related("queue"):
+            for step in _steps(Q(queue_id__in=queue_ids[start:start + chunk_size])):
                 batch.add_step(step)
             flush(batch)
         event_ids = list(TelemetryEvent.objects.order_by("pk").values_list("pk", flat=True))
         for start in range(0, len(event_ids), chunk_size):
             batch = Batch(version)
-            for event in TelemetryEvent.objects.filter(pk__in=event_ids[start:start + chunk_size]).select_related(
-                    "queue", "step"):
+            for event in _events(Q(pk__in=event_ids[start:start + chunk_size])):
                 batch.add_event(event)
             flush(batch)
         removed = 0
