@@ -8,18 +8,20 @@ their indexes and their primary-key, unique and foreign-key constraints dropped 
 temporary table, from which three INSERT … SELECT replicate the prototypes' rows
 (`dataset_shape.replicate_sql`); the telemetry COPied FREEZE (allowed: the table was truncated in this
 transaction); then every index built once from sorted data instead of updated row by row, the foreign
-keys validated by one join each instead of a trigger per row, the sequences set, the tables analysed.
+keys validated by one join each instead of a trigger per row, the sequences set. After the commit the
+tables are analysed over two connections.
 """
 from __future__ import annotations
 
 import queue as queues
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone as tz
 
 from benchmarks import dataset_shape as shaping, targets
 
-BLOCK_QUEUES = 10_000  # ~30 MB of COPY text per block: big writes, bounded memory
+BLOCK_QUEUES = 10_000  # ~5 MB of per-queue lines and ~60,000 steps per block: big statements, bounded memory
 
 
 class Stages(dict):
@@ -74,27 +76,45 @@ def load(scale, *, log) -> Stages:
             proto_tables = _proto_tables(conn, list(protos.values()), {"queue": queue_t, "step": step_t,
                                                                        "edge": edge_t})
             conn.execute(f"CREATE TEMP TABLE bench_gen ({shaping.GEN_COLUMNS}) ON COMMIT DROP")
-        _copy_blocks(conn, generator, scale.queues, [("gen", "bench_gen", None, False),
-                     ("events", event_t, [f.column for f in event_fields], True)], stages)
-        for kind, table in (("queue", queue_t), ("step", step_t), ("edge", edge_t)):
-            with stages.timed(f"replicate {kind} rows (INSERT ... SELECT)"):
-                cols = proto_tables[kind][1]
-                conn.execute(shaping.replicate_sql(kind, table, cols, "bench_gen", proto_tables[kind][0]))
+        replicate = [(f"replicate {kind} rows (INSERT ... SELECT)",
+                      shaping.replicate_sql(kind, table, proto_tables[kind][1], "bench_gen", proto_tables[kind][0]))
+                     for kind, table in (("queue", queue_t), ("step", step_t), ("edge", edge_t))]
+        events = f"COPY {event_t} ({', '.join(f.column for f in event_fields)}) FROM STDIN WITH (FREEZE)"
+        for block in _blocks(generator, scale.queues, stages):
+            with stages.timed("COPY per-queue lines"), conn.cursor() as cursor:
+                with cursor.copy("COPY bench_gen FROM STDIN") as copy:
+                    copy.write(block.gen)
+            for stage, statement in replicate:
+                with stages.timed(stage):
+                    conn.execute(statement)
+            conn.execute("TRUNCATE bench_gen")
+            if block.events:
+                with stages.timed("COPY telemetry"), conn.cursor() as cursor, cursor.copy(events) as copy:
+                    copy.write(block.events)
         with stages.timed("index builds"):
             for statement in indexes + [s for kind, s in constraints if kind != "f"]:
                 conn.execute(statement)
         with stages.timed("foreign keys (validated)"):
             for statement in [s for kind, s in constraints if kind == "f"]:
                 conn.execute(statement)
-        with stages.timed("sequences, ANALYZE"):
+        with stages.timed("sequences, commit"):
             for table in tables():
                 conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                              f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
-                conn.execute(f"ANALYZE {table}")
-        with stages.timed("commit"):
             conn.commit()
+    with stages.timed("ANALYZE (two connections)"), ThreadPoolExecutor(2) as pool:
+        # After the commit, so two sessions can share the work: the steps, and the rest.
+        list(pool.map(lambda group: _analyze(params, group), [[step_t], [queue_t, edge_t, event_t]]))
     log(f"dataset stages: {stages.line()}")
     return stages
+
+
+def _analyze(params, names) -> None:
+    import psycopg
+
+    with psycopg.connect(**params, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"ANALYZE {name}")
 
 
 def _proto_tables(conn, protos, tables_by_kind) -> dict[str, tuple[str, list[str]]]:
@@ -138,10 +158,10 @@ def _drop_indexes_and_constraints(conn, names) -> tuple[list[str], list[tuple[st
     return [definition for _, definition in indexes], sorted(remake, key=lambda c: c[0] == "f")
 
 
-def _copy_blocks(conn, generator, total: int, copies, stages: Stages) -> None:
-    """COPY FREEZE block after block; the next block is generated in a thread meanwhile (the COPY
-    waits on the socket without holding the interpreter lock)."""
-    ready: queues.Queue = queues.Queue(maxsize=2)
+def _blocks(generator, total: int, stages: Stages):
+    """The generator's blocks in order; each made in a thread while the previous one is loaded
+    (PostgreSQL replicates block k while Python makes block k+1: the two run on both cores)."""
+    ready: queues.Queue = queues.Queue(maxsize=1)
     abandoned = threading.Event()
 
     def hand(item) -> None:
@@ -165,18 +185,10 @@ def _copy_blocks(conn, generator, total: int, copies, stages: Stages) -> None:
     thread = threading.Thread(target=produce, name="dataset-generator", daemon=True)
     thread.start()
     try:
-        with conn.cursor() as cursor:
-            while (block := ready.get()) is not None:
-                if isinstance(block, BaseException):
-                    raise block
-                for name, table, cols, freeze in copies:
-                    text = getattr(block, name)
-                    if not text:
-                        continue
-                    statement = f"COPY {table}" + (f" ({', '.join(cols)})" if cols else "") + " FROM STDIN" + \
-                        (" WITH (FREEZE)" if freeze else "")
-                    with stages.timed(f"COPY {name}"), cursor.copy(statement) as copy:
-                        copy.write(text)
+        while (block := ready.get()) is not None:
+            if isinstance(block, BaseException):
+                raise block
+            yield block
     finally:
         abandoned.set()
         thread.join()

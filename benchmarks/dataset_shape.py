@@ -10,6 +10,7 @@ come along by themselves.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
 from dataclasses import dataclass
@@ -125,7 +126,19 @@ def queue_id_for(symbol: str, month: date, n: int) -> str:
     for _ in range(6):
         value, digit = divmod(value, 36)
         suffix = _ALPHABET[digit] + suffix
-    return f"{symbol.lower()}-api-candles-5m-{month.strftime('%Y%m%d')}-{suffix}"
+    return f"{_queue_id_head(symbol, month)}-{suffix}"
+
+
+@functools.lru_cache(maxsize=None)
+def _queue_id_head(symbol: str, month: date) -> str:
+    return f"{symbol.lower()}-api-candles-5m-{month.strftime('%Y%m%d')}"
+
+
+def offsets(m1: int, m2: int, m3: int) -> tuple[int, ...]:
+    """Seconds from a queue's creation to each of its INSTANTS: started 2 s later, its steps 5 s after
+    that, the loaders done `m1` minutes after the start, the graph `m2` minutes later, training `m3`."""
+    loaded = 2 + 60 * m1
+    return 0, 2, 7, loaded, loaded + 60 * m2, loaded + 60 * (m2 + m3)
 
 
 # ---------------------------------------------------------------------------------------- plans
@@ -197,10 +210,10 @@ STEP_TIMES = ("launched_at", "started_at", "finished_at", "state_changed_at", "c
 # the prototypes' rows (one per prototype and status, the plan's constants applied), so the wide
 # constant columns (JSON payloads and params) are never formatted, sent or parsed once per queue.
 
-GEN_COLUMNS = "q bigint, qid text, proto int, status text, s0 bigint, e0 bigint, at timestamptz[], " \
-              "records bigint[], jobs text[]"
+GEN_COLUMNS = "q bigint, qid text, proto int, status text, s0 bigint, e0 bigint, created timestamptz, " \
+              "offsets int[], records bigint[], jobs text[]"
 # Extra columns of the prototype tables: which prototype and status a row is for, and per time column
-# the index of its instant in `at` (NULL: no time).
+# the index of its instant in `offsets` (NULL: no time).
 # Prefixed, so they never meet a column of the real table (queues have a status).
 PROTO_EXTRA = {"queue": ["x_proto int", "x_status text"] + [f"x_t_{c} smallint" for c in QUEUE_TIMES],
                "step": ["x_proto int", "x_status text", "x_qid text"] + [f"x_t_{c} smallint" for c in STEP_TIMES],
@@ -246,7 +259,7 @@ def replicate_sql(kind: str, table: str, cols: list[str], gen: str, proto_table:
         "edge": {"id": "g.e0 + p.x_ord + 1", "queue_id": "g.q", "upstream_id": "g.s0 + p.upstream_id + 1",
                  "downstream_id": "g.s0 + p.downstream_id + 1"},
     }[kind]
-    exprs = [per_queue[c] if c in per_queue else f"g.at[p.x_t_{c}]" if c in times else f"p.{c}" for c in cols]
+    exprs = [per_queue[c] if c in per_queue else f"g.created + g.offsets[p.x_t_{c}] * interval '1 second'" if c in times else f"p.{c}" for c in cols]
     join = "p.x_proto = g.proto" + (" AND p.x_status = g.status" if kind != "edge" else "")
     order = {"queue": "g.q", "step": "g.q, p.position", "edge": "g.q, p.x_ord"}[kind]
     return (f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(exprs)} "
@@ -293,17 +306,15 @@ class Generator:
             step_targets, telemetry_ids, edges = self.shapes[key]
             status = "running" if n >= self.first_active else history_status(rng)
             queue_id = queue_id_for(symbol, month, n)
-            started = created + timedelta(seconds=2)
-            loaded = started + timedelta(minutes=randint(5, 60))
-            built = loaded + timedelta(minutes=randint(2, 20))
-            trained = built + timedelta(minutes=randint(10, 90))
-            at = [t.isoformat() for t in (created, started, started + timedelta(seconds=5), loaded, built, trained)]
+            offs = offsets(randint(5, 60), randint(2, 20), randint(10, 90))
             records = [randint(1_000, 500_000) if self.random_records[(tg, status)] else 0 for tg in step_targets]
             jobs = [job_name(queue_id, tg, p + 1) for p, tg in enumerate(step_targets)]
             lines.append(f"{n + 1}\t{queue_id}\t{self.keys[key]}\t{status}\t{self.step_id}\t{self.edge_id}\t"
-                         f"{{{','.join(at)}}}\t{{{','.join(map(str, records))}}}\t{{{','.join(jobs)}}}\n")
+                         f"{created.isoformat()}\t{{{','.join(map(str, offs))}}}\t{{{','.join(map(str, records))}}}\t"
+                         f"{{{','.join(jobs)}}}\n")
             if n >= self.first_telemetry:
-                self._events(events, n + 1, step_targets, telemetry_ids, status, dict(zip(INSTANTS, at)), records)
+                at = {name: (created + timedelta(seconds=o)).isoformat() for name, o in zip(INSTANTS, offs)}
+                self._events(events, n + 1, step_targets, telemetry_ids, status, at, records)
             self.step_id += len(step_targets)
             self.edge_id += edges
         return Block("".join(lines), "".join(events))
