@@ -204,13 +204,13 @@ def _store_safely(matched, queues: dict, source: str, result: IngestResult):
 
 def _apply_progress(new) -> None:
     """One UPDATE for the batch: records_written only grows; last status, extra and times follow."""
-    latest: dict[int, list] = {}  # step id -> [max records, last status, last extra, any progress]
+    latest: dict[int, list] = {}  # step id -> [max records, last status, last extra, any progress, step]
     for event, step in new:
         if step is None:
             continue
         entry = latest.get(step.id)
         if entry is None:
-            entry = latest[step.id] = [None, "", None, False]
+            entry = latest[step.id] = [None, "", None, False, step]
         records = event.records_written
         if records is not None:
             if entry[0] is None or records > entry[0]:
@@ -247,9 +247,9 @@ def _apply_progress(new) -> None:
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [now, now, now, *columns])
-    for event, step in new:
-        if step is not None and event.records_written is not None:
-            step.records_written = max(step.records_written, event.records_written)
+    for entry in entries:  # what the UPDATE did, on the objects the state changes read next
+        if entry[0] is not None and entry[0] > entry[4].records_written:
+            entry[4].records_written = entry[0]
 
 
 def _apply_state(step: QueueRequest, event: Event) -> bool:
@@ -301,7 +301,10 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
 
 def _count(new) -> None:
     """Telemetry counters by status and target, once per batch (whatever the source)."""
-    groups = Counter((event.status, event.producer.split("__", 1)[0]) for event, _ in new)
+    by_producer = Counter((event.status, event.producer) for event, _ in new)
+    groups: Counter = Counter()
+    for (status, producer), amount in by_producer.items():  # the target once per producer, not per event
+        groups[(status, producer.split("__", 1)[0])] += amount
     for (status, target), amount in groups.items():
         telemetry_counted.send(sender=ingest_events, status=status, target=target, count=amount)
 
