@@ -156,9 +156,12 @@ def queue_stop(*, queue: Queue, user=None, reason: str = "", origin: Origin | No
         who = origin.who
         queue.stop_requested_at = timezone.now()
         queue.message = reason or f"Stop requested by {who}."
-        queue.save(update_fields=["stop_requested_at", "message", "updated_at"])
+        # The steps' changes are counted once, with the stop itself (the row is locked: no one else counts
+        # meanwhile), not by one UPDATE per step; an advance needs the count non-zero (step_transition).
+        queue.changes_pending += 1
+        queue.save(update_fields=["stop_requested_at", "message", "changes_pending", "updated_at"])
         for step in queue.steps.exclude(state__in=StepState.TERMINAL):
-            step_mark_stopping(step=step, reason=queue.message)
+            step_mark_stopping(step=step, reason=queue.message, mark_queue=False)
         queue_refresh_status(queue=queue)
         audit_record(origin=origin, action=AuditAction.STOP, result=AuditResult.ACCEPTED, queue=queue, reason=reason)
     logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})

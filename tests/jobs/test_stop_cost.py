@@ -22,7 +22,7 @@ from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline  #
 
 pytestmark = pytest.mark.django_db
 
-PER_STEP = 3  # measured 2 (the step's compare-and-set, the queue's change count); with the mirror on, its outbox row
+PER_STEP = 1  # the step's compare-and-set (the queue's change is counted once per stop; mirror off here)
 
 
 def _running_queue(queue_id: str, steps: int, controller):
@@ -51,7 +51,8 @@ def _stop_request(queue, emulator, capture):
 def test_a_stop_request_makes_a_bounded_number_of_queries_per_step_and_no_cluster_call(
     k8s_pipeline, emulator, django_capture_on_commit_callbacks  # noqa: F811 (fixture)
 ):
-    """Stop, the request: O(1) queries per step (the difference between 10 and 5 steps) and no Kubernetes API call."""
+    """Stop, the request: one query per step (the difference between 10 and 5 steps; before, two: the queue's
+    change count was raised once per step) and no Kubernetes API call."""
     small, large = _running_queue("stop-cost-5", 5, k8s_pipeline), _running_queue("stop-cost-10", 10, k8s_pipeline)
     small_queries, small_calls = _stop_request(small, emulator, django_capture_on_commit_callbacks)
     large_queries, large_calls = _stop_request(large, emulator, django_capture_on_commit_callbacks)
