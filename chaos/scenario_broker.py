@@ -38,13 +38,14 @@ from chaos.invariants import Ledger
 from devtools.process import LOOPBACK, free_port
 from devtools.servers import KafkaServer
 
-FULL_EVENTS = 30_000
-FULL_WINDOW = 60.0  # seconds of traffic
+FULL_EVENTS = 22_500  # 500 events/s over the window
+FULL_WINDOW = 45.0  # seconds of traffic
 FULL_OUTAGES = 2
 QUEUES = 4
 COMMAND_EVERY = 50  # one command per this many events
 FULL_STARTS = 10  # of those commands, `start`s (a queue each)
 RESEND_ROUNDS = 5
+MAX_PAUSE = 10.0  # seconds an outage lasts at most
 
 
 def run(r: Run, *, window: float | None = None, outages: int | None = None) -> Result:
@@ -56,9 +57,11 @@ def run(r: Run, *, window: float | None = None, outages: int | None = None) -> R
                                        f"and {events // COMMAND_EVERY} commands")
     rng = random.Random(r.seed)
     # The seed decides the moments and pauses before anything runs (the loop's timing must not shift them).
-    # Pauses up to 10 s: beyond the consumers' 6 s session timeout the broker also expires the group.
-    moments = sorted(rng.uniform(window * 0.15, window * 0.85) for _ in range(outages))
-    pauses = [rng.uniform(2.0, 10.0) for _ in moments]
+    # Pauses up to MAX_PAUSE: beyond the consumers' 6 s session timeout the broker also expires the group.
+    # One outage per slot of the window, over before the next slot: the clients reconnect in between.
+    slot = window * 0.7 / outages
+    moments = [window * 0.15 + n * slot + rng.uniform(0, max(0.0, slot - MAX_PAUSE)) for n in range(outages)]
+    pauses = [rng.uniform(2.0, MAX_PAUSE) for _ in moments]
     migrate_template(r.servers, r.base)  # before the copy below: the template is recorded on r.servers
     with contextlib.ExitStack() as stack:
         broker_port = free_port()
@@ -100,7 +103,8 @@ def run(r: Run, *, window: float | None = None, outages: int | None = None) -> R
                         command_id)
         if sender.settle():
             result.violations.append("the stop commands could not be delivered")
-        say(f"R2: sent {events} events, {len(ledger.commands)} commands; {len(faults.done)} broker outage(s)")
+        say(f"R2: sent {events} events, {len(ledger.commands)} distinct command ids; "
+            f"{len(faults.done)} broker outage(s)")
         if not wait_consumed(system, [system.control_topic, system.events_topic], timeout=180 + events / 50,
                              revive=False):
             result.violations.append("the consumers did not catch up with the traffic after the outages")
