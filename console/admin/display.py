@@ -4,6 +4,8 @@ Styles live in console/static/console/console.css (classes, CSS variables of the
 """
 from __future__ import annotations
 
+import functools
+
 from django.utils import formats, timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
@@ -44,10 +46,35 @@ def badge(value: str, label: str | None = None):
 
 
 def when(value) -> str:
-    """The one time format of the console (FORMAT_MODULE_PATH): date, seconds and time zone."""
+    """The one time format of the console (FORMAT_MODULE_PATH): date, seconds and time zone.
+
+    The same text as Django's `date_format`, through `strftime` when the format has only the fields
+    below: Django's formatter parses the format for every value, which the lists pay once per row.
+    """
     if value is None:
         return ""
-    return formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+    local = timezone.localtime(value)
+    pattern = _strftime_pattern(formats.get_format("DATETIME_FORMAT"))
+    if pattern is None or local.year < 1000:  # Django pads years to four digits, strftime may not
+        return formats.date_format(local, "DATETIME_FORMAT")
+    return local.strftime(pattern)
+
+
+# Django date-format characters with a strftime equivalent giving the same text (T: the zone's name).
+_STRFTIME = {"Y": "%Y", "m": "%m", "d": "%d", "H": "%H", "i": "%M", "s": "%S", "T": "%Z"}
+
+
+@functools.lru_cache(maxsize=8)
+def _strftime_pattern(django_format: str) -> str | None:
+    parts = []
+    for char in django_format:
+        if char in _STRFTIME:
+            parts.append(_STRFTIME[char])
+        elif char.isalpha() or char == "\\":
+            return None  # a field without an exact equivalent here: Django formats it
+        else:
+            parts.append(char.replace("%", "%%"))
+    return "".join(parts)
 
 
 def clock(value):

@@ -2,6 +2,7 @@
 
 Counting with an annotation would group every step of every queue before paging; here it is one query
 over the steps of the (at most `list_per_page`) queues shown, so the list costs the same at any history size.
+The rows themselves are drawn by console/admin/rows.py.
 """
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from collections import Counter
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
+from django.contrib.postgres.aggregates import ArrayAgg
 from django.core.paginator import Paginator
 from django.db import connection
+from django.db.models import Count, Max, Q, TextField, Value
+from django.db.models.functions import Concat
 from django.utils.functional import cached_property
 
 from console.admin.progress import QueueCounts
 from queues.models import LIST_DEFERRED, Queue, QueueRequest, StepState
+
+LAST_FAILURE_STATES = (*StepState.FAILED_STATES, StepState.STOPPED)  # whose message the list shows
 
 
 class QueueChangeList(ChangeList):
@@ -28,23 +34,32 @@ class QueueChangeList(ChangeList):
 
 
 def attach_step_figures(queues) -> None:
-    """Set `step_counts` (QueueCounts) and `last_failure` (str) on each queue of the page."""
+    """Set `step_counts` (QueueCounts) and `last_failure` (str) on each queue of the page.
+
+    One query for both: the page's steps grouped by queue and state, each failure-state group with its
+    newest reason (a failed, lost or stopped step's message), so the list pays one round trip for them.
+    """
     queues = list(queues)
-    ids = [queue.pk for queue in queues]
-    counts = Queue.objects.step_counts(ids)
-    failures: dict[int, str] = {}
-    failed = (
-        QueueRequest.objects.filter(queue_id__in=ids, state__in=(*StepState.FAILED_STATES, StepState.STOPPED))
-        .exclude(message="")
-        .order_by("queue_id", "-state_changed_at")
-        .distinct("queue_id")
-        .values_list("queue_id", "name", "message")
+    told = Q(state__in=LAST_FAILURE_STATES) & ~Q(message="")
+    rows = (
+        QueueRequest.objects.filter(queue_id__in=[queue.pk for queue in queues])
+        .order_by()
+        .values_list("queue_id", "state")
+        .annotate(
+            n=Count("pk"),
+            failed_at=Max("state_changed_at", filter=told),
+            failures=ArrayAgg(Concat("name", Value(": "), "message", output_field=TextField()), filter=told, order_by=("-state_changed_at",)),
+        )
     )
-    for queue_id, name, message in failed:
-        failures[queue_id] = f"{name}: {message}"
+    counts: dict[int, Counter] = {queue.pk: Counter() for queue in queues}
+    newest: dict[int, tuple] = {}
+    for queue_id, state, n, failed_at, failures in rows:
+        counts[queue_id][state] += n
+        if failures and (queue_id not in newest or failed_at > newest[queue_id][0]):
+            newest[queue_id] = (failed_at, failures[0])
     for queue in queues:
-        queue.step_counts = QueueCounts.of(Counter(counts[queue.pk]))
-        queue.last_failure = failures.get(queue.pk, "")
+        queue.step_counts = QueueCounts.of(counts[queue.pk])
+        queue.last_failure = newest[queue.pk][1] if queue.pk in newest else ""
 
 
 class SymbolFilter(admin.SimpleListFilter):

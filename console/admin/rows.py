@@ -22,6 +22,8 @@ from django.utils.html import conditional_escape, escape, format_html
 from django.utils.safestring import mark_safe
 from django.utils.translation import gettext
 
+from console.admin import display
+
 _PK = "sf-row-pk"  # stands for the row's pk in the page's one reversed link
 
 
@@ -93,6 +95,9 @@ def _content(cl, name, empty):
         if isinstance(field, (models.DateField, models.TimeField)):
             css.append("nowrap")
         attname = field.attname
+        if isinstance(field, models.DateTimeField):
+            # The console's one time format, as display_for_field gives it, without re-parsing the format.
+            return (lambda obj: conditional_escape(display.when(getattr(obj, attname)) or empty)), css
         return (lambda obj: conditional_escape(display_for_field(getattr(obj, attname), field, empty))), css
     method = getattr(admin, name, None)
     if not callable(method) or name == "__str__":
