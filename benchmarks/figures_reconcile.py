@@ -74,7 +74,7 @@ def _reconcile(ctx, size: int) -> None:
         passes = 3 if time.perf_counter() - t0 < 20 else 1
         measured, summaries, queries = [], [], 0
         for _ in range(passes):
-            with QueryCounter() as captured:
+            with QueryCounter() as captured, _profiled(f"reconcile_pass_{size}"):
                 t0 = time.perf_counter()
                 summaries.append(scheduler.reconcile())
                 measured.append((time.perf_counter() - t0) * 1000)
@@ -157,6 +157,27 @@ def _stop(ctx) -> None:
          target=f"<= grace + 2 s ({grace + 2:g} s)", meets=remaining == 0 and elapsed <= grace + 2,
          request_ms=request_ms, request_queries=request_queries, reconcile_interval_s=interval,
          workloads_left=remaining, tasks_run_by="celery worker process")
+
+
+@contextlib.contextmanager
+def _profiled(figure: str):
+    """With BENCH_PROFILE=1, the measured code's profile (top 25 by own time) goes to the progress log."""
+    if os.environ.get("BENCH_PROFILE") != "1":
+        yield
+        return
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+        log(f"{figure} profile:\n{out.getvalue()}")
 
 
 @contextlib.contextmanager
