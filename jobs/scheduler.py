@@ -371,12 +371,21 @@ def _safe_logs(step: QueueRequest, launcher) -> str:
 
 
 def _capture_logs() -> None:
-    """Keep the log tail of recently ended steps before the workload (pod, TTL) disappears."""
+    """Keep the log tail of recently ended steps before the workload (pod, TTL) disappears.
+
+    For at most one reconcile interval per pass: on a cluster each tail is a pod LIST and a log read,
+    and this runs under the reconcile lock — reading 50 at once after a burst of steps ended by
+    telemetry made passes run into the task time limit, so reconcile acted every ~30 s, not every
+    interval. What is left waits for the next pass (the oldest first).
+    """
     launcher = get_launcher()
     since = timezone.now() - timedelta(hours=1)
+    deadline = time.monotonic() + settings.RECONCILE_INTERVAL_SECONDS
     for step in QueueRequest.objects.filter(
         state__in=StepState.TERMINAL, finished_at__gte=since, logs="", launched_at__isnull=False
-    ).select_related("queue")[:50]:
+    ).select_related("queue").order_by("finished_at")[:50]:
+        if time.monotonic() >= deadline:
+            break
         logs = _safe_logs(step, launcher) or "(no output captured)"
         QueueRequest.objects.filter(pk=step.pk, logs="").update(logs=logs)
 
