@@ -7,18 +7,18 @@
   per queue) in WORKERS forked processes at once — the deployed worker's concurrency
   (`celery worker --concurrency ${CELERY_CONCURRENCY:-2}`, prefork), each process with its own
   database connection and API client, as a prefork worker's children have. Baseline: the same bodies
-  POSTed bare by as many processes. The one-process rates are printed beside it (`one_worker`).
+  POSTed bare by as many processes, the two taking turns over slices of the steps (so a drifting load
+  on a shared machine weighs on both alike). The one-process rates are printed beside it (`one_worker`).
 
 Both baselines make the launcher's two calls with its bodies: POST the Job, then POST its Secret whose
 `ownerReferences` name the uid the API answered.
 
-`BENCH_PROFILE=path` writes cProfiles of the one-process product loop (`path`) and of the measured
-`queue_create` calls (`path.create`); read them with `python -m pstats`.
+`BENCH_PROFILE=path` writes cProfiles of the one-process product loop (`path.0` … one per slice) and
+of the measured `queue_create` calls (`path.create`); read them with `python -m pstats`.
 """
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import os
 import time
@@ -28,6 +28,7 @@ from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples,
 
 INDEPENDENT = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")] + ["api_trades"]
 WORKERS = int(os.environ.get("CELERY_CONCURRENCY") or 2)
+SLICES = 6  # product and bare alternate over this many slices of the steps
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -130,10 +131,17 @@ def _sustained(ctx, api_client) -> None:
                                                        state="launching").select_related("queue").order_by("pk"))
             objects = [targets.job_objects(step) for step in steps]
             profile = os.environ.get("BENCH_PROFILE") if workers == 1 else None
-            launched, queries, elapsed = _in_workers(workers, _launch_all, [s.pk for s in steps], profile)
-            _, _, bare_elapsed = _in_workers(workers, functools.partial(_bare_all, ctx.kube), objects, None)
-            rounds[workers] = (launched.count("launched") / elapsed, len(objects) / bare_elapsed, len(steps),
-                               queries)
+            # Product and bare take turns, slice by slice: the load of a shared machine drifts within a
+            # run, and a ratio of two rounds measured minutes apart reads that drift, not the product.
+            launched, queries, elapsed, bare_elapsed = 0, 0, 0.0, 0.0
+            for part in range(SLICES):
+                out, count, seconds = _in_workers(workers, _launch_all, [s.pk for s in steps[part::SLICES]],
+                                                  profile and f"{profile}.{part}", _launcher_ready)
+                launched, queries, elapsed = launched + out.count("launched"), queries + count, elapsed + seconds
+                elapsed_bare = _in_workers(workers, _bare_all, objects[part::SLICES], None,
+                                           lambda: ctx.kube.api_client())[2]
+                bare_elapsed += elapsed_bare
+            rounds[workers] = (launched / elapsed, len(objects) / bare_elapsed, len(steps), queries)
     rate, bare_rate, launches, queries = rounds[WORKERS]
     one_rate, one_bare, _, _ = rounds[1]
     emit("launch_sustained", value=rate, unit="Jobs/s", baseline="bare create loop (same Job+Secret bodies)",
@@ -144,14 +152,19 @@ def _sustained(ctx, api_client) -> None:
          jobs_in_cluster=ctx.kube.count("jobs", NAMESPACE))
 
 
-def _launch_all(pks, counter) -> list[str]:
+def _launcher_ready():
+    from jobs.launchers import get_launcher
+
+    return get_launcher()  # built once per process, as in a worker: not part of a launch
+
+
+def _launch_all(pks, counter, _launcher) -> list[str]:
     scheduler = targets.scheduler()
     with counter:
         return [scheduler.step_launch(pk) for pk in pks]
 
 
-def _bare_all(kube, objects, counter) -> list[str]:
-    client = kube.api_client()
+def _bare_all(objects, counter, client) -> list[str]:
     try:
         _bare_create(client, objects)
     finally:
@@ -159,10 +172,11 @@ def _bare_all(kube, objects, counter) -> list[str]:
     return ["created"] * len(objects)
 
 
-def _in_workers(workers: int, fn, items: list, profile: str | None):
-    """Run fn(share, QueryCounter) in `workers` forked processes at once, each on every workers-th item;
-    returns (all results, queries, seconds from the first start to the last end). Each process opens
-    its own database connection and API client after the fork (a prefork worker's children do too)."""
+def _in_workers(workers: int, fn, items: list, profile: str | None, prepare):
+    """Run fn(share, QueryCounter, prepare()) in `workers` forked processes at once, each on every
+    workers-th item; returns (all results, queries, seconds from the first start to the last end). Each
+    process opens its own database connection and API client after the fork, before the clock starts
+    (a prefork worker's children do too, once)."""
     import multiprocessing
 
     from django import db
@@ -176,11 +190,12 @@ def _in_workers(workers: int, fn, items: list, profile: str | None):
         from django.db import connection
 
         connection.ensure_connection()
+        prepared = prepare()
         counter = QueryCounter()
         barrier.wait()
         t0 = time.perf_counter()
         profiler = _Profiler(bool(profile))
-        out = profiler.runcall(fn, share, counter)
+        out = profiler.runcall(fn, share, counter, prepared)
         profiler.dump_stats(profile)
         results.put((out, counter.count, t0, time.perf_counter()))
         connection.close()
