@@ -9,7 +9,6 @@ Nothing is recorded while the mirror is off (ARANGO_URL unset); turning it on la
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from django.conf import settings
@@ -17,9 +16,6 @@ from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 
 from mirror.models import VERSION_SEQUENCE, EntityKind, MirrorOutbox
-
-logger = logging.getLogger(__name__)
-
 
 # One row per entity: a repeated change only takes a newer version (coalescing). `created_at`
 # keeps the oldest pending change, so the admin can show how far behind the mirror is.
@@ -81,48 +77,9 @@ def _enqueue_drain_on_commit() -> None:
 
 
 def _enqueue_drain() -> None:  # the on-commit hook (found by identity above)
+    from mirror.tasks import enqueue_drain  # in the function: tasks import Celery, records need none
+
     enqueue_drain()
-
-
-# At most one drain waits in the broker: a drain takes everything committed before it starts, so a
-# commit while one is queued needs none of its own (at 1,000 changes/s, one task per commit would be
-# dozens of drains a second, each claiming a sliver beside the others). The drain task clears the
-# flag when it starts; a lost task is covered by the expiry and by beat.
-DRAIN_FLAG = "mirror:drain-queued"
-_flag_client = None
-
-
-def _flag_store():
-    global _flag_client
-    if _flag_client is None:
-        import redis
-
-        _flag_client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _flag_client
-
-
-def drain_started() -> None:
-    """Called by the drain task before it claims: commits from now on enqueue the next drain."""
-    try:
-        _flag_store().delete(DRAIN_FLAG)
-    except Exception:  # the flag expires on its own
-        logger.warning("could not clear the mirror drain flag", exc_info=True)
-
-
-def enqueue_drain() -> None:
-    """Enqueue the drain task unless one is queued and not started yet."""
-    from mirror.tasks import mirror_drain_task  # in the function: tasks import Celery, records need none
-
-    try:
-        if not _flag_store().set(DRAIN_FLAG, "1", nx=True, ex=max(1, int(settings.MIRROR_SYNC_INTERVAL_SECONDS))):
-            return  # a drain is queued and has not started: it will take this change
-    except Exception:  # no flag, no debounce: enqueue anyway
-        logger.debug("mirror drain flag unavailable", exc_info=True)
-    try:
-        mirror_drain_task.delay()
-    except Exception:  # a broker hiccup must not fail the control plane; beat drains the backlog anyway
-        logger.warning("could not enqueue the mirror drain; the periodic drain will pick the changes up", exc_info=True)
-        drain_started()  # nothing is queued: let the next commit try again
 
 
 # ---------------------------------------------------------------- signal receivers

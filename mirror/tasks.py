@@ -1,9 +1,14 @@
-"""Celery interface of the mirror: one idempotent drain task (the work is in mirror.sync.mirror_drain)."""
+"""Celery interface of the mirror: one idempotent drain task (the work is in mirror.sync.mirror_drain),
+and how commits enqueue it."""
+import logging
+
 from celery import shared_task
+from django.conf import settings
 
 from mirror.arango import MirrorUnavailable
-from mirror.outbox import drain_started, enqueue_drain
 from mirror.sync import mirror_drain
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -21,3 +26,42 @@ def mirror_drain_task() -> dict:
     if result.more:  # a run is bounded; the backlog goes on in the next one, not at the next beat
         enqueue_drain()
     return {"synced": result.synced, "failed": result.failed, "batches": result.batches}
+
+
+# At most one drain waits in the broker: a drain takes everything committed before it starts, so a
+# commit while one is queued needs none of its own (at 1,000 changes/s, one task per commit would be
+# dozens of drains a second, each claiming a sliver beside the others). The drain task clears the
+# flag when it starts; a lost task is covered by the expiry and by beat.
+DRAIN_FLAG = "mirror:drain-queued"
+_flag_client = None
+
+
+def _flag_store():
+    global _flag_client
+    if _flag_client is None:
+        import redis
+
+        _flag_client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
+    return _flag_client
+
+
+def drain_started() -> None:
+    """Called by the drain task before it claims: commits from now on enqueue the next drain."""
+    try:
+        _flag_store().delete(DRAIN_FLAG)
+    except Exception:  # the flag expires on its own
+        logger.warning("could not clear the mirror drain flag", exc_info=True)
+
+
+def enqueue_drain() -> None:
+    """Enqueue the drain task unless one is queued and not started yet."""
+    try:
+        if not _flag_store().set(DRAIN_FLAG, "1", nx=True, ex=max(1, int(settings.MIRROR_SYNC_INTERVAL_SECONDS))):
+            return  # a drain is queued and has not started: it will take this change
+    except Exception:  # no flag, no debounce: enqueue anyway
+        logger.debug("mirror drain flag unavailable", exc_info=True)
+    try:
+        mirror_drain_task.delay()
+    except Exception:  # a broker hiccup must not fail the control plane; beat drains the backlog anyway
+        logger.warning("could not enqueue the mirror drain; the periodic drain will pick the changes up", exc_info=True)
+        drain_started()  # nothing is queued: let the next commit try again

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from mirror import documents as d
-from mirror import outbox
+from mirror import tasks
 from tests.emulators.contract import TARGETS, arango_target, grant_user
 
 
@@ -52,7 +52,7 @@ def mirror(settings, arango_server, mirror_user):
     arango_server.admin.create_database(database)
     grant_user(arango_server.admin, mirror_user[0], database, "rw")
     _switch_on(settings, arango_server, mirror_user, database)
-    outbox.drain_started()  # no drain left "queued" by an earlier test: every test's first commit enqueues
+    tasks.drain_started()  # no drain left "queued" by an earlier test: every test's first commit enqueues
     yield MirrorHandle(arango_server, settings)
     _back_up(arango_server)
     arango_server.admin.delete_database(database, ignore_missing=True)

@@ -132,7 +132,7 @@ def test_without_the_flag_store_every_commit_enqueues(mirror, monkeypatch):
 
         delete = set
 
-    monkeypatch.setattr(outbox, "_flag_store", lambda: Down())
+    monkeypatch.setattr(tasks, "_flag_store", lambda: Down())
     outbox._enqueue_drain()
     outbox._enqueue_drain()
     assert calls == [1, 1]
