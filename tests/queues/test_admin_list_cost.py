@@ -128,3 +128,20 @@ def test_it_keeps_counts_and_the_last_failure_exact_with_one_query_for_the_page(
     with CaptureQueriesContext(connection) as many:
         client.get(LIST_URL)
     assert len(many) == len(few)
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin", "America/St_Johns"])
+def test_it_formats_times_exactly_as_djangos_date_format(zone):
+    """Issue #12: the console's time format now goes through strftime (Django's formatter parsed the
+    format for every row); the text must stay Django's, zone name included, in summer and winter."""
+    from datetime import datetime, timezone as dt_timezone
+
+    from django.utils import formats
+
+    from console.admin import display
+
+    with timezone.override(zone):
+        for value in (datetime(2024, 1, 5, 3, 4, 5, tzinfo=dt_timezone.utc),
+                      datetime(2024, 7, 31, 23, 59, 59, 999999, tzinfo=dt_timezone.utc), timezone.now()):
+            expected = formats.date_format(timezone.localtime(value), "DATETIME_FORMAT")
+            assert display.when(value) == expected
