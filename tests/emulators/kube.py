@@ -27,7 +27,6 @@ import base64
 import copy
 import datetime
 import http.server
-import itertools
 import json
 import re
 import secrets
@@ -44,6 +43,7 @@ import kubernetes
 from . import kube_kubelet
 from .kube_rbac import Rbac, forbidden_message
 from .kube_rbac import request_for as rbac_request_for
+from .kube_store import ObjectIndex, list_body
 from .tls import make_server_certificate
 
 SERVER_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated", "gitCommit": "0" * 40,
@@ -167,8 +167,8 @@ class KubeStore:
 
     def __init__(self, gc_delay=0.05, grace=0.1):
         self.lock = threading.RLock()
-        self.objects, self.logs = {}, {}  # logs: (namespace, pod, container) -> text
-        self._rv = itertools.count(1000)
+        # objects: kept in key order with each one's JSON, so a list page costs its size (kube_store)
+        self.objects, self.logs = ObjectIndex(JOB_NAME_LABELS), {}  # logs: (namespace, pod, container) -> text
         self.gc_delay, self.grace = gc_delay, grace
         self._timers, self.closed = [], False
         self.config_waits = {}  # (namespace, Secret name) -> [(Job name, uid, held mark)], kube_kubelet
@@ -181,29 +181,36 @@ class KubeStore:
         """Insert or overwrite with a new resourceVersion; returns a copy of what is stored."""
         with self.lock:
             obj = copy.deepcopy(obj)
-            obj["metadata"]["resourceVersion"] = str(next(self._rv))
+            obj["metadata"]["resourceVersion"] = str(self.objects.next_rv())
             self.objects[(plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
             return copy.deepcopy(obj)
 
     def resource_version(self):
+        """The store's revision: grows with every write and removal, as etcd's does."""
         with self.lock:
-            return str(max([int(o["metadata"]["resourceVersion"]) for o in self.objects.values()] or [999]))
+            return str(self.objects.revision)
 
     def list(self, plural, namespace=None, label_selector=None, after=None):
         """Matching objects in (namespace, name) order; ``after`` = (namespace, name) starts past that key."""
         labels_ok = parse_label_selector(label_selector)
         with self.lock:
-            return [copy.deepcopy(o) for (p, ns, name), o in sorted(self.objects.items())
-                    if p == plural and namespace in (None, ns) and labels_ok(o["metadata"].get("labels"))
-                    and (after is None or (ns, name) > tuple(after))]
+            return [copy.deepcopy(o) for o in self.objects.matching(plural, namespace, labels_ok, after)]
+
+    def page(self, plural, namespace=None, label_selector=None, after=None, limit=0):
+        """One list page as encoded items: (items, key of the last one if more match, else None)."""
+        labels_ok = parse_label_selector(label_selector)
+        with self.lock:
+            return self.objects.page(plural, namespace, labels_ok, after, limit)
+
+    def count(self, plural, namespace=None, label_selector=None):
+        labels_ok = parse_label_selector(label_selector)
+        with self.lock:
+            return sum(1 for _ in self.objects.matching(plural, namespace, labels_ok))
 
     def pods_of_job(self, job):
         """Pods owned by the Job (ownerReferences uid) or carrying its job-name label."""
-        meta = job["metadata"]
         with self.lock:
-            return [o for (p, ns, _), o in self.objects.items() if p == "pods" and ns == meta["namespace"]
-                    and (any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences", []))
-                         or any(o["metadata"].get("labels", {}).get(k) == meta["name"] for k in JOB_NAME_LABELS))]
+            return self.objects.pods_of_job(job["metadata"])
 
     # asynchrony: the garbage collector and the kubelet act a little later, on a timer thread
     def later(self, delay, fn, *args):
@@ -291,22 +298,18 @@ class KubeStore:
 
     def _finish_foreground(self, namespace):
         """A Job deleted in the foreground goes once no pod of it is left."""
-        for (plural, ns, _), job in list(self.objects.items()):
-            if plural == "jobs" and ns == namespace and "foregroundDeletion" in job["metadata"].get("finalizers", []) \
-                    and not self.pods_of_job(job):
+        for job in self.objects.foreground_jobs(namespace):
+            if not self.pods_of_job(job):
                 self._remove("jobs", job)
                 self._collect_owned("secrets", job, "Background")
 
     def _collect_owned(self, plural, owner, propagation):
         """A dependent whose owners are all gone is deleted (orphaned on Orphan)."""
         uid = owner["metadata"]["uid"]
-        for dependent in self.list(plural, owner["metadata"]["namespace"]):
+        for dependent in map(copy.deepcopy, self.objects.owned_by(plural, owner["metadata"]["namespace"], uid)):
             refs = dependent["metadata"].get("ownerReferences") or []
-            if not any(ref.get("uid") == uid for ref in refs):
-                continue
             rest = [ref for ref in refs if ref.get("uid") != uid]
-            live = [ref for ref in rest if any(o["metadata"].get("uid") == ref.get("uid")
-                                               for o in self.objects.values())]
+            live = [ref for ref in rest if self.objects.has_uid(ref.get("uid"))]
             if propagation in ("Background", "Foreground") and not live:
                 self._remove(plural, dependent)
             else:
@@ -450,8 +453,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _send(self, code, body, headers=None):
-        text = isinstance(body, str)
-        data = body.encode() if text else json.dumps(body).encode()
+        text = isinstance(body, str)  # bytes: JSON encoded already (a list page, kube_store.list_body)
+        data = body if isinstance(body, bytes) else body.encode() if text else json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "text/plain" if text else "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -705,17 +708,16 @@ class KubeCluster:
         if method == "GET":
             with store.lock:
                 after = self._continue_from(query["continue"]) if query.get("continue") else None
-                items = store.list(plural, ns, query.get("labelSelector"), after=after)
+                selector = query.get("labelSelector")
+                items, last = store.page(plural, ns, selector, after=after, limit=max(0, int(query.get("limit") or 0)))
                 meta = {"resourceVersion": store.resource_version()}
-                limit = int(query.get("limit") or 0)
-                if limit > 0 and len(items) > limit:
-                    items, rest = items[:limit], len(items) - limit
-                    last = items[-1]["metadata"]
-                    meta.update({"continue": self._continue_token((last["namespace"], last["name"])),
-                                 "remainingItemCount": rest})
+                if last is not None:
+                    meta["continue"] = self._continue_token(last)
+                    if not selector:  # with a selector a real server cannot know it and leaves it out
+                        meta["remainingItemCount"] = store.objects.count_after(plural, ns, last)
                 self._page_served()
-            return 200, {"kind": f"{RESOURCES[plural][2]}List", "apiVersion": "/".join(filter(None, RESOURCES[
-                plural][:2])), "metadata": meta, "items": items}
+            return 200, list_body(f"{RESOURCES[plural][2]}List", "/".join(filter(None, RESOURCES[plural][:2])),
+                                  meta, items)
         if ns is None:
             raise ApiError(405, f"{method} needs a namespace")
         if method == "POST":
@@ -1065,8 +1067,8 @@ def _serve_forever(argv=None):
                 self.requests.clear()
                 return 200, {"reset": True}
             if action == "count" and method == "GET":
-                found = self.store.list(query.get("plural", "jobs"), query.get("namespace"), query.get("labelSelector"))
-                return 200, {"count": len(found)}
+                return 200, {"count": self.store.count(query.get("plural", "jobs"), query.get("namespace"),
+                                                       query.get("labelSelector"))}
             if action == "running" and method == "POST":
                 return 200, {"created": self._create_running(body["namespace"], body["jobs"])}
             if action == "faults":
