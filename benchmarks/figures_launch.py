@@ -13,8 +13,8 @@
 Both baselines make the launcher's two calls with its bodies: POST the Job, then POST its Secret whose
 `ownerReferences` name the uid the API answered.
 
-`BENCH_PROFILE=path` writes cProfiles of the one-process product loop (`path.0` … one per slice) and
-of the measured `queue_create` calls (`path.create`); read them with `python -m pstats`.
+`BENCH_PROFILE=1` logs the profile (top 25 by own time) of the measured `queue_create` calls and of the
+first slice of the one-process product loop to the progress log, as the reconcile figures do.
 """
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ import os
 import time
 
 from benchmarks import targets
-from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples, celery_eager, emit
+from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples, celery_eager, emit, log
 
 INDEPENDENT = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")] + ["api_trades"]
 WORKERS = int(os.environ.get("CELERY_CONCURRENCY") or 2)
 SLICES = 6  # product and bare alternate over this many slices of the steps
+_PROFILING = os.environ.get("BENCH_PROFILE") == "1"
 _HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -42,7 +43,8 @@ def _bare_create(api_client, objects) -> None:
                                      header_params=_HEADERS, auth_settings=["BearerToken"], _preload_content=False)
         secret["metadata"]["ownerReferences"][0]["uid"] = json.loads(answer[0].data)["metadata"]["uid"]
         api_client.call_api(f"/api/v1/namespaces/{BARE_NAMESPACE}/secrets", "POST", body=secret,
-                            header_params=_HEADERS, auth_settings=["BearerToken"], _preload_content=False)
+                            header_params=_HEADERS, auth_settings=["BearerToken"],
+                            _preload_content=False)[0].data  # read: the connection goes back to the pool
 
 
 def run(ctx) -> None:
@@ -70,7 +72,7 @@ def _create_to_ready(ctx, api_client) -> None:
     payload = targets.template_payload("historical-pipeline")
     measured, bare, queries, jobs_seen = [], [], [], []
     rounds = 10 if ctx.quick else 30
-    profiler = _Profiler(bool(os.environ.get("BENCH_PROFILE")))
+    profiler = _Profiler(_PROFILING)
     with celery_eager(True):
         for i in range(rounds + 1):
             queue_id = f"bench-launch-{i}-{ctx.run_id}"
@@ -89,8 +91,7 @@ def _create_to_ready(ctx, api_client) -> None:
             bare.append(bare_ms)
             queries.append(len(captured))
             jobs_seen.append(len(launched))
-    if os.environ.get("BENCH_PROFILE"):
-        profiler.dump_stats(os.environ["BENCH_PROFILE"] + ".create")
+    profiler.report("launch_create_to_ready_jobs (queue_create)")
     measured, bare = Samples(measured), Samples(bare)
     emit("launch_create_to_ready_jobs", value=measured.p50, unit="ms", baseline="same Job+Secret POSTs bare",
          baseline_value=bare.p50, scale=ctx.scale_label, target="p50 <= 20 ms", meets=measured.p50 <= 20,
@@ -109,9 +110,14 @@ class _Profiler:
     def runcall(self, fn, *args, **kwargs):
         return self.profile.runcall(fn, *args, **kwargs) if self.profile else fn(*args, **kwargs)
 
-    def dump_stats(self, path: str) -> None:
+    def report(self, figure: str) -> None:
         if self.profile:
-            self.profile.dump_stats(path)
+            import io
+            import pstats
+
+            out = io.StringIO()
+            pstats.Stats(self.profile, stream=out).sort_stats("tottime").print_stats(25)
+            log(f"{figure} profile:\n{out.getvalue()}")
 
 
 def _sustained(ctx, api_client) -> None:
@@ -130,15 +136,15 @@ def _sustained(ctx, api_client) -> None:
             steps = list(m.QueueRequest.objects.filter(queue__queue_id__startswith=f"bench-sustained-{workers}-",
                                                        state="launching").select_related("queue").order_by("pk"))
             objects = [targets.job_objects(step) for step in steps]
-            profile = os.environ.get("BENCH_PROFILE") if workers == 1 else None
+            profile = _PROFILING and workers == 1
             # Product and bare take turns, slice by slice: the load of a shared machine drifts within a
             # run, and a ratio of two rounds measured minutes apart reads that drift, not the product.
             launched, queries, elapsed, bare_elapsed = 0, 0, 0.0, 0.0
             for part in range(SLICES):
                 out, count, seconds = _in_workers(workers, _launch_all, [s.pk for s in steps[part::SLICES]],
-                                                  profile and f"{profile}.{part}", _launcher_ready)
+                                                  profile and part == 0, _launcher_ready)
                 launched, queries, elapsed = launched + out.count("launched"), queries + count, elapsed + seconds
-                elapsed_bare = _in_workers(workers, _bare_all, objects[part::SLICES], None,
+                elapsed_bare = _in_workers(workers, _bare_all, objects[part::SLICES], False,
                                            lambda: ctx.kube.api_client())[2]
                 bare_elapsed += elapsed_bare
             rounds[workers] = (launched / elapsed, len(objects) / bare_elapsed, len(steps), queries)
@@ -172,7 +178,7 @@ def _bare_all(objects, counter, client) -> list[str]:
     return ["created"] * len(objects)
 
 
-def _in_workers(workers: int, fn, items: list, profile: str | None, prepare):
+def _in_workers(workers: int, fn, items: list, profile: bool, prepare):
     """Run fn(share, QueryCounter, prepare()) in `workers` forked processes at once, each on every
     workers-th item; returns (all results, queries, seconds from the first start to the last end). Each
     process opens its own database connection and API client after the fork, before the clock starts
@@ -194,9 +200,9 @@ def _in_workers(workers: int, fn, items: list, profile: str | None, prepare):
         counter = QueryCounter()
         barrier.wait()
         t0 = time.perf_counter()
-        profiler = _Profiler(bool(profile))
+        profiler = _Profiler(profile)
         out = profiler.runcall(fn, share, counter, prepared)
-        profiler.dump_stats(profile)
+        profiler.report("launch_sustained (step_launch, one process)")
         results.put((out, counter.count, t0, time.perf_counter()))
         connection.close()
 

@@ -88,8 +88,12 @@ class KubernetesLauncher:
 
     def _json(self, fn, *args, **kwargs) -> dict:
         """Raw JSON of a response: no model round trip, the same dicts for every code path."""
-        response = self._request(fn, *args, _preload_content=False, **kwargs)
-        return json.loads(response.data or b"{}")
+        return json.loads(self._call(fn, *args, **kwargs) or b"{}")
+
+    def _call(self, fn, *args, **kwargs) -> bytes:
+        """The raw body of a response, read whole: that hands the connection back to the pool (an
+        unread response keeps it, and the next call opens a new one — a TLS handshake per launch)."""
+        return self._request(fn, *args, _preload_content=False, **kwargs).data
 
     def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
         """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
@@ -174,8 +178,8 @@ class KubernetesLauncher:
         """
         name = secret_name(step.job_name)
         try:
-            self._request(self.core.create_namespaced_secret, self.namespace,
-                          credential_secret(step, job, namespace=self.namespace), _preload_content=False)
+            self._call(self.core.create_namespaced_secret, self.namespace,
+                       credential_secret(step, job, namespace=self.namespace))
         except ApiException as exc:
             if exc.status != 409:
                 raise _permanent(f"creating Secret {name}", exc) from exc
@@ -185,11 +189,11 @@ class KubernetesLauncher:
         """Make `job` the owner of the existing Secret `name` (the rare path after a 409)."""
         try:
             # A merge patch: the generated patch method would send a JSON patch for this dict.
-            self._request(
+            self._call(
                 self.api_client.call_api, f"/api/v1/namespaces/{self.namespace}/secrets/{name}", "PATCH",
                 header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
                 body={"metadata": {"ownerReferences": [job_owner(job)]}}, auth_settings=["BearerToken"],
-                _preload_content=False,
+                _return_http_data_only=True,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -262,7 +266,7 @@ class KubernetesLauncher:
     def delete_job(self, name: str) -> None:
         """Delete a Job; Background propagation makes the garbage collector remove all its pods."""
         try:
-            self._request(self.batch.delete_namespaced_job, name, self.namespace, propagation_policy="Background")
+            self._call(self.batch.delete_namespaced_job, name, self.namespace, propagation_policy="Background")
             logger.info("job deleted", extra={"job_name": name, "namespace": self.namespace})
         except ApiException as exc:
             if exc.status != 404:
@@ -271,7 +275,7 @@ class KubernetesLauncher:
         # here makes it go now, and covers one without an owner (left by launches that created the
         # Secret before the Job and died in between).
         try:
-            self._request(self.core.delete_namespaced_secret, secret_name(name), self.namespace, _preload_content=False)
+            self._call(self.core.delete_namespaced_secret, secret_name(name), self.namespace)
         except ApiException as exc:
             if exc.status != 404:
                 raise _permanent(f"deleting Secret {secret_name(name)}", exc) from exc

@@ -270,3 +270,21 @@ def test_a_launch_costs_the_same_queries_whatever_the_queue_size(settings, monke
         counts[n] = len(queries.captured_queries) / n
 
     assert counts[1] == counts[6] == 2, counts  # the claim (UPDATE … RETURNING) and the record (UPDATE)
+
+
+def test_a_launch_hands_its_connections_back_to_the_pool(launcher, historical_queue, emulator):
+    """Case: API calls per launch — each reuses the client's kept-alive connection (an unread response
+    kept its connection out of the pool, so every launch opened a new one: a TLS handshake per launch)."""
+    pool_manager = launcher.api_client.rest_client.pool_manager
+    steps = list(historical_queue.steps.select_related("queue").order_by("position"))[:4]
+
+    def opened() -> int:
+        return sum(pool_manager.pools[key].num_connections for key in pool_manager.pools.keys())
+
+    launcher.launch(steps[0])
+    before = opened()
+    for step_ in steps[1:]:
+        launcher.launch(step_)
+    launcher.delete_job(steps[1].job_name)
+
+    assert opened() == before
