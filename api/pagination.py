@@ -36,12 +36,12 @@ class QueuePagination(CursorPagination):
         self.max_page_size = settings.API_MAX_PAGE_SIZE
         self.numbered = None
 
-    def _wants_page_number(self, request) -> bool:
+    def wants_page_number(self, request) -> bool:
         return NumberedQueuePagination.page_query_param in request.query_params \
             and self.cursor_query_param not in request.query_params
 
     def paginate_queryset(self, queryset, request, view=None):
-        if self._wants_page_number(request):
+        if self.wants_page_number(request):
             self.numbered = self.numbered_class()
             return self.numbered.paginate_queryset(queryset, request, view)
         return super().paginate_queryset(queryset, request, view)

@@ -29,7 +29,7 @@ QUEUE_ID_REGEX = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
 
 
 def list_queryset():
-    return with_progress(Queue.objects.listed())
+    return Queue.objects.listed()
 
 
 def create_queue_response(request, *, source: str = "api") -> Response:
@@ -86,6 +86,14 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_serializer_class(self):
         return QueueSerializer if self.action == "list" else QueueDetailSerializer
+
+    def paginate_queryset(self, queryset):
+        # A cursor page counts its rows' progress in its own query. Not a numbered page: PostgreSQL
+        # evaluates the row expressions of every row an OFFSET skips; there the serializer reads the
+        # page's step counts in a second query instead.
+        if self.paginator is not None and not self.paginator.wants_page_number(self.request):
+            queryset = with_progress(queryset)
+        return super().paginate_queryset(queryset)
 
     def create(self, request, *args, **kwargs):
         return create_queue_response(request)

@@ -87,3 +87,20 @@ def test_it_keeps_progress_exact_under_every_filter(api):
             steps = QueueRequest.objects.filter(queue__queue_id=row["queue_id"])
             expected = {"done": steps.filter(state=StepState.SUCCEEDED).count(), "total": steps.count()}
             assert row["progress"] == expected, (query, row["queue_id"])
+
+
+def test_it_never_counts_the_steps_of_rows_a_numbered_page_skips(api):
+    """Issue #12 (`?page=N` kept for existing clients): with OFFSET, PostgreSQL evaluates the row's
+    expressions for every skipped row, so a deep numbered page must not count progress in its page
+    query; its rows' progress is read for the page's queues only, and stays exact."""
+    _history(5, "deep")
+    for url in ("/api/queues/", "/queues/list"):
+        with CaptureQueriesContext(connection) as captured:
+            response = api.get(url, {"page": 2, "page_size": 2})
+        assert response.status_code == 200
+        for sql in (q["sql"] for q in captured.captured_queries):
+            if "OFFSET" in sql:
+                assert '"queues_queuerequest"' not in sql, (url, sql)
+        for row in response.json()["results"]:
+            steps = QueueRequest.objects.filter(queue__queue_id=row["queue_id"])
+            assert row["progress"] == {"done": steps.filter(state=StepState.SUCCEEDED).count(), "total": steps.count()}
