@@ -94,7 +94,7 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
                 event_keys=[event.key for event, _ in new],
             )
         if result.changed_queues:
-            _after_state_changes(result.changed_queues)
+            _after_state_changes(result.changed_queues, queues)
     return result
 
 
@@ -309,6 +309,8 @@ def _count(new) -> None:
         telemetry_counted.send(sender=ingest_events, status=status, target=target, count=amount)
 
 
-def _after_state_changes(queue_pks: set[int]) -> None:
+def _after_state_changes(queue_pks: set[int], queues: dict[str, int]) -> None:
+    # The queue ids are at hand: Flower's readable arguments need no query per announced advance.
+    queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
     for pk in queue_pks:
-        enqueue_on_commit(QUEUE_ADVANCE, pk)
+        enqueue_on_commit(QUEUE_ADVANCE, pk, about=Queue(pk=pk, queue_id=queue_id_of[pk]))

@@ -156,3 +156,20 @@ def test_the_inline_reading_refuses_what_the_careful_one_refuses(raw, named):
     name the field (issue #10 §1)."""
     with pytest.raises(InvalidEvent, match=named):
         normalize(raw)
+
+
+def test_a_state_change_announces_the_advance_readably_without_a_query(queue, django_capture_on_commit_callbacks):
+    """Issue #12 (ingestion, launch path): the advance a batch announces carries Flower's readable
+    arguments from the queue ids ingestion already holds, not from one lookup per announced task."""
+    from jobs.announce import QUEUE_ADVANCE
+    from tests.jobs.test_announce import last_sent
+
+    step = put(step_of(queue, LOADER), StepState.RUNNING)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert ingest_events([_event(step, 5, event="finished")]).changed_queues == {queue.pk}
+    with CaptureQueriesContext(connection) as sending:
+        for callback in callbacks:
+            callback()
+
+    assert [q["sql"] for q in sending.captured_queries] == []
+    assert last_sent(QUEUE_ADVANCE, [queue.pk])["argsrepr"] == "(queue=tel-batch-q)"
