@@ -8,6 +8,7 @@ any violation. Everything it started is stopped at the end, also on Ctrl-C or an
 from __future__ import annotations
 
 import argparse
+import fcntl
 import random
 import shutil
 import signal
@@ -55,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     base = ROOT / ".data" / "chaos"
+    # One run at a time per work tree: a second one would delete the first one's folder under it.
+    base.parent.mkdir(parents=True, exist_ok=True)
+    lock = (base.parent / "chaos.lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say("another make chaos is running in this work tree; waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(base, ignore_errors=True)
     say(f"seed {seed}; scenarios {', '.join(chosen)}; reproduce with: make chaos ARGS=\"--seed {seed} --only ...\"")
     results: list[Result] = []
