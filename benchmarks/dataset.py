@@ -39,7 +39,8 @@ class Scale:
 
     @property
     def key(self) -> str:
-        return f"q{self.queues}-a{self.active}-t{self.telemetry_queues}x{self.events_per_step}-s{self.seed}"
+        # -v2: histories loaded before changes_pending was settled are loaded again.
+        return f"q{self.queues}-a{self.active}-t{self.telemetry_queues}x{self.events_per_step}-s{self.seed}-v2"
 
 
 @dataclass

@@ -195,6 +195,9 @@ def queue_plan(status: str) -> dict:
         "updated_at": end or "started", "stop_requested_at": "loaded" if status == "stopped" else None,
         "message": {"failed": "Step graph-builder failed: BackoffLimitExceeded",
                     "stopped": "Stop requested by operator."}.get(status, ""),
+        # Settled: the product's advance has consumed every change (the prototype, fresh from
+        # queue_create, still counts its own), else the first reconcile pass advances the whole history.
+        "changes_pending": 0,
     }
 
 

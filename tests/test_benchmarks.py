@@ -51,6 +51,13 @@ def test_it_keeps_every_queue_consistent_with_its_steps(loaded):
     assert {QueueStatus.RUNNING, QueueStatus.SUCCEEDED} <= statuses
 
 
+def test_it_leaves_no_change_pending_so_a_reconcile_pass_has_nothing_to_advance(loaded):
+    """Issue #12 (reconcile figure): a settled history, as the product leaves it after its advances ran.
+    Rows copied from a freshly created prototype kept its pending count, so the first reconcile pass
+    advanced every one of the 100,000 queues (the warm pass ran for many minutes)."""
+    assert not Queue.objects.filter(changes_pending__gt=0).exists()
+
+
 def test_it_keeps_timestamps_ordered_within_the_past_year(loaded):
     """Issue #12 Deliver: realistic timestamps — a year of history, started after created, ended after started."""
     now = timezone.now()
