@@ -267,32 +267,63 @@ _RECONCILE_DEFERRED = ("params", "logs", "extra", "collection_inputs", "launcher
                        "queue__payload", "queue__canonical_payload", "queue__warnings")
 
 
+# What a pass reads of every launched step to compare it with one cluster snapshot; the whole row
+# (and its queue) is read only for the steps whose observation may change something.
+_RECONCILE_LIGHT = ("id", "queue_id", "state", "message", "job_name", "run", "launched_at", "next_launch_at",
+                    "state_changed_at")
+
+
 def _reconcile_steps() -> dict:
     launcher = get_launcher()
     now = timezone.now()
-    steps = list(QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue")
-                 .defer(*_RECONCILE_DEFERRED))
+    light = hasattr(launcher, "observe_many")
+    steps = QueueRequest.objects.filter(state__in=StepState.LAUNCHED)
+    # No order: the model's default one joins every step's queue just to sort.
+    steps = list(steps.order_by().only(*_RECONCILE_LIGHT) if light else steps.select_related("queue").defer(*_RECONCILE_DEFERRED))
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
     for step in steps:
         if step.state == StepState.LAUNCHING and _launch_due(step, now) and _resend_launch(step, now):
             summary["relaunched"] += 1
     observed = [s for s in steps if s.state != StepState.LAUNCHING]
     try:
-        if hasattr(launcher, "observe_many"):
+        if light:
             observations = launcher.observe_many(observed)
         else:
             observations = {s.pk: launcher.status(s) for s in observed}
     except LaunchError as exc:
         logger.warning("reconcile could not observe workloads: %s", exc)
         return summary
+    todo = []
     for step in observed:
         observation = observations.get(step.pk)
         if observation is None:
             continue
         summary["observed"] += 1
+        if not _nothing_to_do(step, observation):
+            todo.append((step.pk, observation))
+    if light and todo:
+        # One query for the few steps to act on (the steady state has none); each decides from its fresh row.
+        full = (QueueRequest.objects.filter(state__in=StepState.LAUNCHED).select_related("queue")
+                .defer(*_RECONCILE_DEFERRED).in_bulk([pk for pk, _ in todo]))
+        todo = [(full[pk], observation) for pk, observation in todo if pk in full]
+    elif todo:
+        by_pk = {s.pk: s for s in observed}
+        todo = [(by_pk[pk], observation) for pk, observation in todo]
+    for step, observation in todo:
         if apply_observation(step, observation, launcher=launcher, now=now):
             summary["changed"] += 1
     return summary
+
+
+def _nothing_to_do(step: QueueRequest, observation: Observation) -> bool:
+    """The steady state, decided from the light row: a pending or running step whose workload is
+    pending or running as recorded (`apply_observation` would change and write nothing)."""
+    phase, reason = observation.phase, observation.reason
+    if step.state not in (StepState.PENDING, StepState.RUNNING) or phase not in (Phase.PENDING, Phase.RUNNING):
+        return False
+    if phase == Phase.RUNNING and step.state == StepState.PENDING:
+        return False
+    return not reason or reason == step.message
 
 
 def _launch_due(step: QueueRequest, now) -> bool:

@@ -188,3 +188,46 @@ def test_a_snapshot_finds_each_jobs_pods_without_scanning_every_pod(monkeypatch)
     assert found["job-7"] == ["job-7-0", "job-7-1"] and all(len(v) == 2 for v in found.values())
     assert snapshot.pods_of("no-such-job") == []
     assert len(reads) == len(pods)
+
+
+class SnapshotLauncher(Launcher):
+    """Observes all steps from one snapshot (as the Kubernetes launcher does); `done` have succeeded."""
+
+    def __init__(self):
+        super().__init__()
+        self.done: set[str] = set()
+
+    def observe_many(self, steps):
+        return {s.pk: Observation(Phase.SUCCEEDED if s.job_name in self.done else Phase.RUNNING) for s in steps}
+
+
+def test_a_snapshot_pass_reads_steps_light_and_whole_rows_only_for_those_it_acts_on(monkeypatch, advanced):
+    """Reconcile at 10,000 Jobs: building every launched step with its queue was most of a pass; the
+    steady state needs a few columns, and only steps whose workload changed are read whole."""
+    fake = SnapshotLauncher()
+    monkeypatch.setattr(scheduler, "get_launcher", lambda: fake)
+    for task in ("step_launch_task", "step_send_stop_task", "queue_advance_task", "step_discard_task"):
+        on_task(monkeypatch, task, lambda *args: None)
+    small = [_idle_running_queue(n) for n in range(2)]
+
+    def one_pass():
+        with CaptureQueriesContext(connection) as queries:
+            summary = scheduler.reconcile()
+        return summary, [q["sql"] for q in queries.captured_queries]
+
+    idle_small, sql_small = one_pass()
+    for n in range(2, 6):
+        _idle_running_queue(n)
+    idle_large, sql_large = one_pass()
+    assert (idle_small["observed"], idle_large["observed"]) == (4, 12)
+    assert idle_small["changed"] == idle_large["changed"] == 0
+    assert len(sql_large) == len(sql_small)
+    step_reads = [sql for sql in sql_large if sql.startswith('SELECT') and "IN ('launching'" in sql]
+    assert step_reads and all('"queues_queue"' not in sql and '"params"' not in sql for sql in step_reads), step_reads
+
+    ended = _s(small[0], CONN_C)
+    fake.done.add(ended.job_name)
+    summary, _ = one_pass()
+    ended.refresh_from_db()
+    assert summary["changed"] == 1 and ended.state == StepState.SUCCEEDED
+    assert QueueRequest.objects.filter(state=StepState.RUNNING).count() == 11
