@@ -56,8 +56,20 @@ class EmulatorProcess:
     def control(self, method: str, path: str, body: object = None, timeout: float = 30.0) -> dict:
         request = urllib.request.Request(self.url + path, method=method, data=json.dumps(body).encode()
                                          if body is not None else None, headers={"Content-Type": "application/json", **self.headers})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+        # A `refuse` fault closes the listener for a few seconds, the control surface's too: its calls
+        # (never faulted themselves) wait that out; R6 once crashed turning the faults off meanwhile.
+        # API paths go through the faults and raise, as a client would see them.
+        deadline = time.monotonic() + (timeout if path.startswith("/_emulator/") else 0)
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:
+                    return json.loads(response.read())
+            except (urllib.error.HTTPError, TimeoutError):
+                raise
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline or (self.proc is not None and self.proc.poll() is not None):
+                    raise
+            time.sleep(0.2)
 
     def __enter__(self) -> EmulatorProcess:
         return self.start()
