@@ -13,13 +13,14 @@ import random
 import shutil
 import signal
 import sys
+import threading
 import time
 import traceback
 
 from chaos import (scenario_broker, scenario_clients, scenario_fuzz, scenario_hostile, scenario_kube, scenario_mirror,
                    scenario_storm)
 from chaos.common import Result, Run
-from chaos.harness import ROOT, say, start_servers
+from chaos.harness import LIVE, ROOT, say, start_servers
 
 SCENARIOS = {
     "R3": scenario_hostile.run,
@@ -41,11 +42,33 @@ def table(results: list[Result]) -> str:
     return "\n".join(rows)
 
 
+# Scenarios that mostly wait (an outage, paced traffic, a slow API) rather than load the CPU; `--lanes 2`
+# runs them one after another beside the others, each on a system, database, topics and Redis database
+# of its own.
+WAITING = {"R2", "R5", "R6"}
+
+
+def _lane(names: list[str], run: Run, done: dict[str, Result]) -> None:
+    for name in names:
+        started = time.monotonic()
+        try:
+            result = SCENARIOS[name](run)
+        except Exception as exc:  # noqa: BLE001 - a scenario that breaks is a finding, not the end of the suite
+            traceback.print_exc()
+            result = Result(name, run.seed, violations=[f"scenario crashed: {type(exc).__name__}: {exc}"[:500]],
+                            seconds=time.monotonic() - started)
+        done[name] = result
+        print(result.line(), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=None, help="reproduce a run (default: a new random seed)")
     parser.add_argument("--only", default="", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}")
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full load (CI uses ~0.02)")
+    parser.add_argument("--lanes", type=int, choices=(1, 2), default=2,
+                        help=f"2 (default): {', '.join(sorted(WAITING))}, which mostly wait (an outage, paced "
+                             "traffic, a slow API), run beside the others; 1: one scenario at a time")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     by_name = {name.upper(): name for name in SCENARIOS}  # `--only r1k` or `--only R1K` picks R1k
@@ -66,27 +89,26 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)
     shutil.rmtree(base, ignore_errors=True)
     say(f"seed {seed}; scenarios {', '.join(chosen)}; reproduce with: make chaos ARGS=\"--seed {seed} --only ...\"")
-    results: list[Result] = []
     servers = start_servers(base)
+    run = Run(seed=seed, scale=args.scale, servers=servers, base=base)
+    waiting = [n for n in chosen if n in WAITING] if args.lanes == 2 else []
+    lanes = [[n for n in chosen if n not in waiting], waiting]
+    done: dict[str, Result] = {}
+    side = threading.Thread(target=_lane, args=(lanes[1], run, done), name="lane-2", daemon=True)
     try:
-        for name in chosen:
-            started = time.monotonic()
-            try:
-                result = SCENARIOS[name](Run(seed=seed, scale=args.scale, servers=servers, base=base))
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a scenario that breaks is a finding, not the end of the suite
-                traceback.print_exc()
-                result = Result(name, seed, violations=[f"scenario crashed: {type(exc).__name__}: {exc}"[:500]],
-                                seconds=time.monotonic() - started)
-            results.append(result)
-            print(result.line(), flush=True)
+        side.start()
+        _lane(lanes[0], run, done)
+        side.join()
     except KeyboardInterrupt:
         say("interrupted: stopping everything")
+        for system in list(LIVE):  # the other lane's too: its scenario then ends and cleans up
+            system.stop()
+        side.join(timeout=60)
         return 130
     finally:
         for server in reversed(servers.owned):
             server.stop()
+    results = [done[name] for name in chosen if name in done]
     print(table(results), flush=True)
     return 1 if any(r.violations for r in results) else 0
 

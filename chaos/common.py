@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 import time
 import urllib.error
 from dataclasses import dataclass, field
@@ -49,13 +50,16 @@ class Run:
         slug = f"{name.lower()}-{self.seed}-{time.time_ns() % 10**6}"
         # A Redis database of its own: a task left queued by one system must never reach another's
         # workers (task arguments are primary keys of that system's database).
-        redis_url = f"{self.servers.redis_url.rsplit('/', 1)[0]}/{next(_REDIS_DATABASES)}"
+        with _REDIS_LOCK:  # two lanes may start systems at once
+            number = next(_REDIS_DATABASES)
+        redis_url = f"{self.servers.redis_url.rsplit('/', 1)[0]}/{number}"
         env = {"REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url, **(extra_env or {})}
         return System(self.base / slug, self.servers, seed=self.seed, layout=layout, topic_prefix=f"{slug}-",
                       extra_env=env, database=f"chaos_{slug.replace('-', '_')}")
 
 
 _REDIS_DATABASES = itertools.cycle(range(1, 16))  # Redis has 16 by default; 0 is left to others
+_REDIS_LOCK = threading.Lock()
 
 
 def context(system: System, queue_ids: set[str] | None = None) -> Context:

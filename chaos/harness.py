@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -135,10 +136,17 @@ def start_servers(base: Path) -> Servers:
     return servers
 
 
+# Scenarios may run in two lanes at once (`--lanes`): one migrates the template while nobody clones it,
+# and clones are made one at a time (PostgreSQL refuses a clone while the template is in use).
+CREATION_LOCK = threading.RLock()
+# Systems started and not stopped yet: an interrupted run stops those of every lane.
+LIVE: set = set()
+
+
 def _create_database(url: str, name: str, *, template: str = "") -> str:
     import psycopg
 
-    with psycopg.connect(url, autocommit=True) as conn:
+    with CREATION_LOCK, psycopg.connect(url, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
@@ -153,8 +161,12 @@ def migrate_template(servers: Servers, base: Path) -> None:
     without its own `migrate` (a Django start and every migration: ~20 s on a loaded 2-core machine)."""
     import psycopg
 
-    if servers.template:
-        return
+    with CREATION_LOCK:
+        if not servers.template:
+            _migrate_template(servers, base, psycopg)
+
+
+def _migrate_template(servers: Servers, base: Path, psycopg) -> None:
     with psycopg.connect(servers.database_url, autocommit=True) as conn:
         # Fresh each run: a template left by an earlier run may predate a migration.
         conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DATABASE}"')
@@ -249,6 +261,7 @@ class System:
     # -- lifecycle --------------------------------------------------------------------------------
     def start(self) -> System:
         started = time.monotonic()
+        LIVE.add(self)
         if self.migrated:  # cloned from the template: migrated, with the operator and its token
             self.token = self.servers.template_token
         else:
@@ -322,6 +335,7 @@ class System:
 
     def stop(self) -> None:
         started = time.monotonic()
+        LIVE.discard(self)
         for child in self.children.values():
             with contextlib.suppress(Exception):
                 child.kill(signal.SIGTERM)
