@@ -10,6 +10,7 @@ JSON lines go to stdout, progress notes (prefixed `#`) to stderr.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 import uuid
@@ -44,6 +45,8 @@ def _args(argv):
 
 def main(argv: list[str]) -> int:
     args = _args(argv)
+    # SIGTERM (a `kill`, a CI timeout) cleans up like Ctrl-C: the servers and emulators stop with the run.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from benchmarks import harness
 
     queues = args.queues or (2_000 if args.quick else 100_000)
