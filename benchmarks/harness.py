@@ -192,16 +192,11 @@ def environment(*, fresh: bool):
 
     from devtools.servers import FAST_CONSUMER_CONFIG, start_kafka, start_postgres, start_redis
 
-    import fcntl
+    from devtools.process import one_run_at_a_time
 
     DATA.mkdir(parents=True, exist_ok=True)
     # One run at a time on .data/bench: a second one would restart the first one's PostgreSQL.
-    lock = (DATA.parent / "bench.lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        log("another make bench is running in this work tree; waiting for it to finish")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = one_run_at_a_time(DATA.parent / "bench.lock", log)
     if fresh:
         shutil.rmtree(DATA, ignore_errors=True)
         DATA.mkdir(parents=True)

@@ -8,7 +8,6 @@ any violation. Everything it started is stopped at the end, also on Ctrl-C or an
 from __future__ import annotations
 
 import argparse
-import fcntl
 import random
 import shutil
 import signal
@@ -21,6 +20,7 @@ from chaos import (scenario_broker, scenario_clients, scenario_fuzz, scenario_ho
                    scenario_storm)
 from chaos.common import Result, Run
 from chaos.harness import LIVE, ROOT, say, start_servers
+from devtools.process import one_run_at_a_time
 
 SCENARIOS = {
     "R3": scenario_hostile.run,
@@ -80,13 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     base = ROOT / ".data" / "chaos"
     # One run at a time per work tree: a second one would delete the first one's folder under it.
-    base.parent.mkdir(parents=True, exist_ok=True)
-    lock = (base.parent / "chaos.lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say("another make chaos is running in this work tree; waiting for it to finish")
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = one_run_at_a_time(base.parent / "chaos.lock", say)  # noqa: F841 - held until the run ends
     shutil.rmtree(base, ignore_errors=True)
     say(f"seed {seed}; scenarios {', '.join(chosen)}; reproduce with: make chaos ARGS=\"--seed {seed} --only ...\"")
     servers = start_servers(base)

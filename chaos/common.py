@@ -135,3 +135,17 @@ def api_call(system: System, method: str, path: str, body=None, attempts: int = 
             pass
         time.sleep(1.0)
     return 599, "web unreachable"
+
+
+def start_template_queues(system: System, count: int) -> tuple[list[str], list[tuple[str, str]], str]:
+    """Start `count` queues of the built-in templates (alternating) through the API: (queue ids,
+    (queue id, telemetry id) of every step, and the first refusal as a violation text, else "")."""
+    queue_ids, steps = [], []
+    for index in range(count):
+        payload = targets.template_payload(targets.template_names()[index % 2])
+        status, body = system.api("POST", targets.API_QUEUES, payload)
+        if status != 201:
+            return queue_ids, steps, f"setup: POST {targets.API_QUEUES} answered {status}: {str(body)[:200]}"
+        queue_ids.append(body["queue_id"])
+        steps += [(body["queue_id"], step["telemetry_id"]) for step in body["steps"]]
+    return queue_ids, steps, ""

@@ -31,7 +31,7 @@ import time
 from confluent_kafka import Producer
 
 from chaos import targets
-from chaos.common import Result, Run, finish, wait_consumed
+from chaos.common import Result, Run, finish, start_template_queues, wait_consumed
 from chaos.harness import Layout, migrate_template, say
 from chaos.hostile import Generator
 from chaos.invariants import Ledger
@@ -73,15 +73,10 @@ def run(r: Run, *, window: float | None = None, outages: int | None = None) -> R
         servers = dataclasses.replace(r.servers, kafka_bootstrap=f"{LOOPBACK}:{link.port}", kafka=broker, owned=[])
         own = Run(seed=r.seed, scale=r.scale, servers=servers, base=r.base)
         system = stack.enter_context(own.system("R2", Layout(workers=0, beats=0, control=2, events=2, web_workers=1)))
-        queue_ids, steps = [], []
-        for index in range(QUEUES):
-            payload = targets.template_payload(targets.template_names()[index % 2])
-            status, body = system.api("POST", targets.API_QUEUES, payload)
-            if status != 201:
-                result.violations.append(f"setup: POST {targets.API_QUEUES} answered {status}: {str(body)[:200]}")
-                return finish(result, system, Ledger(), started)
-            queue_ids.append(body["queue_id"])
-            steps += [(body["queue_id"], step["telemetry_id"]) for step in body["steps"]]
+        queue_ids, steps, refused = start_template_queues(system, QUEUES)
+        if refused:
+            result.violations.append(refused)
+            return finish(result, system, Ledger(), started)
         ledger = Ledger()
         sender = Sender(servers.kafka_bootstrap)
         faults = Outages(link, moments, pauses)

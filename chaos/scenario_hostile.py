@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-from chaos import targets
-from chaos.common import Result, Run, finish, wait_consumed
+from chaos.common import Result, Run, finish, start_template_queues, wait_consumed
 from chaos.harness import Layout, say
 from chaos.hostile import Generator
 from chaos.invariants import Ledger
@@ -28,15 +27,10 @@ def run(r: Run) -> Result:
     result = Result("R3", r.seed, load=f"{per_topic} messages on each of queue-control and queue-events")
     system = r.system("R3", Layout(workers=0, beats=0, control=2, events=2, web_workers=1))
     with system:
-        queue_ids, steps = [], []
-        for index in range(QUEUES):
-            payload = targets.template_payload(targets.template_names()[index % 2])
-            status, body = system.api("POST", targets.API_QUEUES, payload)
-            if status != 201:
-                result.violations.append(f"setup: POST {targets.API_QUEUES} answered {status}: {str(body)[:200]}")
-                return finish(result, system, Ledger(), started)
-            queue_ids.append(body["queue_id"])
-            steps += [(body["queue_id"], step["telemetry_id"]) for step in body["steps"]]
+        queue_ids, steps, refused = start_template_queues(system, QUEUES)
+        if refused:
+            result.violations.append(refused)
+            return finish(result, system, Ledger(), started)
         ledger = send_hostile_traffic(system, Generator(r.seed, steps, prefix=f"r3s{r.seed}"), per_topic, queue_ids, ledger=Ledger())
         result.faults = [f"{sum(v == 'invalid' for v in ledger.event_keys.values())} invalid events",
                          f"{sum(v == 'invalid' for v in ledger.control_keys.values())} invalid commands"]

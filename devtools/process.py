@@ -217,3 +217,18 @@ class ServerProcess:
 
 class _DiedEarly(Exception):
     pass
+
+
+def one_run_at_a_time(lock_path: Path, say) -> Any:
+    """Hold an exclusive lock on `lock_path` for as long as the returned file stays open; if another
+    run holds it, say so and wait. For tools that reset a folder of their own (make bench, make chaos)."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = lock_path.open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(f"another run holds {lock_path.name} in this work tree; waiting for it to finish")
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
