@@ -356,6 +356,11 @@ class TelemetryEvent(models.Model):
     run = models.PositiveIntegerField(
         null=True, blank=True, help_text="The step's run it belongs to (sent by the worker, else the run current on arrival)."
     )
+    # Plain progress reports of one step in one batch are stored as one row (jobs.telemetry_coalesce):
+    # how many reports it stands for; 1 for every other event.
+    coalesced = models.PositiveIntegerField(
+        default=1, db_default=1, help_text="How many progress reports of one step in one batch this row stands for."
+    )
 
     class Meta:
         ordering = ["-received_at", "-id"]
