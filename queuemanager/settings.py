@@ -184,6 +184,24 @@ SPECTACULAR_SETTINGS = {
 # --- Celery (Redis broker) ---
 REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "rediss", "unix"))
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+
+# --- Sessions: Redis first, PostgreSQL on a miss or a Redis error (queuemanager/sessions.py) ---
+SESSION_CACHE_URL = env_url("SESSION_CACHE_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+# How long a session may be served from Redis without reading PostgreSQL (bounds a logout missed by an outage).
+SESSION_CACHE_SECONDS = env_int("SESSION_CACHE_SECONDS", 60, minimum=0)
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},  # Django's default, unchanged
+    "sessions": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": SESSION_CACHE_URL,
+        "KEY_PREFIX": "qm",
+        # An unreachable Redis must cost a request little: it then falls back to the database.
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+    },
+}
+if SESSION_CACHE_URL and SESSION_CACHE_SECONDS:
+    SESSION_ENGINE = "queuemanager.sessions"
+    SESSION_CACHE_ALIAS = "sessions"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
