@@ -7,9 +7,9 @@
 
 Serves batch/v1 Jobs, core/v1 Pods and Secrets (namespaced and all-namespaces lists with labelSelector,
 ``limit``/``continue`` paging, create, get, merge/strategic-merge patch, /status, delete with
-propagationPolicy, delete-collection, pods/log) plus discovery. Watch, fieldSelector, replace and JSON
-patch are rejected, not ignored. No controllers: ``JobController`` plays the Job controller, kubelet and
-TTL controller from the test thread. A few API-server validations are applied (names, label syntax, Job
+propagationPolicy, delete-collection, pods/log, collection watches with bounded history — kube_watch)
+plus discovery. fieldSelector, watches of one object, replace and JSON patch are rejected, not ignored.
+No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the test thread. A few API-server validations are applied (names, label syntax, Job
 restartPolicy, immutable pod template, Secret data in base64) because real clusters enforce them.
 
 As strict as a real server where the product depends on it (issue #13): deletion is asynchronous
@@ -44,6 +44,7 @@ from . import kube_kubelet
 from .kube_rbac import Rbac, forbidden_message
 from .kube_rbac import request_for as rbac_request_for
 from .kube_store import ObjectIndex, list_body
+from .kube_watch import TRUE, WatchStream
 from .tls import make_server_certificate
 
 SERVER_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-emulated", "gitCommit": "0" * 40,
@@ -416,7 +417,7 @@ def apply_defaults(plural, obj, namespace):
 def _api_resources(plural, group_version):
     kind = RESOURCES[plural][2]
     res = [{"name": plural, "singularName": kind.lower(), "namespaced": True, "kind": kind,
-            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update"]},
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]},
            {"name": f"{plural}/status", "singularName": "", "namespaced": True, "kind": kind,
             "verbs": ["get", "patch", "update"]}]
     if plural == "pods":
@@ -488,6 +489,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             code, payload = exc.code, exc.body()
         except Exception as exc:  # an emulator bug must surface as a 500, not a hung client
             code, payload = 500, status_body(500, "InternalError", f"emulator error: {exc!r}")
+        if isinstance(payload, WatchStream):
+            return payload.serve(self)  # streams on this thread until timeoutSeconds (kube_watch)
         self._send(code, payload)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
@@ -518,6 +521,7 @@ class KubeCluster:
         self._server = self._thread = None
         self._caller = threading.local()
         self._continue_epoch, self._expire_after_pages = 0, None
+        self.bookmark_interval = 60.0  # a real server sends a watch BOOKMARK about once a minute
 
     def start(self):
         self._server = _Server(("127.0.0.1", 0), type("Handler", (_Handler,), {"cluster": self}))
@@ -620,6 +624,16 @@ class KubeCluster:
             else:
                 self._continue_epoch += 1
 
+    # watch history: compaction and broken connections (kube_watch)
+    def compact_watch_history(self):
+        """Forget every change so far: a watch from an older resourceVersion gets 410 Expired."""
+        with self.store.lock:
+            self.store.objects.watch_log.compact(self.store.objects.revision)
+
+    def drop_watches(self):
+        """Cut every open watch connection mid-stream (no final chunk), as a restarting server would."""
+        self.store.objects.watch_log.drop_all()
+
     def _page_served(self):
         if self._expire_after_pages:
             self._expire_after_pages -= 1
@@ -691,10 +705,16 @@ class KubeCluster:
                 or m["sub"] not in (None, "status", "log") or (m["sub"] == "log" and m["plural"] != "pods") \
                 or (m["name"] and not m["ns"]):
             raise ApiError(404, _NO_RESOURCE)
-        if query.get("watch") in ("true", "1") or query.get("fieldSelector"):
-            raise ApiError(400, "watch and fieldSelector are not emulated")
+        if query.get("fieldSelector"):
+            raise ApiError(400, "fieldSelector is not emulated")
         plural, ns, name, sub = m["plural"], m["ns"], m["name"], m["sub"]
         self._authorize(method, plural, ns, name, sub, query)
+        if query.get("watch") in TRUE:
+            if method != "GET" or name is not None:
+                raise ApiError(400, "only collection watches are emulated")
+            group, version, kind, _ = RESOURCES[plural]
+            return 200, WatchStream(self.store, plural, ns, parse_label_selector(query.get("labelSelector")), query,
+                                    kind, f"{group}/{version}" if group else version, self.bookmark_interval)
         if name is None:
             return self._collection(method, plural, ns, query, body)
         if sub == "log":

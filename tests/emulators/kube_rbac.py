@@ -77,7 +77,7 @@ def _matches(rule: dict, request: Request) -> bool:
 def request_for(method: str, plural: str, group: str, namespace: str | None, name: str | None,
                 sub: str | None, query: dict) -> Request:
     if method == "GET":
-        verb = "get" if name else "watch" if query.get("watch") in ("true", "1") else "list"
+        verb = "get" if name else "watch" if query.get("watch") in ("1", "t", "T", "true", "TRUE", "True") else "list"
     else:
         verb = {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method) or (
             "delete" if name else "deletecollection")

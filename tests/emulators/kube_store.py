@@ -23,6 +23,8 @@ from __future__ import annotations
 import bisect
 import json
 
+from .kube_watch import WatchLog, record_removal, record_write
+
 
 class ObjectIndex(dict):
     """``{(plural, namespace, name): object}`` plus indexes; callers hold the store's lock."""
@@ -31,6 +33,7 @@ class ObjectIndex(dict):
         super().__init__()
         self._job_name_labels = tuple(job_name_labels)
         self.revision = 999  # the first object stored gets 1000, as before
+        self.watch_log = WatchLog(self.revision)  # every write and removal, for watches (kube_watch)
         self._clear_indexes()
 
     def _clear_indexes(self):
@@ -49,39 +52,44 @@ class ObjectIndex(dict):
         return self.revision
 
     def __setitem__(self, key, obj):
-        if key in self:
+        before = dict.get(self, key)
+        if before is not None:
             self._unindex(key)
         else:
             bisect.insort(self._order.setdefault(key[0], []), key[1:])
         super().__setitem__(key, obj)
         self._index(key, obj)
+        record_write(self.watch_log, key, before, obj, self._encoded[key])
 
     def __delitem__(self, key):
+        obj = dict.__getitem__(self, key)
         super().__delitem__(key)
-        self._forget(key)
+        self._forget(key, obj)
 
     def pop(self, key, *default):
         if key not in self:
             return super().pop(key, *default)
         obj = super().pop(key)
-        self._forget(key)
+        self._forget(key, obj)
         return obj
 
     def clear(self):
         super().clear()
         self._clear_indexes()
         self.revision += 1
+        self.watch_log.compact(self.revision)  # no history of what was cleared: older watches expire
 
     def _refuse(self, *args, **kwargs):
         raise TypeError("ObjectIndex is changed only by item assignment, del, pop and clear")
 
     update = setdefault = popitem = _refuse
 
-    def _forget(self, key):
+    def _forget(self, key, obj):
         self._unindex(key)
         order = self._order[key[0]]
         del order[bisect.bisect_left(order, key[1:])]
         self.revision += 1  # a deletion is a new revision too: a later list never reports an older one
+        record_removal(self.watch_log, key, obj, self.revision)
 
     def _index(self, key, obj):
         meta = obj.get("metadata") or {}

@@ -555,3 +555,140 @@ def test_a_step_past_its_deadline_fails_with_deadline_exceeded_and_loses_its_pod
     assert failed.type == "Failed" and failed.reason == "DeadlineExceeded"
     wait_until(lambda: core.list_namespaced_pod(ns, label_selector="job-name=worker-sleeps").items == [],
                timeout=REAL_TIMEOUT, message="the running pod was deleted")
+
+
+# --------------------------------------------------------------------------- issue #12: watch (kube_watch)
+
+
+def watch_events(fn, ns, *, timeout=2, stop=None, **kwargs):
+    """The events of one watch request read to its end (the server closes it at timeoutSeconds), or
+    until `stop(events)` says enough; each event as the JSON line the server sent."""
+    from kubernetes.watch.watch import iter_resp_lines
+
+    resp = fn(ns, watch=True, timeout_seconds=timeout, _preload_content=False, **kwargs)
+    events = []
+    try:
+        for line in iter_resp_lines(resp):
+            events.append(json.loads(line))
+            if stop and stop(events):
+                break
+    finally:
+        resp.release_conn()
+    return events
+
+
+@pytest.fixture
+def admin_batch(target):
+    """Changes the service account may not make (patching labels) are made by the admin."""
+    return BatchV1Api(target.admin)
+
+
+def _named(events, name):
+    return [e["type"] for e in events if e["object"].get("metadata", {}).get("name") == name]
+
+
+def test_a_watch_from_a_lists_version_sees_every_later_change_in_order(batch, admin_batch, ns):
+    """Issue #12 (watch, resourceVersion): list, then watch from the list's resourceVersion — every change
+    after the list arrives once, in order (ADDED, MODIFIED, DELETED with the deletion's version), and the
+    server ends the stream at timeoutSeconds."""
+    batch.create_namespaced_job(ns, job_manifest("watch-a"))
+    listed = batch.list_namespaced_job(ns)
+    batch.create_namespaced_job(ns, job_manifest("watch-b"))
+    admin_batch.patch_namespaced_job("watch-a", ns, {"metadata": {"labels": {"seen": "yes"}}})
+    batch.delete_namespaced_job("watch-b", ns, propagation_policy="Background")
+    events = watch_events(batch.list_namespaced_job, ns, resource_version=listed.metadata.resource_version,
+                          stop=lambda ev: "DELETED" in _named(ev, "watch-b"))
+    b = _named(events, "watch-b")
+    assert b[0] == "ADDED" and b[-1] == "DELETED" and "ADDED" not in _named(events, "watch-a")
+    assert any(e["type"] == "MODIFIED" and e["object"]["metadata"]["labels"].get("seen") == "yes"
+               for e in events if e["object"]["metadata"]["name"] == "watch-a")
+    deleted = next(e for e in events if e["type"] == "DELETED")
+    assert deleted["object"]["kind"] == "Job" and deleted["object"]["metadata"]["resourceVersion"]
+    # The stream ends by itself at timeoutSeconds (no stop condition: read to the end).
+    assert _named(watch_events(batch.list_namespaced_job, ns, timeout=1,
+                               resource_version=deleted["object"]["metadata"]["resourceVersion"]), "watch-b") == []
+
+
+def test_a_watch_without_a_version_starts_with_what_exists_as_added(batch, ns):
+    """Issue #12 (watch): resourceVersion unset — synthetic ADDED events for the current objects first."""
+    for name in ("now-a", "now-b"):
+        batch.create_namespaced_job(ns, job_manifest(name))
+    events = watch_events(batch.list_namespaced_job, ns, timeout=1, stop=lambda ev: len(ev) >= 2)
+    assert sorted((e["type"], e["object"]["metadata"]["name"]) for e in events[:2]) == [
+        ("ADDED", "now-a"), ("ADDED", "now-b")]
+
+
+def test_a_selector_watch_sees_label_changes_as_added_and_deleted(batch, admin_batch, ns):
+    """Issue #12 (watch, labelSelector): an object that starts matching arrives as ADDED, one that stops
+    matching as DELETED."""
+    batch.create_namespaced_job(ns, job_manifest("sel-a"))
+    rv = batch.list_namespaced_job(ns).metadata.resource_version
+    admin_batch.patch_namespaced_job("sel-a", ns, {"metadata": {"labels": {"tier": "gold"}}})
+    admin_batch.patch_namespaced_job("sel-a", ns, {"metadata": {"labels": {"tier": None}}})
+    events = watch_events(batch.list_namespaced_job, ns, resource_version=rv, label_selector="tier=gold",
+                          stop=lambda ev: "DELETED" in _named(ev, "sel-a"))
+    assert _named(events, "sel-a") == ["ADDED", "DELETED"]
+
+
+def test_the_deploy_role_may_watch_jobs_and_pods_but_not_secrets(target, batch, core, ns):
+    """Issue #12 (RBAC verb watch): deploy/rbac.yaml grants watch on jobs and pods; watching Secrets is
+    refused with the Forbidden Status."""
+    watch_events(batch.list_namespaced_job, ns, timeout=1)
+    watch_events(core.list_namespaced_pod, ns, timeout=1)
+    with pytest.raises(ApiException) as err:
+        watch_events(core.list_namespaced_secret, ns, timeout=1)
+    assert err.value.status == 403 and 'cannot watch resource "secrets"' in json.loads(err.value.body)["message"]
+
+
+def test_a_watch_from_a_forgotten_version_gets_an_error_event_410_expired(cluster, batch, ns):
+    """Issue #12 (410 Gone): history is bounded — a watch from a version older than what is kept gets
+    200 and then one ERROR event, a Status with code 410 reason Expired, and the stream ends; both when
+    the history overflowed and after a compaction."""
+    batch.create_namespaced_job(ns, job_manifest("old-0"))
+    rv = batch.list_namespaced_job(ns).metadata.resource_version
+    cluster.store.objects.watch_log.capacity = 3
+    for i in range(1, 5):
+        batch.create_namespaced_job(ns, job_manifest(f"old-{i}"))
+    events = watch_events(batch.list_namespaced_job, ns, resource_version=rv, timeout=5)
+    assert [e["type"] for e in events] == ["ERROR"]
+    status = events[0]["object"]
+    assert (status["kind"], status["code"], status["reason"]) == ("Status", 410, "Expired")
+    assert status["message"].startswith(f"too old resource version: {rv} (")
+    latest = batch.list_namespaced_job(ns).metadata.resource_version
+    assert watch_events(batch.list_namespaced_job, ns, resource_version=latest, timeout=1) == []
+    cluster.compact_watch_history()
+    assert [e["type"] for e in watch_events(batch.list_namespaced_job, ns, resource_version=rv, timeout=5)] == ["ERROR"]
+
+
+def test_bookmarks_carry_only_the_version_and_only_when_allowed(cluster, batch, ns):
+    """Issue #12 (allowWatchBookmarks): BOOKMARK events carry kind, apiVersion and resourceVersion only,
+    and come only to a watch that allowed them."""
+    cluster.bookmark_interval = 0.2
+    rv = batch.list_namespaced_job(ns).metadata.resource_version
+    events = watch_events(batch.list_namespaced_job, ns, resource_version=rv, timeout=1, allow_watch_bookmarks=True)
+    assert events and {e["type"] for e in events} == {"BOOKMARK"}
+    assert events[0]["object"] == {"kind": "Job", "apiVersion": "batch/v1", "metadata": {"resourceVersion": rv}}
+    assert watch_events(batch.list_namespaced_job, ns, resource_version=rv, timeout=1) == []
+
+
+def test_a_dropped_watch_connection_breaks_mid_stream(cluster, batch, ns):
+    """Issue #12 (dropped watch connection): the test hook cuts open watches without the final chunk,
+    so a client sees a broken stream (and must watch again from its last version)."""
+    import urllib3
+
+    rv = batch.list_namespaced_job(ns).metadata.resource_version
+    errors = []
+
+    def watch():
+        try:
+            watch_events(batch.list_namespaced_job, ns, resource_version=rv, timeout=30)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    wait_until(lambda: any(r[2].get("watch") for r in cluster.requests))
+    batch.create_namespaced_job(ns, job_manifest("drop-a"))
+    cluster.drop_watches()
+    thread.join(timeout=10)
+    assert not thread.is_alive() and errors
