@@ -9,8 +9,9 @@ Serves batch/v1 Jobs, core/v1 Pods and Secrets (namespaced and all-namespaces li
 ``limit``/``continue`` paging, create, get, merge/strategic-merge patch, /status, delete with
 propagationPolicy, delete-collection, pods/log, collection watches with bounded history — kube_watch)
 plus discovery. fieldSelector, watches of one object, replace and JSON patch are rejected, not ignored.
-No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the test thread. A few API-server validations are applied (names, label syntax, Job
-restartPolicy, immutable pod template, Secret data in base64) because real clusters enforce them.
+No controllers: ``JobController`` plays the Job controller, kubelet and TTL controller from the test
+thread. A few API-server validations are applied (names, label syntax, Job restartPolicy, immutable pod
+template, Secret data in base64) because real clusters enforce them.
 
 As strict as a real server where the product depends on it (issue #13): deletion is asynchronous
 (Background: the Job at once, its pods and owned Secrets later, each pod terminating first;
