@@ -288,3 +288,37 @@ def test_a_launch_hands_its_connections_back_to_the_pool(launcher, historical_qu
     launcher.delete_job(steps[1].job_name)
 
     assert opened() == before
+
+
+# --- Python per launch -----------------------------------------------------------------------------
+
+
+def test_a_launch_posts_its_bodies_as_built_without_the_clients_model_walk(kube, k8s_settings, historical_queue,
+                                                                          monkeypatch):
+    """Case: Python per launch (issue #12 launch_sustained) — through the client the launcher is built with
+    (k8s_client), the Job and Secret bodies go out exactly as `job_manifest` and `credential_secret` build
+    them, and the client's per-field model walk (`sanitize_for_serialization`, ~2.5x the cost of the JSON
+    encoding of a manifest) never runs over them; auth and headers stay the client's own."""
+    from jobs import k8s_client
+    from jobs.launchers.kubernetes import KubernetesLauncher, credential_secret
+    from jobs.manifests import job_manifest
+
+    client = k8s_client.ApiClient(kube.manager_client.configuration)
+    launcher = KubernetesLauncher(client, namespace=kube.namespace)
+    walked, sent = [], []
+    walk = kubernetes.client.ApiClient.sanitize_for_serialization
+    monkeypatch.setattr(kubernetes.client.ApiClient, "sanitize_for_serialization",
+                        lambda self, obj: (walked.append(obj), walk(self, obj))[1])
+    request = client.request
+    monkeypatch.setattr(client, "request", lambda method, url, **kw: (sent.append((method, url, kw.get("body"))),
+                                                                      request(method, url, **kw))[1])
+    step_ = _first(historical_queue)
+
+    handle = launcher.launch(step_)
+
+    assert [(method, url.rsplit("/", 1)[-1]) for method, url, _ in sent] == [("POST", "jobs"), ("POST", "secrets")]
+    job = {"metadata": {"name": step_.job_name, "uid": handle["uid"]}}
+    assert sent[0][2] == job_manifest(step_)
+    assert sent[1][2] == credential_secret(step_, job, namespace=kube.namespace)
+    assert not [obj for obj in walked if isinstance(obj, dict) and "apiVersion" in obj and "metadata" in obj]
+    assert _secret(kube, step_)["metadata"]["ownerReferences"][0]["uid"] == handle["uid"]
