@@ -7,13 +7,35 @@ of `?page=N` were given and still are. `?page_size=` works in both forms, up to 
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from rest_framework.pagination import CursorPagination, PageNumberPagination
+
+from api.serializers import with_progress
+
+
+class SkipByIdPaginator(Paginator):
+    """Django's paginator whose page query skips the rows before it by their ids only.
+
+    `OFFSET n` makes PostgreSQL produce and throw away n rows: whole queue rows joined to their users,
+    with any row expression (progress) evaluated for each. Here the OFFSET runs in a subquery that
+    reads only the ids in list order (an index-only walk of the list-order indexes), and the outer
+    query reads just the page's rows, with their progress counted in the same round trip. The rows and
+    their order are those of the plain OFFSET; the count stays the exact `COUNT(*)`.
+    """
+
+    def _get_page(self, object_list, number, paginator):
+        if isinstance(object_list, QuerySet) and object_list.query.is_sliced:
+            ids = object_list.values("pk")
+            object_list = with_progress(self.object_list.filter(pk__in=ids))
+        return super()._get_page(object_list, number, paginator)
 
 
 class NumberedQueuePagination(PageNumberPagination):
     """`?page=N`: the original form (count, next and previous as page links)."""
 
     page_size_query_param = "page_size"
+    django_paginator_class = SkipByIdPaginator
 
     def __init__(self):
         self.page_size = settings.REST_FRAMEWORK["PAGE_SIZE"]
