@@ -26,6 +26,7 @@ from django.utils import timezone
 from jobs.announce import QUEUE_ADVANCE, enqueue_on_commit
 from jobs.services import step_transition
 from jobs.signals import telemetry_counted
+from jobs.telemetry_coalesce import split as coalesce_split
 from jobs.telemetry_input import STATUSES, Event, InvalidEvent, canonical, event_key, normalize  # noqa: F401 (API)
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 from queues.signals import telemetry_ingested
@@ -57,11 +58,11 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
     `texts`, when given, are the events' JSON texts as received (same order as `raw_events`).
     """
     result = IngestResult()
-    events: list[Event] = []
+    events, rest = coalesce_split(raw_events, texts)  # plain progress reports: one event per step per batch
     rejected = result.rejected
-    for index, raw in enumerate(raw_events):
+    for index in rest:
         try:
-            event = normalize(raw, None if texts is None else texts[index])
+            event = normalize(raw_events[index], None if texts is None else texts[index])
         except InvalidEvent as exc:
             rejected.append((index, str(exc)))
             continue
@@ -69,6 +70,8 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         events.append(event)
     if not events:
         return result
+    if len(rest) != len(raw_events):
+        events.sort(key=_position)  # applied in batch order, a coalesced event where its last report was
 
     with transaction.atomic():
         queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for e in events}).values_list("queue_id", "pk"))
@@ -76,8 +79,8 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         Queue.objects.lock_many(queues.values())
         matched = _match(events, queues, result)
         new = _store_safely(matched, queues, source, result)
-        result.duplicates = len(matched) - len(new)
-        result.accepted = len(new)
+        result.accepted = sum(event.coalesced for event, _ in new)
+        result.duplicates = sum(_reports(event) for event, _ in matched) - result.accepted
         current = [(event, step) for event, step in new if step is not None and not event.stale]
         _apply_progress(current)
         running = StepState.RUNNING
@@ -95,15 +98,34 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
             )
         if result.changed_queues:
             _after_state_changes(result.changed_queues, queues)
+    if len(rest) != len(raw_events):
+        rejected.sort()
     return result
+
+
+def _position(event: Event) -> int:
+    return event.index
+
+
+def _reports(event: Event) -> int:
+    """How many events of the batch it is (a coalesced one: its reports, repeated ones included)."""
+    return 1 if event.indexes is None else len(event.indexes)
+
+
+def _reject(rejected: list, event: Event, reason: str) -> None:
+    """Refuse an event: each report of a coalesced one, by its own position in the batch."""
+    if event.indexes is None:
+        rejected.append((event.index, reason))
+    else:
+        rejected.extend((index, reason) for index in event.indexes)
 
 
 _STORE_COLUMNS = (
     "queue_id", "step_id", "event_key", "status", "producer", "records_written",
-    "message", "payload", "source", "sent_at", "received_at", "run",
+    "message", "payload", "source", "sent_at", "received_at", "run", "coalesced",
 )
 # How the values are written (text COPY: the server parses the payload text as jsonb itself).
-_STORE_TYPES = ("int8", "int8", "text", "text", "text", "int8", "text", "text", "text", "timestamptz", "timestamptz", "int4")
+_STORE_TYPES = ("int8", "int8", "text", "text", "text", "int8", "text", "text", "text", "timestamptz", "timestamptz", "int4", "int4")
 
 
 def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, QueueRequest | None]]:
@@ -122,16 +144,16 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
             if run is None:
                 event.run = run = step.run  # workers that do not send their run: the run current now
             elif run > step.run:
-                rejected.append((event.index, f"invalid run: {run} has not started (step is in run {step.run})"))
+                _reject(rejected, event, f"invalid run: {run} has not started (step is in run {step.run})")
                 continue
             event.stale = run < step.run
         elif event.queue_id not in queues:
-            rejected.append((event.index, f"unknown queue {event.queue_id!r}"))
+            _reject(rejected, event, f"unknown queue {event.queue_id!r}")
             continue
         elif event.status != "pong":
-            rejected.append((event.index, f"unknown producer {event.producer!r} in queue {event.queue_id!r}"))
+            _reject(rejected, event, f"unknown producer {event.producer!r} in queue {event.queue_id!r}")
             continue
-        event.key = event_key(event.text, event.run)
+        event.key = event_key(event.text if event.hashed is None else event.hashed, event.run)
         matched.append((event, step))
     return matched
 
@@ -180,7 +202,7 @@ def _copy(rows, queues: dict, source: str) -> None:
                 copy.write_row((
                     queues[event.queue_id], step.id if step else None, event.key, event.status,
                     event.producer[:100], event.records_written, event.message,
-                    event.text, source, event.sent_at, now, event.run,
+                    event.text, source, event.sent_at, now, event.run, event.coalesced,
                 ))
 
 
@@ -198,7 +220,7 @@ def _store_safely(matched, queues: dict, source: str, result: IngestResult):
             with transaction.atomic():
                 new.extend(_store_new([(event, step)], queues, source))
         except (DataError, psycopg.DataError) as exc:
-            result.rejected.append((event.index, f"cannot be stored: {str(exc).splitlines()[0]}"))
+            _reject(result.rejected, event, f"cannot be stored: {str(exc).splitlines()[0]}")
     return new
 
 
@@ -301,7 +323,9 @@ def _final_state(step: QueueRequest, event: Event) -> tuple[str | None, str]:
 
 def _count(new) -> None:
     """Telemetry counters by status and target, once per batch (whatever the source)."""
-    by_producer = Counter((event.status, event.producer) for event, _ in new)
+    by_producer: Counter = Counter()
+    for event, _ in new:  # every report, a coalesced event for as many as it stands for
+        by_producer[(event.status, event.producer)] += event.coalesced
     groups: Counter = Counter()
     for (status, producer), amount in by_producer.items():  # the target once per producer, not per event
         groups[(status, producer.split("__", 1)[0])] += amount

@@ -49,6 +49,10 @@ class Event:
     run: int | None = None  # as sent by the worker; the step's current run when it sends none
     stale: bool = False  # from an earlier run of the step: stored, not applied
     index: int = -1  # position in the submitted batch
+    # Coalesced progress reports (jobs.telemetry_coalesce): one Event for several reports.
+    indexes: list[int] | None = None  # positions of all its reports (None: just `index`)
+    coalesced: int = 1  # how many reports it stands for
+    hashed: str | None = None  # what its key hashes when not `text` (all its reports' texts)
 
 
 def canonical(raw: dict) -> str:

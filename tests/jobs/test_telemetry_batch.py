@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 
 import pytest
 from django.db import connection
+from django.db.models import Sum
 from django.test.utils import CaptureQueriesContext
 
 from jobs.signals import telemetry_counted
@@ -53,9 +54,11 @@ def counted():
 
 def test_duplicates_inside_one_batch_and_across_two_batches_are_stored_applied_and_counted_once(queue, counted):
     """Issue #12 (ingestion): the same event twice in one batch, and again in the next batch (a Kafka
-    redelivery), is one row, one count and one application; records_written keeps the highest."""
+    redelivery), is one row, one count and one application; records_written keeps the highest.
+    Events that keep a row each (here `started`; plain progress reports are coalesced, see
+    test_telemetry_coalesce)."""
     step = put(step_of(queue, LOADER), StepState.RUNNING)
-    one, two, three = _event(step, 10), _event(step, 20), _event(step, 30)
+    one, two, three = (_event(step, n, event="started") for n in (10, 20, 30))
 
     first = ingest_events([one, two, dict(one)])
     second = ingest_events([dict(two), three, dict(one), dict(three)])
@@ -71,7 +74,8 @@ def test_duplicates_inside_one_batch_and_across_two_batches_are_stored_applied_a
 
 def test_a_batch_costs_the_same_queries_for_ten_events_as_for_three_hundred(queue):
     """Issue #12 (ingestion): per batch, a fixed number of statements (lookups, one key check, one
-    COPY, one progress UPDATE) whatever its size; every event is still stored and applied."""
+    COPY, one progress UPDATE) whatever its size; every report is still counted and applied, as one
+    row per step per batch (plain progress reports are coalesced)."""
     steps = _running_steps(queue)
 
     def batch(start: int, size: int) -> list[dict]:
@@ -84,7 +88,8 @@ def test_a_batch_costs_the_same_queries_for_ten_events_as_for_three_hundred(queu
         assert ingest_events(large_batch).accepted == 300
 
     assert len(large.captured_queries) == len(small.captured_queries), [q["sql"][:80] for q in large.captured_queries]
-    assert TelemetryEvent.objects.filter(queue=queue).count() == 310
+    assert TelemetryEvent.objects.filter(queue=queue).count() == 2 * len(steps)
+    assert TelemetryEvent.objects.filter(queue=queue).aggregate(n=Sum("coalesced"))["n"] == 310
     for step in steps:
         step.refresh_from_db()
     # Each step's highest count of the second batch: 1000 + the last n that landed on it.

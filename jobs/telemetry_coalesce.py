@@ -1,0 +1,123 @@
+"""Plain progress reports coalesced per step per batch (issue #12, telemetry ingestion).
+
+Most of what workers send is "still loading, N records so far". Storing each of those as its own
+row with its own unique key cost more than everything else ingestion does, and the only thing a
+report adds is a higher count. So a batch's plain reports are grouped by what an operator reads of
+them — (queue, producer, run as sent, status, message) — and each group becomes ONE event: the
+highest records_written, the last report's status, text (payload), time, and `coalesced` = how many
+distinct reports it stands for (the same text twice in a batch counts once, as before). The group's
+key is the content hash of its distinct reports' texts in order (`event_key`), so the same batch
+delivered again is a duplicate as a whole, and a group of one has the very key the report had when
+each event was a row. A report delivered again in a batch cut differently (a consumer restart) lands
+in a group of its own and is counted again in `coalesced`; the progress it carries cannot count twice
+(records_written is a maximum).
+
+A plain report is `loading` or `progress` with no error_message, no extra and no `finished` flag,
+flat and plainly storable (`_plainly_storable`), every field it uses of the shape the inline
+reading of `normalize` accepts. Anything else — lifecycle events, errors, extras, any value this
+test does not vouch for — goes through `normalize` as before: it is stored as its own row, or
+refused with the reason that names the field. The test here is only ever stricter than normalize.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone as dt_timezone
+
+from jobs.telemetry_input import (
+    _EPOCH_MAX, BIGINT_MAX, MAX_RUN, PRODUCER_MAX, QUEUE_ID_MAX, Event, _plainly_storable, canonical,
+)
+
+COALESCED_STATUSES = ("loading", "progress")
+_FLOAT_EPOCH_MAX = _EPOCH_MAX - 1  # a float just below the limit may round up to it in fromtimestamp
+
+
+def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]:
+    """Returns (one Event per group of plain reports, the indexes of the other events).
+
+    Per report: a handful of dict reads and type checks and one dict lookup; no object, no hash digest.
+    """
+    groups: dict[tuple, list] = {}
+    rest: list[int] = []
+    plainly = _plainly_storable
+    for index, raw in enumerate(raw_events):
+        if raw.__class__ is not dict:
+            rest.append(index)
+            continue
+        get = raw.get
+        status = get("event")
+        if status is None or status == "":
+            status = get("status")
+        if status != "loading" and status != "progress":
+            rest.append(index)
+            continue
+        if get("error_message") is not None or get("extra") is not None or get("sent_at") is not None \
+                or (get("finished") is not None and get("finished") is not False):
+            rest.append(index)
+            continue
+        queue_id = get("queue_id")
+        producer = get("producer")
+        if producer is None or producer == "":
+            producer = get("telemetry_id")
+        records = get("records_written")
+        if records is None:
+            records = get("message_count")
+        message = get("message")
+        if message is None:
+            message = ""
+        timestamp = get("timestamp")
+        run = get("run")
+        if (
+            queue_id.__class__ is not str or not 0 < len(queue_id) <= QUEUE_ID_MAX
+            or producer.__class__ is not str or not 0 < len(producer) <= PRODUCER_MAX
+            or (records is not None and (records.__class__ is not int or not 0 <= records <= BIGINT_MAX))
+            or message.__class__ is not str
+            or (timestamp is not None and not (
+                (timestamp.__class__ is int and 0 <= timestamp < _EPOCH_MAX)
+                or (timestamp.__class__ is float and 0 <= timestamp < _FLOAT_EPOCH_MAX)))
+            or (run is not None and (run.__class__ is not int or not 1 <= run <= MAX_RUN))
+        ):
+            rest.append(index)
+            continue
+        text = canonical(raw) if texts is None else texts[index]
+        if not plainly(raw, text):
+            rest.append(index)
+            continue
+        key = (queue_id, producer, run, status, message)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [records, timestamp, raw, text, [text], [index], None]
+            continue
+        group[5].append(index)
+        highest = group[0]
+        if records is not None and highest is not None and records > highest:
+            group[0] = records  # the common case: a higher count, so not a report seen before
+            if group[6] is not None:
+                group[6].add(text)
+        else:
+            # Only a report that does not raise the count can be one seen before in this batch (a
+            # redelivery): then, and only then, its text is compared with the group's.
+            seen = group[6]
+            if seen is None:
+                seen = group[6] = set(group[4])
+            if text in seen:
+                continue  # the same report again: counted once, as when each event was a row
+            seen.add(text)
+            if highest is None:
+                group[0] = records
+        if timestamp is not None:
+            group[1] = timestamp
+        group[2], group[3] = raw, text
+        group[4].append(text)
+    return [_event(key, group) for key, group in groups.items()], rest
+
+
+def _event(key: tuple, group: list) -> Event:
+    queue_id, producer, run, status, message = key
+    records, timestamp, raw, text, texts, indexes, _ = group
+    sent_at = None if timestamp is None else datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
+    event = Event(queue_id, producer, status, raw, text, "", records, message[:2000], None, sent_at, run)
+    event.index = indexes[-1]  # applied where its last report was, in batch order
+    event.indexes = indexes
+    event.coalesced = len(texts)  # distinct reports; `indexes` also has the repeated ones
+    if len(texts) > 1:
+        event.hashed = "\n".join(texts)
+    return event
