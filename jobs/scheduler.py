@@ -19,6 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
+from jobs import k8s_heartbeat
 from jobs.advance import queue_advance
 from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
@@ -223,14 +224,22 @@ def step_force_stop(step_pk: int) -> bool:
 
 
 def reconcile() -> dict:
-    """One level-triggered pass over every launched step and every active queue."""
+    """One level-triggered pass over every launched step and every active queue.
+
+    With a healthy workload watcher (`manage.py watch_workloads`, jobs/k8s_watch.py: its heartbeat is
+    fresh) the watcher observes the cluster and applies every change itself, so the pass does only
+    the database's part (launches to send again, queues to advance, log tails); without one it lists
+    the cluster and observes every launched step, as it always did."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [RECONCILE_LOCK_ID])
         if not cursor.fetchone()[0]:
             return {"skipped": True}
     started = time.monotonic()
     try:
-        summary = _reconcile_steps()
+        watcher = k8s_heartbeat.healthy_watcher() if settings.JOB_LAUNCHER == "kubernetes" else None
+        summary = _reconcile_steps(observe=watcher is None)
+        if watcher is not None:
+            summary["watcher"] = watcher
         for queue_pk in _queues_to_advance():
             queue_advance(queue_pk)
         _capture_logs()
@@ -273,21 +282,36 @@ _RECONCILE_LIGHT = ("id", "queue_id", "state", "message", "job_name", "run", "la
                     "state_changed_at")
 
 
-def _reconcile_steps() -> dict:
+def reconcile_workloads(*, observer, job_names=None) -> dict:
+    """Apply what the workload watcher sees (`observer`: its cache, jobs/k8s_informer.py) to the steps
+    owning `job_names` (None: every launched step, the watcher's periodic sweep) with the same code
+    as a pass; queues whose steps changed get their advance announced at once."""
+    return _reconcile_steps(observer=observer, job_names=job_names)
+
+
+def _reconcile_steps(*, observe: bool = True, observer=None, job_names=None) -> dict:
+    """Compare launched steps with what `observer` (default: the launcher, which lists the cluster)
+    sees and act on the differences. `observe=False`: only the launches to send again (a healthy
+    watcher observes the rest). `job_names`: only the steps of those Jobs (watcher events)."""
     launcher = get_launcher()
+    observer = observer or launcher
     now = timezone.now()
-    light = hasattr(launcher, "observe_many")
-    steps = QueueRequest.objects.filter(state__in=StepState.LAUNCHED)
+    light = hasattr(observer, "observe_many")
+    steps = QueueRequest.objects.filter(state__in=StepState.LAUNCHED if observe else [StepState.LAUNCHING])
+    if job_names is not None:
+        steps = steps.filter(job_name__in=list(job_names)).exclude(state=StepState.LAUNCHING)
     # No order: the model's default one joins every step's queue just to sort.
     steps = list(steps.order_by().only(*_RECONCILE_LIGHT) if light else steps.select_related("queue").defer(*_RECONCILE_DEFERRED))
     summary = {"observed": 0, "changed": 0, "relaunched": 0}
     for step in steps:
         if step.state == StepState.LAUNCHING and _launch_due(step, now) and _resend_launch(step, now):
             summary["relaunched"] += 1
+    if not observe or (job_names is not None and not steps):
+        return summary
     observed = [s for s in steps if s.state != StepState.LAUNCHING]
     try:
         if light:
-            observations = launcher.observe_many(observed)
+            observations = observer.observe_many(observed)
         else:
             observations = {s.pk: launcher.status(s) for s in observed}
     except LaunchError as exc:
@@ -312,6 +336,8 @@ def _reconcile_steps() -> dict:
     for step, observation in todo:
         if apply_observation(step, observation, launcher=launcher, now=now):
             summary["changed"] += 1
+            if observer is not launcher:  # the watcher: no pass follows to advance the queue
+                enqueue(QUEUE_ADVANCE, step.queue_id, about=step.queue)
     return summary
 
 
