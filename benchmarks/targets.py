@@ -71,6 +71,21 @@ def job_objects(step) -> tuple[dict, dict]:
     return job_manifest(step), credential_secret(step, {"metadata": {"name": step.job_name, "uid": ""}}, namespace="")
 
 
+def launcher_api_client(plain):
+    """The API client class the launcher is built with (k8s_client), on `plain`'s configuration: a bare
+    baseline pays exactly the client work the product pays, no more."""
+    from jobs.k8s_client import ApiClient
+
+    return ApiClient(plain.configuration)
+
+
+def prepared_body(body: dict) -> dict:
+    """A body the launcher's client sends as built (k8s_client.PreparedBody), as the launcher sends its own."""
+    from jobs.k8s_client import PreparedBody
+
+    return PreparedBody(body)
+
+
 def job_manifest(step) -> dict:
     from jobs.manifests import job_manifest
 
