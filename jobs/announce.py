@@ -19,11 +19,13 @@ STEP_LAUNCH = "jobs.tasks.step_launch_task"
 STEP_SEND_STOP = "jobs.tasks.step_send_stop_task"
 STEP_FORCE_STOP = "jobs.tasks.step_force_stop_task"
 STEP_DISCARD = "jobs.tasks.step_discard_task"
+QUEUE_SEND_STOP = "jobs.tasks.queue_send_stop_task"
+QUEUE_FORCE_STOP = "jobs.tasks.queue_force_stop_task"
 RECONCILE = "jobs.tasks.reconcile_task"
 
 
 # What the first argument of each task is, so Flower can show `queue=…, step=…` instead of `(24,)`.
-_QUEUE_TASKS = {QUEUE_ADVANCE}
+_QUEUE_TASKS = {QUEUE_ADVANCE, QUEUE_SEND_STOP, QUEUE_FORCE_STOP}
 _STEP_TASKS = {STEP_LAUNCH, STEP_SEND_STOP, STEP_FORCE_STOP, STEP_DISCARD}
 
 

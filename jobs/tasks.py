@@ -10,7 +10,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from jobs import announce, scheduler
+from jobs import announce, scheduler, stopping
 from jobs.launchers import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,16 @@ def step_send_stop_task(step_pk: int) -> None:
 @shared_task(name=announce.STEP_FORCE_STOP, acks_late=True, ignore_result=True)
 def step_force_stop_task(step_pk: int) -> None:
     scheduler.step_force_stop(step_pk)
+
+
+@shared_task(name=announce.QUEUE_SEND_STOP, acks_late=True, ignore_result=True)
+def queue_send_stop_task(queue_pk: int) -> None:
+    stopping.queue_send_stop(queue_pk)
+
+
+@shared_task(name=announce.QUEUE_FORCE_STOP, acks_late=True, ignore_result=True)
+def queue_force_stop_task(queue_pk: int) -> None:
+    stopping.queue_force_stop(queue_pk)
 
 
 @shared_task(name=announce.RECONCILE, acks_late=True, ignore_result=True)

@@ -99,10 +99,17 @@ def stop_command(step) -> dict:
 
 def publish_stop(step) -> dict:
     """Send `stop` to one step's worker on QUEUE_CONTROL_TOPIC; returns the command once confirmed."""
-    command = stop_command(step)
-    send_confirmed([Outgoing(settings.QUEUE_CONTROL_TOPIC, encode(command), step.queue.queue_id.encode())])
-    logger.info(
-        "stop command published",
-        extra={"queue_id": command["queue_id"], "telemetry_id": command["telemetry_id"], "command_id": command["command_id"]},
-    )
-    return command
+    return publish_stops([step])[0]
+
+
+def publish_stops(steps) -> list[dict]:
+    """`publish_stop` for many steps, confirmed together (one wait for the broker, not one per step)."""
+    commands = [stop_command(step) for step in steps]
+    send_confirmed([Outgoing(settings.QUEUE_CONTROL_TOPIC, encode(command), step.queue.queue_id.encode())
+                    for step, command in zip(steps, commands)])
+    for command in commands:
+        logger.info(
+            "stop command published",
+            extra={"queue_id": command["queue_id"], "telemetry_id": command["telemetry_id"], "command_id": command["command_id"]},
+        )
+    return commands

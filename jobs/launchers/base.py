@@ -48,6 +48,9 @@ class Launcher(Protocol):
     def stop(self, step: QueueRequest, *, force: bool) -> None:
         """Ask the workload to stop (graceful), or remove it with everything it runs (force)."""
 
+    def stop_many(self, steps: list[QueueRequest], *, force: bool) -> None:
+        """`stop` for several steps at once (a queue's stop), in as few calls as the launcher can."""
+
     def discard(self, step: QueueRequest) -> None:
         """Remove this run's workload (`step.job_name`) at once, and nothing of any other run."""
 

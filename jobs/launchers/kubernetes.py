@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 LIST_PAGE = 500
 LIST_RESTARTS = 3  # listings restarted after an expired continue token before giving up this pass
+STOP_SELECTOR_STEPS = 50  # step names per delete-collection selector (keeps the request line short)
 
 
 class KubernetesLauncher:
@@ -105,13 +106,8 @@ class KubernetesLauncher:
 
     def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
         """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
-        return self.list_labelled_versioned(kind, selector)[0]
-
-    def list_labelled_versioned(self, kind: str, selector: str | None = None) -> tuple[list[dict], str]:
-        """`list_labelled` and the list's resourceVersion (its first page's: the snapshot the pages
-        continue), from which a watch sees every later change (jobs/k8s_watch.py)."""
         fn = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
-        items, token, restarts, version = [], None, 0, ""
+        items, token, restarts = [], None, 0
         while True:
             kwargs = {"label_selector": selector or manager_selector(), "limit": LIST_PAGE}
             if token:
@@ -122,16 +118,15 @@ class KubernetesLauncher:
                 if token and k8s_client.list_expired(exc) and restarts < LIST_RESTARTS:
                     # The server compacted past our snapshot: a consistent list starts over, now.
                     logger.info("continue token expired, listing again", extra={"kind": kind})
-                    items, token, restarts, version = [], None, restarts + 1, ""
+                    items, token, restarts = [], None, restarts + 1
                     continue
                 if k8s_client.list_expired(exc):
                     raise LaunchError(f"listing {kind}: continue token expired {restarts + 1} times") from exc
                 raise _permanent(f"listing {kind}", exc) from exc
             items += page.get("items") or []
-            version = version or (page.get("metadata") or {}).get("resourceVersion") or ""
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items, version
+                return items
 
     def _read_job(self, name: str) -> dict | None:
         try:
@@ -273,6 +268,27 @@ class KubernetesLauncher:
             self.delete_job(name)
         self._delete_leftover_pods(step_selector(step))
 
+    def stop_many(self, steps, *, force: bool) -> None:
+        """Force, for many steps: per queue, ONE delete-collection of the Jobs carrying the queue's label and
+        one of these steps' names (every run of them, no other step's Job), then the leftover pods. With
+        Background propagation the server removes the Jobs at once and the garbage collector their pods
+        and owned credential Secrets (an ownerless Secret goes with the step's discard once it ends)."""
+        if not force:
+            return
+        by_queue: dict[str, list] = {}
+        for step in steps:
+            by_queue.setdefault(step.queue.queue_id, []).append(step)
+        for group in by_queue.values():
+            for start in range(0, len(group), STOP_SELECTOR_STEPS):
+                selector = steps_selector(group[start:start + STOP_SELECTOR_STEPS])
+                try:
+                    self._call(self.batch.delete_collection_namespaced_job, self.namespace, label_selector=selector,
+                               propagation_policy="Background")
+                except ApiException as exc:
+                    raise _permanent(f"deleting the Jobs of {selector}", exc) from exc
+                logger.info("jobs deleted", extra={"selector": selector, "namespace": self.namespace})
+                self._delete_leftover_pods(selector)
+
     def discard(self, step) -> None:
         """This run's Job only (its pods go with it): a later run of the step keeps its own."""
         self.delete_job(step.job_name)
@@ -338,6 +354,13 @@ class KubernetesLauncher:
                 return f"(no log: {_status_message(exc)})\n"
             raise _permanent(f"reading log of pod {pod_name}", exc) from exc
         return _tail(response.data.decode("utf-8", errors="replace"), tail_bytes)
+
+
+def steps_selector(steps) -> str:
+    """Every run's Jobs and pods of these steps of one queue: `step_selector` with the step names as a set."""
+    labels = [step_labels(step) for step in steps]
+    names = ",".join(sorted({entry[LABEL_STEP] for entry in labels}))
+    return f"{LABEL_MANAGED_BY}={labels[0][LABEL_MANAGED_BY]},{LABEL_QUEUE}={labels[0][LABEL_QUEUE]},{LABEL_STEP} in ({names})"
 
 
 def job_owner(job: dict) -> dict:

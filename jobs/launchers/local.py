@@ -138,6 +138,10 @@ class LocalLauncher:
         except PermissionError as exc:
             raise LaunchError(f"not allowed to signal the step process: {exc}", permanent=True) from exc
 
+    def stop_many(self, steps: list[QueueRequest], *, force: bool) -> None:
+        for step in steps:  # a signal per process: nothing to batch
+            self.stop(step, force=force)
+
     def discard(self, step: QueueRequest) -> None:
         # The state directory is per run (job name), so this never touches another run's process.
         self.stop(step, force=True)

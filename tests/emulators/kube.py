@@ -760,9 +760,13 @@ class KubeCluster:
         if method == "DELETE":
             propagation = query.get("propagationPolicy") or (body or {}).get("propagationPolicy")
             with store.lock:
-                for obj in store.list(plural, ns, query.get("labelSelector")):
+                matched = store.list(plural, ns, query.get("labelSelector"))
+                for obj in matched:  # each as a single delete: the same propagation, finalizers and grace
                     store.delete(plural, ns, obj["metadata"]["name"], propagation)
-            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+                meta = {"resourceVersion": store.resource_version()}
+            # A real server answers with the list it matched (as read before deleting), not a Status.
+            return 200, list_body(f"{RESOURCES[plural][2]}List", "/".join(filter(None, RESOURCES[plural][:2])),
+                                  meta, [json.dumps(obj).encode() for obj in matched])
         raise ApiError(405, f"method {method} not allowed on a collection")
 
     def _item(self, method, plural, ns, name, sub, query, body, content_type):

@@ -198,19 +198,30 @@ def test_delete_without_propagation_orphans_pods(batch, core, ctl, ns):
 
 
 def test_delete_collection_by_label(cluster, batch, core, ctl, ns):
-    admin_batch, admin_core = BatchV1Api(cluster.api_client()), CoreV1Api(cluster.api_client())
-    for name, queue in (("a", "q1"), ("b", "q1"), ("c", "q2")):
-        batch.create_namespaced_job(ns, job_manifest(name, {"queue-id": queue}))
+    """Delete-collection as a real server does it: the deploy Role may delete a collection of Jobs (a queue's
+    forced stop, issue #12), never of pods; a set selector takes only the values named; Background removes
+    the Jobs at once and their pods later; Foreground keeps each Job, being deleted, until its pods are gone;
+    the answer is the list of what matched."""
+    for name, queue, step in (("a", "q1", "s1"), ("b", "q1", "s2"), ("c", "q1", "s3"), ("d", "q2", "s1")):
+        batch.create_namespaced_job(ns, job_manifest(name, {"queue-id": queue, "step": step}))
         ctl.create_pod_for(name, "Running")
-    with pytest.raises(ApiException) as err:  # the deploy Role deletes Jobs one by one, never a collection
-        batch.delete_collection_namespaced_job(ns, label_selector="queue-id=q1")
+    with pytest.raises(ApiException) as err:  # pods go with their Job (garbage collector), never by the manager
+        core.delete_collection_namespaced_pod(ns, label_selector="queue-id=q2")
     assert err.value.status == 403
-    admin_batch.delete_collection_namespaced_job(ns, label_selector="queue-id=q1", propagation_policy="Background")
-    assert [j.metadata.name for j in batch.list_namespaced_job(ns).items] == ["c"]
-    wait_until(lambda: [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(ns).items] == ["c"],
+    answer = json.loads(batch.delete_collection_namespaced_job(
+        ns, label_selector="queue-id=q1,step in (s1,s2)", propagation_policy="Background", _preload_content=False).data)
+    assert answer["kind"] == "JobList" and sorted(j["metadata"]["name"] for j in answer["items"]) == ["a", "b"]
+    assert sorted(j.metadata.name for j in batch.list_namespaced_job(ns).items) == ["c", "d"]
+    wait_until(lambda: sorted(p.metadata.labels["job-name"] for p in core.list_namespaced_pod(ns).items) == ["c", "d"],
                message="the pods of a and b are collected")
-    admin_core.delete_collection_namespaced_pod(ns, label_selector="queue-id=q2")
-    wait_until(lambda: core.list_namespaced_pod(ns).items == [], message="c's pod terminated")
+
+    batch.delete_collection_namespaced_job(ns, label_selector="queue-id=q1", propagation_policy="Foreground")
+    [job] = batch.list_namespaced_job(ns, label_selector="queue-id=q1").items
+    assert job.metadata.name == "c" and job.metadata.deletion_timestamp
+    assert "foregroundDeletion" in job.metadata.finalizers
+    wait_until(lambda: [j.metadata.name for j in batch.list_namespaced_job(ns).items] == ["d"],
+               message="c goes once its pod is gone")
+    assert [p.metadata.labels["job-name"] for p in core.list_namespaced_pod(ns).items] == ["d"]
 
 
 @pytest.mark.parametrize("status", [500, 429, 503, 409])

@@ -258,7 +258,8 @@ def test_it_grants_the_queue_manager_exactly_the_rules_it_needs():
     assert set(docs) == {"ServiceAccount", "Role", "RoleBinding"}
     rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): sorted(r["verbs"]) for r in docs["Role"]["rules"]}
     assert rules == {
-        (("batch",), ("jobs",)): sorted(["create", "get", "list", "watch", "delete"]),
+        # deletecollection: a queue's forced stop removes its stopping steps' Jobs in one call
+        (("batch",), ("jobs",)): sorted(["create", "get", "list", "watch", "delete", "deletecollection"]),
         (("",), ("pods",)): sorted(["get", "list", "watch"]),
         (("",), ("pods/log",)): ["get"],
         # the per-step telemetry credential: written and removed, never read back (no get/list)

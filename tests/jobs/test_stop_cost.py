@@ -2,27 +2,32 @@
 
 The request records the stop and announces the tasks; it never calls the cluster (the bench measured
 2.1 s for `queue_stop` of 10 queues holding 50 steps while it ran those tasks inline). The tasks do the
-rest: `step_send_stop` (the command), then `step_force_stop` at the end of the grace period. Counts,
+rest, one pair per queue: `queue_send_stop` (the commands), then `queue_force_stop` at the end of the
+grace period (one delete-collection of the queue's stopping steps' Jobs). Counts,
 never timings; the cluster is the emulator, the broker the test session's Redis (nothing runs eagerly).
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
+import redis
+from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs import scheduler
 from jobs.services import queue_create, queue_stop
+from jobs.stopping import queue_force_stop, queue_send_stop
 from queues.models import QueueRequest, StepState
 from tests.helpers import wait_until
 from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
 
-PER_STEP = 1  # the step's compare-and-set (the queue's change is counted once per stop; mirror off here)
+PER_STEP = 0  # the queue's steps are marked in two UPDATEs whatever their number (mirror off here)
 
 
 def _running_queue(queue_id: str, steps: int, controller):
@@ -41,23 +46,28 @@ def _running_queue(queue_id: str, steps: int, controller):
 
 
 def _stop_request(queue, emulator, capture):
-    """`queue_stop` as a view runs it, with its on-commit announcements: (queries, Kubernetes API calls)."""
-    calls = len(emulator.requests)
+    """`queue_stop` as a view runs it, with its on-commit announcements: (queries, Kubernetes API calls,
+    names of the tasks that reached the broker, read back from Redis)."""
+    client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
+    calls, sent = len(emulator.requests), client.llen("celery")
     with CaptureQueriesContext(connection) as queries, capture(execute=True):
         queue_stop(queue=queue, reason="test")
-    return len(queries), emulator.requests[calls:]
+    tasks = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", sent, -1)]
+    return len(queries), emulator.requests[calls:], tasks
 
 
 def test_a_stop_request_makes_a_bounded_number_of_queries_per_step_and_no_cluster_call(
     k8s_pipeline, emulator, django_capture_on_commit_callbacks  # noqa: F811 (fixture)
 ):
-    """Stop, the request: one query per step (the difference between 10 and 5 steps; before, two: the queue's
-    change count was raised once per step) and no Kubernetes API call."""
+    """Stop, the request: as many queries and broker messages for 10 steps as for 5 (before: one query and two
+    tasks per step; earlier still two queries, the queue's change count raised once per step), and no
+    Kubernetes API call."""
     small, large = _running_queue("stop-cost-5", 5, k8s_pipeline), _running_queue("stop-cost-10", 10, k8s_pipeline)
-    small_queries, small_calls = _stop_request(small, emulator, django_capture_on_commit_callbacks)
-    large_queries, large_calls = _stop_request(large, emulator, django_capture_on_commit_callbacks)
+    small_queries, small_calls, small_tasks = _stop_request(small, emulator, django_capture_on_commit_callbacks)
+    large_queries, large_calls, large_tasks = _stop_request(large, emulator, django_capture_on_commit_callbacks)
     assert small_calls == [] and large_calls == []
     assert large_queries - small_queries <= 5 * PER_STEP, (small_queries, large_queries)
+    assert len(large_tasks) == len(small_tasks), (small_tasks, large_tasks)
     assert set(large.steps.values_list("state", flat=True)) == {StepState.STOPPING}
 
 
@@ -73,10 +83,12 @@ def test_fifty_steps_stopped_at_once_leave_no_workload_after_the_forced_stop(
         assert _stop_request(queue, emulator, django_capture_on_commit_callbacks)[1] == []
     stopping = list(QueueRequest.objects.filter(queue__in=queues).values_list("pk", flat=True))
     assert len(stopping) == 50
-    for pk in stopping:  # what the worker runs: the command, then the forced stop at its ETA
-        scheduler.step_send_stop(pk)
+    for queue in queues:  # what the worker runs: the commands, then the forced stop at its ETA
+        assert queue_send_stop(queue.pk) == 5
     QueueRequest.objects.filter(pk__in=stopping).update(stop_requested_at=timezone.now() - timedelta(seconds=31))
-    assert all(scheduler.step_force_stop(pk) for pk in stopping)
+    deletes = len(emulator.requests_matching("DELETE", r"/jobs(/[^/]+)?$"))
+    assert [queue_force_stop(queue.pk) for queue in queues] == [5] * 10
+    assert len(emulator.requests_matching("DELETE", r"/jobs(/[^/]+)?$")) - deletes == 10  # one per queue
     assert [name for queue in queues for name in cluster_jobs_of(controller, queue)] == []
     wait_until(lambda: [p for q in queues for p in controller.pods(label_selector=f"streamforge.io/queue-id={q.queue_id}")]
                == [], message="the pods of the deleted Jobs are gone")
