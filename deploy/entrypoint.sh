@@ -1,6 +1,6 @@
 #!/bin/sh
 # One image, every role: the first argument chooses what this container runs.
-#   web | worker | beat | consume-queue-control | consume-queue-events | flower | migrate
+#   web | worker | beat | consume-queue-control | consume-queue-events | watch-workloads | flower | migrate
 #   metrics (exporter for the pod's multiprocess metrics) | manage <args> | healthcheck
 set -eu
 
@@ -44,6 +44,10 @@ case "$role" in
         prepare_metrics_dir; mark_role
         exec python manage.py consume_queue_events "$@"
         ;;
+    watch-workloads)
+        prepare_metrics_dir; mark_role
+        exec python manage.py watch_workloads "$@"
+        ;;
     flower)
         mark_role
         exec celery -A queuemanager flower --port="${FLOWER_PORT:-5555}" "$@"
@@ -61,7 +65,7 @@ case "$role" in
         exec python -m ops.healthcheck
         ;;
     *)
-        echo "unknown role: $role (web, worker, beat, consume-queue-control, consume-queue-events, flower, migrate, metrics, manage, healthcheck)" >&2
+        echo "unknown role: $role (web, worker, beat, consume-queue-control, consume-queue-events, watch-workloads, flower, migrate, metrics, manage, healthcheck)" >&2
         exit 64
         ;;
 esac

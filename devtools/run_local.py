@@ -73,6 +73,14 @@ def _command(name: str) -> Callable[[], str | None]:
     return check
 
 
+def _workload_watcher() -> str | None:
+    # `make run` launches steps as local processes (local_env: JOB_LAUNCHER=local), so there are no
+    # Kubernetes Jobs to watch and the beat's reconcile observes the steps itself; listed here so the
+    # process table matches the deployment (deploy/watch-workloads.yaml).
+    return _command("watch_workloads")() or (
+        "JOB_LAUNCHER=local in make run: no Kubernetes Jobs to watch (the beat's reconcile observes the steps)")
+
+
 def _celery_app() -> str | None:
     if (ROOT / "queuemanager" / "celery.py").is_file():
         return None
@@ -97,6 +105,7 @@ CHILDREN: tuple[Child, ...] = (
     Child("flower", (PY, "-m", "celery", "-A", "queuemanager", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"), _celery_app),
     Child("control", (PY, "manage.py", "consume_queue_control"), _command("consume_queue_control"), restart=True),
     Child("events", (PY, "manage.py", "consume_queue_events"), _command("consume_queue_events"), restart=True),
+    Child("watcher", (PY, "manage.py", "watch_workloads"), _workload_watcher, restart=True),
 )
 
 

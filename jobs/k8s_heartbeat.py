@@ -33,9 +33,9 @@ def key() -> str:
     return f"streamforge:workload-watcher:{settings.K8S_MANAGER_ID}:{settings.K8S_NAMESPACE}"
 
 
-def beat(versions: dict[str, str]) -> None:
-    """Say the watcher is healthy, at these resourceVersions (jobs, pods)."""
-    state = {"at": time.time(), "versions": versions}
+def beat(versions: dict[str, str], stats: dict | None = None) -> None:
+    """Say the watcher is healthy, at these resourceVersions (jobs, pods); `stats` for operators."""
+    state = {"at": time.time(), "versions": versions, "stats": stats or {}}
     _redis().set(key(), json.dumps(state), px=int(settings.K8S_WATCH_HEALTHY_SECONDS * 1000))
 
 

@@ -176,9 +176,12 @@ class WorkloadWatcher:
         return dirty
 
     def _reconcile(self, job_names) -> dict:
+        started = time.monotonic()
         observer = CachedObserver(self.informer, self.launcher, handle_orphans=job_names is None)
         summary = scheduler.reconcile_workloads(observer=observer, job_names=job_names)
         self.stats["reconciled"] += summary.get("observed", 0)
+        if job_names is None:  # the sweep: what it costs and covers, in the heartbeat
+            self.stats.update(sweep_s=round(time.monotonic() - started, 3), swept=summary.get("observed", 0))
         return summary
 
     def healthy(self) -> bool:
@@ -191,7 +194,7 @@ class WorkloadWatcher:
         if now - self._last_beat < min(1.0, settings.K8S_WATCH_HEALTHY_SECONDS / 3) or not self.healthy():
             return
         try:
-            k8s_heartbeat.beat(dict(self.informer.versions))
+            k8s_heartbeat.beat(dict(self.informer.versions), dict(self.stats))
             self._last_beat = now
         except Exception:  # no heartbeat: the beat lists the cluster itself meanwhile
             logger.warning("could not write the workload watcher heartbeat", exc_info=True)

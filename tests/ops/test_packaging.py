@@ -15,7 +15,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-ROLES = ("web", "worker", "beat", "consume-queue-control", "consume-queue-events", "migrate", "flower", "metrics")
+ROLES = ("web", "worker", "beat", "consume-queue-control", "consume-queue-events", "watch-workloads", "migrate",
+         "flower", "metrics")
 CRD_REQUIRED = {
     "ServiceMonitor": ("selector", "endpoints"),
     "PodMonitor": ("selector", "podMetricsEndpoints"),
@@ -120,7 +121,7 @@ def deployments() -> dict[str, dict]:
 
 def test_it_deploys_every_role_with_probes_on_the_web():
     found = deployments()
-    for role in ("web", "worker", "beat", "consume-queue-control", "consume-queue-events"):
+    for role in ("web", "worker", "beat", "consume-queue-control", "consume-queue-events", "watch-workloads"):
         deployment = found[f"queue-manager-{role}"]
         main = deployment["spec"]["template"]["spec"]["containers"][0]
         assert main["args"] == [role]
