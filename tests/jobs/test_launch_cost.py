@@ -322,3 +322,26 @@ def test_a_launch_posts_its_bodies_as_built_without_the_clients_model_walk(kube,
     assert sent[1][2] == credential_secret(step_, job, namespace=kube.namespace)
     assert not [obj for obj in walked if isinstance(obj, dict) and "apiVersion" in obj and "metadata" in obj]
     assert _secret(kube, step_)["metadata"]["ownerReferences"][0]["uid"] == handle["uid"]
+
+
+# --- round trips on the way from create to the first Jobs ------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_advance_refreshes_the_queue_status_in_its_own_transaction_without_a_savepoint(monkeypatch):
+    """Case: create → ready round trips (issue #12 launch_create_to_ready_jobs) — the advance that starts a
+    new queue's ready steps refreshes the queue's status inside its own transaction without a savepoint
+    (SAVEPOINT and RELEASE were two of its 13 round trips), and reads the step states without joining the
+    queue table for an ordering the status rule does not need. The status written stays the rule's."""
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    queue = _independent_queue("refresh-no-savepoint", 2)
+
+    with CaptureQueriesContext(connection) as queries:
+        assert len(advance.queue_advance(queue.pk)) == 2
+
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert not [sql for sql in statements if "SAVEPOINT" in sql], statements
+    states = [sql for sql in statements if sql.startswith('SELECT "queues_queuerequest"."state"')]
+    assert len(states) == 1 and "JOIN" not in states[0], states
+    queue.refresh_from_db()
+    assert queue.status == "running" and queue.started_at is not None
