@@ -14,12 +14,20 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from jobs.announce import QUEUE_ADVANCE, STEP_DISCARD, STEP_FORCE_STOP, STEP_SEND_STOP, enqueue_on_commit
+from jobs.announce import (
+    QUEUE_ADVANCE,
+    QUEUE_FORCE_STOP,
+    QUEUE_SEND_STOP,
+    STEP_DISCARD,
+    STEP_FORCE_STOP,
+    STEP_SEND_STOP,
+    enqueue_on_commit,
+)
 from queues import naming
 from queues.contract import PayloadError, PipelineSpec, canonical_json, parse_payload
 from queues.history import AuditAction, AuditResult, Origin, audit_record, errors_summary, step_run_record
 from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState
-from queues.signals import queue_status_changed
+from queues.signals import queue_status_changed, step_state_changed
 
 logger = logging.getLogger(__name__)
 
@@ -160,13 +168,43 @@ def queue_stop(*, queue: Queue, user=None, reason: str = "", origin: Origin | No
         # meanwhile), not by one UPDATE per step; an advance needs the count non-zero (step_transition).
         queue.changes_pending += 1
         queue.save(update_fields=["stop_requested_at", "message", "changes_pending", "updated_at"])
-        for step in queue.steps.exclude(state__in=StepState.TERMINAL):
-            step_mark_stopping(step=step, reason=queue.message, mark_queue=False)
+        if _steps_mark_stopping(queue=queue, now=queue.stop_requested_at):
+            # One command task and one forced stop per queue, fanned out to its steps by the worker: the
+            # request sends two tasks per queue, not two per step (issue #12, stop latency).
+            enqueue_on_commit(QUEUE_SEND_STOP, queue.pk, about=queue)
+            enqueue_on_commit(QUEUE_FORCE_STOP, queue.pk, about=queue,
+                              eta=queue.stop_requested_at + timedelta(seconds=settings.STOP_GRACE_SECONDS))
         queue_refresh_status(queue=queue)
         audit_record(origin=origin, action=AuditAction.STOP, result=AuditResult.ACCEPTED, queue=queue, reason=reason)
     logger.info("queue stop requested", extra={"queue_id": queue.queue_id, "by": who})
     _advance_on_commit(queue)
     return queue
+
+
+def _steps_mark_stopping(*, queue: Queue, now) -> int:
+    """`step_mark_stopping` for every unfinished step of a locked queue, in two UPDATEs whatever the
+    number of steps (waiting ones cancelled, launched ones `stopping`); returns how many are now
+    stopping. The tasks are the caller's (one per queue). The steps are locked first (queue, then its
+    steps: the one lock order), so each UPDATE changes exactly the rows read and every step still
+    gets its `step_state_changed` (metrics, mirror) as with one transition each."""
+    steps = list(queue.steps.select_for_update().exclude(state__in=StepState.TERMINAL))
+    waiting = [step for step in steps if step.state == StepState.WAITING]
+    launched = [step for step in steps if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING]
+    common = {"state_changed_at": now, "updated_at": now, "stop_requested_at": now}
+    for group, to, fields in (
+        (waiting, StepState.STOPPED, {"message": f"Cancelled: {queue.message}", "finished_at": now, "next_launch_at": None}),
+        (launched, StepState.STOPPING, {"message": queue.message}),
+    ):
+        if not group:
+            continue
+        values = {"state": to, **common, **fields}
+        QueueRequest.objects.filter(pk__in=[step.pk for step in group]).update(**values)
+        for step in group:
+            previous = step.state
+            for key, value in values.items():
+                setattr(step, key, value)
+            step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=to)
+    return len(launched)
 
 
 def step_stop(*, step: QueueRequest, user=None, reason: str = "", origin: Origin | None = None) -> QueueRequest:
