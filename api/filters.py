@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import timezone
 
 import django_filters
+from django_filters.rest_framework import DjangoFilterBackend
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 
@@ -74,3 +75,16 @@ class EventFilter(django_filters.FilterSet):
     class Meta:
         model = TelemetryEvent
         fields = ["step", "status"]
+
+
+class QueueFilterBackend(DjangoFilterBackend):
+    """django-filter's backend, without building and validating the filter form for a request that
+    names none of its filters (the plain list, its cursor pages): the answer is the same queryset, and
+    the form was a tenth of such a request's Python time."""
+
+    def filter_queryset(self, request, queryset, view):
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is not None and not any(name in request.query_params
+                                                   for name in filterset_class.base_filters):
+            return queryset
+        return super().filter_queryset(request, queryset, view)

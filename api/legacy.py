@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from queues import naming
 from api import schema
-from api.filters import QueueFilter
+from api.filters import QueueFilter, QueueFilterBackend
 from api.pagination import NumberedQueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
@@ -70,6 +70,7 @@ class LegacyListView(generics.ListAPIView):
     required_permission = VIEW_QUEUE
     serializer_class = QueueSerializer
     filterset_class = QueueFilter
+    filter_backends = [QueueFilterBackend]
     pagination_class = NumberedQueuePagination  # the original service's clients page by number
 
     def get_queryset(self):

@@ -1,9 +1,13 @@
 """Serializers for reading queues, steps and edges (writes go through services.queue_create)."""
 from __future__ import annotations
 
-from django.db.models import F, Func, OuterRef, Subquery
+from datetime import datetime, timedelta
+
+from django.db.models import IntegerField
+from django.db.models.expressions import RawSQL
 from drf_spectacular.utils import extend_schema_field
-from rest_framework import serializers
+from rest_framework import ISO_8601, serializers
+from rest_framework.settings import api_settings
 
 from queues.models import Queue, QueueRequest, StepDependency, StepState
 
@@ -89,9 +93,14 @@ def _progress(queue: Queue) -> dict:
     return {"done": counts.get(StepState.SUCCEEDED, 0), "total": sum(counts.values())}
 
 
-def _step_count(**filters):
-    steps = QueueRequest.objects.filter(queue=OuterRef("pk"), **filters).order_by()
-    return Subquery(steps.annotate(n=Func(F("pk"), function="COUNT")).values("n"))
+def _step_count(*, succeeded_only: bool) -> RawSQL:
+    # Written as SQL rather than a Subquery(OuterRef) expression: building and compiling that expression
+    # was about a tenth of a list request's Python time; PostgreSQL gets the same correlated count.
+    # The list's queue table is the query's root, so it is never aliased.
+    condition, params = (' AND s."state" = %s', (StepState.SUCCEEDED,)) if succeeded_only else ("", ())
+    sql = (f'SELECT COUNT(*) FROM "{QueueRequest._meta.db_table}" s '
+           f'WHERE s."queue_id" = "{Queue._meta.db_table}"."id"{condition}')
+    return RawSQL(sql, params, output_field=IntegerField())
 
 
 def with_progress(queryset):
@@ -101,7 +110,10 @@ def with_progress(queryset):
     them for the rows the LIMIT keeps (after the sort), never by grouping the history's steps, and the
     page costs one round trip instead of two.
     """
-    return queryset.annotate(progress_done=_step_count(state=StepState.SUCCEEDED), progress_total=_step_count())
+    return queryset.annotate(progress_done=_step_count(succeeded_only=True), progress_total=_step_count(succeeded_only=False))
+
+
+_ZERO = timedelta(0)
 
 
 class QueueListSerializer(serializers.ListSerializer):
@@ -117,7 +129,8 @@ class QueueListSerializer(serializers.ListSerializer):
             counts = Queue.objects.step_counts([queue.pk for queue in queues])
             for queue in queues:
                 queue.step_state_counts = counts[queue.pk]
-        plan = [(field.field_name, field, _plain_attribute(field)) for field in self.child._readable_fields]
+        plan = [(field.field_name, field, _plain_attribute(field), _representer(field))
+                for field in self.child._readable_fields]
         return [_row(queue, plan) for queue in queues]
 
 
@@ -127,12 +140,35 @@ def _plain_attribute(field) -> str | None:
     return attrs[0] if len(attrs) == 1 and field.source != "*" else None
 
 
+def _representer(field):
+    """The field's to_representation, or a shortcut giving the same string for its usual values.
+
+    A DateTimeField in ISO 8601 converts each value to the field's time zone and formats it; when that
+    zone is UTC, a value already in UTC (what PostgreSQL gives) formats to the same string as is. Any
+    other value goes through DRF.
+    """
+    output_format = getattr(field, "format", api_settings.DATETIME_FORMAT)
+    if type(field) is not serializers.DateTimeField or output_format is None or output_format.lower() != ISO_8601:
+        return field.to_representation
+    zone = getattr(field, "timezone", None) or field.default_timezone()
+    if zone is None or zone.utcoffset(None) != _ZERO or str(zone) != "UTC":
+        return field.to_representation
+
+    def represent(value):
+        if not isinstance(value, datetime) or value.utcoffset() != _ZERO:
+            return field.to_representation(value)
+        text = value.isoformat()
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+    return represent
+
+
 def _row(instance, plan) -> dict:
     # What Serializer.to_representation does, without re-walking the fields and sources for each row.
     row = {}
-    for name, field, attribute in plan:
+    for name, field, attribute, represent in plan:
         value = getattr(instance, attribute) if attribute is not None else field.get_attribute(instance)
-        row[name] = None if value is None else field.to_representation(value)
+        row[name] = None if value is None else represent(value)
     return row
 
 

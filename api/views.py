@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from jobs import services
 from api import schema
-from api.filters import QueueFilter
+from api.filters import QueueFilter, QueueFilterBackend
 from api.pagination import QueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
@@ -79,6 +79,7 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     permission_by_action = {"create": START_QUEUE}
     parser_classes = [JSONParser]
     filterset_class = QueueFilter
+    filter_backends = [QueueFilterBackend]
     pagination_class = QueuePagination
 
     def get_queryset(self):

@@ -5,12 +5,14 @@ Milliseconds belong in `make bench` (`api_list_*`); these tests pin the behaviou
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.renderers import JSONRenderer
 
 from api.serializers import QueueSerializer
 from queues.models import Queue, QueueRequest, QueueStatus, StepState
@@ -152,3 +154,23 @@ def test_a_numbered_page_skips_rows_by_their_ids_and_counts_the_page_in_its_own_
                         skip = _offset_subquery(sql)
                         assert skip != sql and '"queues_queuerequest"' not in skip.split("WHERE")[0], skip
                         assert '"auth_user"' not in skip and "payload" not in skip, skip
+
+
+@pytest.mark.parametrize("zone", ["UTC", "Europe/Berlin"])
+def test_every_field_of_a_list_row_is_what_drf_renders_for_it(api, zone):
+    """Issue #12 (DRF per-row cost): the list formats its date-times without DRF's per-value time-zone
+    conversion when the answer is the same string; each field, in order, stays exactly DRF's own
+    rendering (whole and fractional seconds, missing values, a non-UTC current time zone)."""
+    _history(4, "fields")
+    moment = timezone.now().replace(microsecond=0)
+    Queue.objects.filter(queue_id="fields-1").update(started_at=moment, finished_at=moment + timedelta(microseconds=7),
+                                                    stop_requested_at=None)
+    Queue.objects.filter(queue_id="fields-2").update(stop_requested_at=moment, warnings=["w"], message="ü")
+    with timezone.override(zone):
+        for query in ({}, {"page": 1}):
+            response = api.get("/api/queues/", query)
+            rows = json.loads(response.content)["results"]
+            by_id = {q.queue_id: q for q in Queue.objects.filter(queue_id__in=[r["queue_id"] for r in rows])}
+            for row in rows:
+                expected = json.loads(JSONRenderer().render(QueueSerializer(by_id[row["queue_id"]]).data))
+                assert list(row.items()) == list(expected.items()), (zone, query)
