@@ -33,6 +33,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from jobs import k8s_heartbeat, scheduler
+from jobs.signals import workload_watch_counted
 from jobs.k8s_informer import JOBS, PODS, CachedObserver, Informer
 from jobs.launchers import get_launcher
 from jobs.manifests import manager_selector
@@ -65,18 +66,18 @@ class WorkloadWatcher:
             try:
                 if version is None or time.monotonic() >= relist_at:
                     items, version = self.launcher.list_labelled_versioned(kind)
-                    self.stats["lists"] += 1
+                    self._count(kind, "list")
                     self.events.put(("list", kind, items, version))
                     relist_at = time.monotonic() + settings.K8S_RELIST_SECONDS
                 version = self._stream(kind, version, max(1, min(settings.K8S_WATCH_TIMEOUT_SECONDS,
                                                                  int(relist_at - time.monotonic()) + 1)))
                 failures = 0
             except _Relist:
-                self.stats["expired"] += 1
+                self._count(kind, "expired")
                 logger.info("watch resourceVersion expired, listing again", extra={"kind": kind})
                 version = None
             except Exception as exc:  # a broken stream or an unreachable API: watch again from `version`
-                self.stats["broken"] += 1
+                self._count(kind, "broken")
                 self.down[kind] = self.down[kind] or time.monotonic()
                 failures += 1
                 delay = min(settings.LAUNCH_RETRY_BACKOFF_SECONDS * 2 ** min(failures - 1, 5), 30.0)
@@ -112,6 +113,10 @@ class WorkloadWatcher:
             return version  # ended at timeoutSeconds: watched again from here at once
         finally:
             resp.release_conn()
+
+    def _count(self, kind: str, outcome: str) -> None:
+        self.stats[{"event": "events", "list": "lists"}.get(outcome, outcome)] += 1
+        workload_watch_counted.send(sender=WorkloadWatcher, kind=kind, outcome=outcome, count=1)
 
     # ------------------------------------------------------------------ the main thread
 
@@ -165,7 +170,7 @@ class WorkloadWatcher:
                 _, kind, items, version = item
                 dirty |= self.informer.replace(kind, items, version)
             else:
-                self.stats["events"] += 1
+                self._count(item[1], "event")
                 dirty |= self.informer.apply(item[1], item[2])
             try:
                 item = self.events.get_nowait()

@@ -69,6 +69,11 @@ RECONCILE_SECONDS = Histogram(
     "Duration of one scheduler/reconcile pass.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+WORKLOAD_WATCH = Counter(
+    f"{PREFIX}_workload_watch",
+    "Workload watcher: watch events applied, lists, watches expired (410, listed again) or broken (resumed).",
+    ["kind", "outcome"],
+)
 # livesum: each consumer process reports the lag of the partitions it owns; the topic's lag is the sum.
 KAFKA_CONSUMER_LAG = Gauge(
     f"{PREFIX}_kafka_consumer_lag",
@@ -158,6 +163,12 @@ def observe_stop(seconds: float) -> None:
 
 def observe_reconcile(seconds: float) -> None:
     RECONCILE_SECONDS.observe(max(seconds, 0.0))
+
+
+def count_workload_watch(kind: str, outcome: str, amount: int = 1) -> None:
+    WORKLOAD_WATCH.labels(kind=bounded("workload_watch", "kind", kind, {"jobs", "pods"}),
+                          outcome=bounded("workload_watch", "outcome", outcome,
+                                          {"event", "list", "expired", "broken"})).inc(amount)
 
 
 def set_consumer_lag(topic: str, lag: float) -> None:

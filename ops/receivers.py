@@ -55,6 +55,10 @@ def on_reconcile_finished(sender, seconds, **kwargs) -> None:
     metrics.observe_reconcile(seconds)
 
 
+def on_workload_watch_counted(sender, kind, outcome, count, **kwargs) -> None:
+    metrics.count_workload_watch(kind, outcome, count)
+
+
 def on_telemetry_counted(sender, status, target, count, **kwargs) -> None:
     metrics.count_telemetry(status, target, count)
 
@@ -83,6 +87,7 @@ def connect() -> None:
     step_state_changed.connect(on_step_state_changed, dispatch_uid="ops.metrics.step_state")
     jobs_signals.reconcile_finished.connect(on_reconcile_finished, dispatch_uid="ops.metrics.reconcile")
     jobs_signals.telemetry_counted.connect(on_telemetry_counted, dispatch_uid="ops.metrics.telemetry")
+    jobs_signals.workload_watch_counted.connect(on_workload_watch_counted, dispatch_uid="ops.metrics.workload_watch")
     command_handled.connect(on_command_handled, dispatch_uid="ops.metrics.command")
     kafkabus_signals.consumer_lag_measured.connect(on_consumer_lag_measured, dispatch_uid="ops.metrics.consumer_lag")
     kafkabus_signals.dead_lettered.connect(on_dead_lettered, dispatch_uid="ops.metrics.dead_letter")

@@ -917,6 +917,11 @@ class JobController:
         return self.store.list("jobs", self.namespace, label_selector)
 
     def pods(self, job=None, label_selector=None):
+        if job is not None and label_selector is None:
+            # Through the store's job-name index: copying every pod of the namespace to pick one Job's
+            # made marking one Job of 10,000 take seconds under the store's lock (watch latency figure).
+            with self.store.lock:
+                return [copy.deepcopy(p) for p in self.store.objects.pods_labelled_for(self.namespace, self._name(job))]
         pods = self.store.list("pods", self.namespace, label_selector)
         return pods if job is None else [p for p in pods if p["metadata"]["labels"].get("job-name") == self._name(job)]
 

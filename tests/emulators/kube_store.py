@@ -167,6 +167,10 @@ class ObjectIndex(dict):
         keys |= self._by_job_name.get((namespace, meta["name"]), set())
         return [dict.__getitem__(self, key) for key in sorted(keys)]
 
+    def pods_labelled_for(self, namespace, job_name) -> list:
+        """Pods carrying ``job_name`` in a job-name label (originals), in key order."""
+        return [dict.__getitem__(self, key) for key in sorted(self._by_job_name.get((namespace, job_name), ()))]
+
     def owned_by(self, plural, namespace, uid) -> list:
         """Objects of ``plural`` in ``namespace`` naming ``uid`` among their owners (originals)."""
         return [dict.__getitem__(self, key) for key in sorted(self._by_owner.get(uid, ()))

@@ -155,14 +155,18 @@ def test_a_dropped_watch_continues_from_its_last_version(running_queue, controll
     """Issue #12 "a dropped watch connection (watch restarts from the last resourceVersion)": no list
     again, the next watch asks for the version the broken one had reached, and the change made while
     it was down arrives."""
+    from tests.ops.test_metrics import value
+
     step_until(watcher, watcher.healthy)
     listed = len(lists(emulator))
     at = watcher.informer.versions["jobs"]
+    broken = value("streamforge_workload_watch_total", kind="jobs", outcome="broken")
     emulator.drop_watches()
     step = launched(running_queue)[0]
     controller.mark_running(step.job_name)
     step_until(watcher, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
     assert len(lists(emulator)) == listed and watcher.stats["broken"] >= 1
+    assert value("streamforge_workload_watch_total", kind="jobs", outcome="broken") > broken  # ops/metrics
     resumed = [r[2] for r in emulator.requests if r[2].get("watch") and r[1].endswith("/jobs")]
     assert any(q.get("resourceVersion") == at for q in resumed[1:])
 
