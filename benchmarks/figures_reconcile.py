@@ -1,9 +1,16 @@
 """Reconcile and stop figures, against the Kubernetes emulator in its own process.
 
 - reconcile_pass_<N>: one `reconcile()` pass (the beat task's body) with N running Jobs whose steps are
-  running in the database: the steady state, where nothing changed (the figure reports `changed`).
-  Baseline: listing the same Jobs and pods through the same client (what any pass must read).
+  running in the database: the steady state, where nothing changed (the figure reports `changed`),
+  beside a healthy workload watcher (`manage.py watch_workloads` in its own process, caught up:
+  figures_watch), which observes the cluster instead of the pass; the figure also reports the
+  watcher's periodic sweep (`watcher_sweep_s`, `watcher_swept`: it must cover every step).
+  Baseline: listing the same Jobs and pods through the same client (what a listing pass must read).
   The history's active queues supply the first Jobs; copies of them (`bench-c…`) the rest.
+- reconcile_relist_<N> (largest N only): the same pass without a watcher — it lists the cluster and
+  observes every step (the fallback when no watcher is healthy; what reconcile_pass measured before).
+- reconcile_watch_latency: a Job's change in the emulator → its step's transition in PostgreSQL,
+  through the watcher (figures_watch).
 - stop_latency_50_steps: `queue_stop` of queues holding 50 running steps whose workers ignore the
   stop command (the worst case), until the last of their Jobs and pods is gone. Target: the grace
   period + 2 s. As in production: the request only records the stop and announces the tasks on the
@@ -16,13 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import threading
 import time
 
-from benchmarks import dataset, targets
-from benchmarks.harness import NAMESPACE, ROOT, QueryCounter, Samples, celery_eager, emit, log
+from benchmarks import dataset, figures_watch, targets
+from benchmarks.harness import NAMESPACE, QueryCounter, Samples, celery_eager, emit, log, product_process
 
 
 def _seed_cluster(ctx) -> int:
@@ -44,9 +50,13 @@ def run(ctx) -> None:
     if ctx.quick and any("10000" in part for part in ctx.only):
         sizes.append(10_000)  # `--quick --only reconcile_pass_10000`: the full-scale size on the small history
     try:
-        for size in sizes:
-            if ctx.wants(f"reconcile_pass_{size}") or ctx.wants("reconcile_pass"):
-                _reconcile(ctx, size)
+        for size in dict.fromkeys(sizes):
+            largest = size == max(sizes)  # the relist and latency figures run at the largest size only
+            wanted = {"watched": ctx.wants(f"reconcile_pass_{size}"),
+                      "relist": largest and ctx.wants(f"reconcile_relist_{size}"),
+                      "latency": largest and ctx.wants("reconcile_watch_latency")}
+            if any(wanted.values()):
+                _reconcile(ctx, size, **wanted)
         if ctx.wants("stop_latency_50_steps"):
             dataset.remove_bench_queues()
             _stop(ctx)
@@ -55,46 +65,66 @@ def run(ctx) -> None:
         ctx.kube.reset()
 
 
-def _reconcile(ctx, size: int) -> None:
-    m = targets.models()
-    scheduler = targets.scheduler()
-    dataset.remove_bench_queues()
-    running = m.QueueRequest.objects.filter(state="running").count()
-    if running < size and running:
-        copies = -(-(size - running) // running)
-        dataset.clone_active(copies)
-    seeded = _seed_cluster(ctx)
-    log(f"reconcile: {seeded} running Jobs seeded")
-    launcher = targets.kubernetes_launcher(ctx.kube.api_client(), NAMESPACE)
+def _passes(scheduler, figure: str):
+    """A warm pass, then 3 measured ones (1 when a pass takes over 20 s): (ms, summaries, queries, warm)."""
     with celery_eager(True):
-        # A first pass settles anything the seeding left (nothing is expected: `changed` says); should
-        # one pass take long, one more is measured instead of three.
         t0 = time.perf_counter()
         warm = scheduler.reconcile()
         passes = 3 if time.perf_counter() - t0 < 20 else 1
         measured, summaries, queries = [], [], 0
         for _ in range(passes):
-            with QueryCounter() as captured, _profiled(f"reconcile_pass_{size}"):
+            with QueryCounter() as captured, _profiled(figure):
                 t0 = time.perf_counter()
                 summaries.append(scheduler.reconcile())
                 measured.append((time.perf_counter() - t0) * 1000)
             queries = max(queries, len(captured))
+    return Samples(measured), summaries, queries, warm
+
+
+def _reconcile(ctx, size: int, *, watched: bool, relist: bool, latency: bool) -> None:
+    m = targets.models()
+    scheduler = targets.scheduler()
+    dataset.remove_bench_queues()
+    running = m.QueueRequest.objects.filter(state="running").count()
+    if running and (running < size or latency):  # latency marks copies' Jobs, never the reusable history's
+        dataset.clone_active(max(1, -(-(size - running) // running)))
+    seeded = _seed_cluster(ctx)
+    log(f"reconcile: {seeded} running Jobs seeded")
+    launcher = targets.kubernetes_launcher(ctx.kube.api_client(), NAMESPACE)
     bare = []
-    for _ in range(passes):
+    for _ in range(3):
         t0 = time.perf_counter()
         jobs, pods = launcher.list_labelled("jobs"), launcher.list_labelled("pods")
         bare.append((time.perf_counter() - t0) * 1000)
     launcher.api_client.close()
-    measured, bare = Samples(measured), Samples(bare)
-    observed = min(s.get("observed", 0) for s in summaries)
-    emit(f"reconcile_pass_{size}", value=measured.p50 / 1000, unit="s", baseline="bare list of Jobs + pods",
-         baseline_value=bare.p50 / 1000, scale=f"{seeded} running Jobs, {len(jobs)} listed",
-         target="<= 1 s and <= 1.5x baseline",
-         # A pass that could not list the cluster returns early: that is no figure.
-         meets=observed >= seeded and measured.p50 <= 1000 and measured.p50 <= 1.5 * bare.p50,
-         queries=queries, observed=observed, changed=max(s.get("changed", 0) for s in summaries),
-         warm_pass_changed=warm.get("changed"),
-         pods_listed=len(pods), passes=passes)
+    bare = Samples(bare)
+    common = dict(unit="s", baseline="bare list of Jobs + pods", baseline_value=bare.p50 / 1000,
+                  scale=f"{seeded} running Jobs, {len(jobs)} listed", target="<= 1 s and <= 1.5x baseline",
+                  pods_listed=len(pods))
+    if relist:  # no watcher: the pass lists the cluster (the fallback, and what a pass cost before the watcher)
+        measured, summaries, queries, warm = _passes(scheduler, f"reconcile_relist_{size}")
+        observed = min(s.get("observed", 0) for s in summaries)
+        emit(f"reconcile_relist_{size}", value=measured.p50 / 1000, **common,
+             # A pass that could not list the cluster returns early: that is no figure.
+             meets=observed >= seeded and measured.p50 <= 1000 and measured.p50 <= 1.5 * bare.p50,
+             queries=queries, observed=observed, changed=max(s.get("changed", 0) for s in summaries),
+             warm_pass_changed=warm.get("changed"), passes=len(measured.ms))
+    if watched or latency:
+        with figures_watch.watcher_process():
+            if watched:  # the beat's pass beside a healthy watcher that watches every Job
+                measured, summaries, queries, warm = _passes(scheduler, f"reconcile_pass_{size}")
+                beat = figures_watch.heartbeat() or {}
+                stats = beat.get("stats") or {}
+                healthy = all("watcher" in s for s in summaries)
+                emit(f"reconcile_pass_{size}", value=measured.p50 / 1000, **common,
+                     meets=healthy and stats.get("swept", 0) >= seeded and measured.p50 <= 1000
+                     and measured.p50 <= 1.5 * bare.p50,
+                     queries=queries, watcher_healthy=healthy, changed=max(s.get("changed", 0) for s in summaries),
+                     warm_pass_changed=warm.get("changed"), passes=len(measured.ms),
+                     watcher_swept=stats.get("swept"), watcher_sweep_s=stats.get("sweep_s"),
+                     watcher_lists=stats.get("lists"), watcher_events=stats.get("events"))
+            if latency:
+                figures_watch.watch_latency(ctx, seeded)
     dataset.remove_bench_queues()
 
 
@@ -188,19 +218,8 @@ def _celery_worker(**env):
     worker starts on the stop's own tasks."""
     app = targets.celery_app()
     app.control.purge()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "queuemanager", "worker", "-l", "warning", "--concurrency", "2",
-         "--without-gossip", "--without-mingle"],
-        cwd=ROOT, env={**os.environ, "CELERY_TASK_ALWAYS_EAGER": "0", **env})
-    try:
-        started = time.monotonic()
-        while not app.control.ping(timeout=1.0):
-            if process.poll() is not None or time.monotonic() - started > 120:
-                raise RuntimeError("the Celery worker did not start")
+    with product_process([sys.executable, "-m", "celery", "-A", "queuemanager", "worker", "-l", "warning",
+                          "--concurrency", "2", "--without-gossip", "--without-mingle"],
+                         ready=lambda: app.control.ping(timeout=1.0), what="the Celery worker", timeout=120,
+                         CELERY_TASK_ALWAYS_EAGER="0", **env) as process:
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()

@@ -257,3 +257,24 @@ def celery_eager(eager: bool):
         yield
     finally:
         app.conf["CELERY_TASK_ALWAYS_EAGER"] = before
+
+
+@contextlib.contextmanager
+def product_process(argv: list[str], *, ready, what: str, timeout: float, **env):
+    """A process of the product (a Celery worker, the workload watcher) beside the measured code, as
+    deployed: started with the bench's environment plus `env`, yielded once `ready()` holds, stopped
+    (SIGTERM, then SIGKILL after 30 s) at the end."""
+    process = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env})
+    try:
+        started = time.monotonic()
+        while not ready():
+            if process.poll() is not None or time.monotonic() - started > timeout:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
