@@ -1,11 +1,17 @@
-"""Telemetry ingestion figure (issue #5 item 9, issue #12).
+"""Telemetry ingestion figures (issue #5 item 9, issue #12).
 
 Creates QUEUES queues of the historical template (6 steps each, running as if launched) beside the
-history, produces EVENTS progress events spread over their steps to queue-events, then:
+history, produces EVENTS events spread over their steps to a queue-events topic of its own, then:
 1. baseline: consumes and json-parses the same messages without the database;
 2. the figure: runs the events consumer (the loop of `manage.py consume_queue_events`) until every
-   event is in PostgreSQL. Throughput from the first message received to the last batch committed;
-   the consumer-group join before it (~3 s with tansu) is start-up, reported separately.
+   event is in PostgreSQL (counted as reports: a coalesced progress row stands for `coalesced` of
+   them). Throughput from the first message received to the last batch committed; the
+   consumer-group join before it (~3 s with tansu) is start-up, reported separately.
+
+Two figures: `telemetry_ingest`, plain progress reports only (the issue's figure; they are
+coalesced per step per batch), and `telemetry_ingest_mixed`, one `started` event per LIFECYCLE_EVERY
+reports (a pod run again: a lifecycle event, stored as a row of its own through the full path), so
+the cost of what is not coalesced shows too.
 """
 from __future__ import annotations
 
@@ -13,30 +19,41 @@ import json
 import time
 import uuid
 
+LIFECYCLE_EVERY = 50
+
 from benchmarks import dataset, targets
 from benchmarks.harness import celery_eager, emit
 
 
 def run(ctx) -> None:
-    if not ctx.wants("telemetry_ingest"):
-        return
-    try:
-        with celery_eager(False):
-            _run(ctx, events=20_000 if ctx.quick else 200_000, queues=100, batch_size=5000)
-    finally:
-        dataset.remove_bench_queues()
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    for figure, lifecycle_every in (("telemetry_ingest", None), ("telemetry_ingest_mixed", LIFECYCLE_EVERY)):
+        if not ctx.wants(figure):
+            continue
+        topic = f"{settings.QUEUE_EVENTS_TOPIC}-bench-{figure}-{ctx.run_id}"  # its own: no other figure's messages
+        try:
+            with celery_eager(False), override_settings(QUEUE_EVENTS_TOPIC=topic):
+                _run(ctx, figure, events=20_000 if ctx.quick else 200_000, queues=100, batch_size=5000,
+                     lifecycle_every=lifecycle_every)
+        finally:
+            dataset.remove_bench_queues()
 
 
-def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
+def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecycle_every: int | None) -> None:
     from django.conf import settings
     from django.db import connection
+    from django.db.models import Sum
 
     m = targets.models()
     payload = targets.template_payload("historical-pipeline")
     steps = []
     created = []
+    tag = "mix" if lifecycle_every else "prg"
     for n in range(queues):
-        queue, _ = targets.queue_create(payload=payload, queue_id=f"bench-tel-{n:04d}-{ctx.run_id}", source="api")
+        queue, _ = targets.queue_create(payload=payload, queue_id=f"bench-tel-{n:04d}-{tag}-{ctx.run_id}",
+                                        source="api")
         created.append(queue.pk)
         steps.extend(queue.steps.values_list("queue__queue_id", "telemetry_id"))
     m.QueueRequest.objects.filter(queue_id__in=created).update(state="running")  # progress reports need a live step
@@ -44,10 +61,14 @@ def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
     targets.kafka_ensure_topics([topic, settings.QUEUE_EVENTS_DLQ_TOPIC])
 
     producer = targets.kafka_producer()
+    lifecycle = 0
     for i in range(events):
         queue_id, producer_id = steps[i % len(steps)]
+        status = "loading"
+        if lifecycle_every and i % lifecycle_every == lifecycle_every - 1:
+            status, lifecycle = "started", lifecycle + 1
         value = json.dumps({
-            "event": "loading", "queue_id": queue_id, "producer": producer_id, "symbol": "BTCUSDT",
+            "event": status, "queue_id": queue_id, "producer": producer_id, "symbol": "BTCUSDT",
             "type": "api_candles_5m", "records_written": i // len(steps) + 1, "timestamp": 1717200000 + i,
             "message": "loading candles",
         }).encode()
@@ -64,10 +85,14 @@ def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
     raw_cpu = time.process_time()
     raw_seconds = _raw_consume(topic, events, batch_size)
     raw_cpu = time.process_time() - raw_cpu
-    before = m.TelemetryEvent.objects.filter(queue_id__in=created).count()
+    def reports() -> int:
+        stored = m.TelemetryEvent.objects.filter(queue_id__in=created)
+        return stored.aggregate(n=Sum("coalesced"))["n"] or 0
+
+    before = reports()
 
     def until():
-        return m.TelemetryEvent.objects.filter(queue_id__in=created).count() - before >= events
+        return reports() - before >= events
 
     connection.close()  # a fresh connection: the consumer keeps it (CONN_MAX_AGE) and it is the one measured
     cpu, database_cpu = time.process_time(), _database_cpu()
@@ -77,16 +102,18 @@ def _run(ctx, *, events: int, queues: int, batch_size: int) -> None:
     cpu = time.process_time() - cpu
     after = _database_cpu()
     database_cpu = after[1] - database_cpu[1] if database_cpu and after and after[0] == database_cpu[0] else None
-    count = m.TelemetryEvent.objects.filter(queue_id__in=created).count() - before
+    count = reports() - before
+    rows = m.TelemetryEvent.objects.filter(queue_id__in=created).count()
     ingest = done - consumer.first_message_at
     rate, raw_rate = count / ingest, events / raw_seconds
     # CPU seconds are what a loaded machine does not distort: this process (the consumer, librdkafka's
     # threads included) and the PostgreSQL backend that served it, against the bare loop's CPU.
     spent = cpu + (database_cpu or 0.0)
-    emit("telemetry_ingest", value=rate, unit="events/s", baseline="raw consume + json parse",
-         baseline_value=raw_rate, scale=f"{events} events over {len(steps)} steps",
+    mix = f", 1 lifecycle event per {lifecycle_every}" if lifecycle_every else ""
+    emit(figure, value=rate, unit="events/s", baseline="raw consume + json parse",
+         baseline_value=raw_rate, scale=f"{events} events over {len(steps)} steps{mix}",
          target=">= 30000 events/s and >= 0.3x baseline", meets=rate >= 30_000 and rate >= 0.3 * raw_rate,
-         events=count, batches=consumer.batches, seconds=ingest, seconds_including_group_join=done - t0,
+         events=count, rows=rows, lifecycle_events=lifecycle, batches=consumer.batches, seconds=ingest, seconds_including_group_join=done - t0,
          cpu_us_per_event=spent / count * 1e6, consumer_cpu_us_per_event=cpu / count * 1e6,
          database_cpu_us_per_event=None if database_cpu is None else database_cpu / count * 1e6,
          baseline_cpu_us_per_event=raw_cpu / events * 1e6,

@@ -2,7 +2,8 @@
 
 Every message comes with what the contract (DESIGN §6, README *Dead letters*) says must happen to
 it: `invalid` (dead-lettered with a reason, nothing applied) or `valid` (applied; for telemetry its
-`chaos_id` must be stored exactly once and its `records_written` counted). The verdicts are written
+`chaos_id` must be stored exactly once — a plain progress report may instead be coalesced with the
+step's others of its batch (README *Event history*) — and its `records_written` counted). The verdicts are written
 from the contract, not from the product's code. Same seed, same messages.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Message:
     queue_id: str = ""
     producer: str = ""
     records: int | None = None
+    status: str = ""  # valid telemetry: its status (plain progress reports may be coalesced)
     command_id: str = ""
     command: str = ""
 
@@ -79,7 +81,7 @@ class Generator:
                     "sent_at": "2024-06-01T12:00:00Z", "extra": {"epoch": rng.randrange(100)}, "unknown_field": [1, "x"]}
         body["chaos_id"] = key
         message = Message(key, _dumps(body), "valid", "valid", chaos_id=key, queue_id=queue_id, producer=producer,
-                          records=records)
+                          records=records, status=status)
         self.sent_valid_events.append(message)
         return message
 

@@ -124,7 +124,7 @@ def _stream(system, sender: Sender, ledger: Ledger, gen: Generator, *, events: i
         event = (gen.replayed_event() if gen.rng.random() < 0.05 else None) or gen.valid_event()
         ledger.event_keys[event.key] = "valid"
         if event.chaos_id:
-            ledger.record_telemetry(event.chaos_id, event.queue_id, event.producer, event.records)
+            ledger.record_telemetry(event.chaos_id, event.queue_id, event.producer, event.records, event.status)
         sender.send_raw(system.events_topic, event.value, event.key)
         if index % COMMAND_EVERY != COMMAND_EVERY - 1:
             continue

@@ -61,7 +61,7 @@ def send_hostile_traffic(system, gen: Generator, per_topic: int, queue_ids: list
         event = event or gen.valid_event()
         ledger.event_keys[event.key] = event.verdict
         if event.chaos_id:
-            ledger.record_telemetry(event.chaos_id, event.queue_id, event.producer, event.records)
+            ledger.record_telemetry(event.chaos_id, event.queue_id, event.producer, event.records, event.status)
         client.send(system.events_topic, event.value, key=event.key.encode())
         roll = gen.rng.random()
         command = gen.hostile_command() if roll < 0.6 else (

@@ -24,7 +24,7 @@ import psycopg
 from chaos import emulators, targets
 from chaos.common import Result, Run, api_call, finish, payloads, wait_quiescent
 from chaos.harness import Layout, System, say
-from chaos.invariants import Ledger
+from chaos.invariants import PROGRESS_REPORTS, Ledger
 from chaos.kafka_io import Client
 
 FULL_QUEUES = 40
@@ -160,6 +160,8 @@ class JobTelemetry:
             body = {"event": event, "queue_id": queue_id, "producer": producer, "records_written": records,
                     "run": run, "chaos_id": chaos_id}
             self.ledger.telemetry_ids[chaos_id] = (queue_id, producer)
+            if event in PROGRESS_REPORTS:
+                self.ledger.progress_ids.add(chaos_id)  # may be coalesced with others of its step
             self.ledger.event_keys[chaos_id] = "valid"  # never dead-lettered
             self.client.send(self.topic, json.dumps(body).encode(), key=chaos_id.encode())
             self.sent[job_name] = records

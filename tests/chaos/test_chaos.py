@@ -299,3 +299,39 @@ def test_the_broker_link_drops_every_connection_and_refuses_new_ones_until_opene
     finally:
         link.close()
         echo.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_checker_takes_coalesced_progress_and_finds_lost_reports_and_events(postgres_server):
+    """Invariant (telemetry, issue #12): progress reports coalesced into one row per step per batch pass
+    (each step they were sent to has rows standing for as many reports); a lifecycle event not stored
+    and a step whose progress reports are missing are reported."""
+    import psycopg
+    from django.db import connection
+
+    from chaos.invariants import check_telemetry
+    from jobs.telemetry import ingest_events
+    from queues.models import QueueRequest
+    from tests.queues.factories import make_queue
+
+    queue = make_queue(queue_id="chaos-tel-q")
+    QueueRequest.objects.filter(queue=queue).update(state="running")
+    loader, other = [(queue.queue_id, s.telemetry_id) for s in queue.steps.order_by("position")[:2]]
+    ledger = Ledger()
+    batch = []
+    for n, status in enumerate(["loading", "progress", "loading", "started", "loading"]):
+        chaos_id = f"c-{n}"
+        batch.append({"event": status, "queue_id": loader[0], "producer": loader[1], "records_written": n + 1,
+                      "chaos_id": chaos_id})
+        ledger.record_telemetry(chaos_id, *loader, n + 1, status)
+    assert ingest_events(batch).accepted == 5
+    url = postgres_server.url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]  # the test database
+    ctx = Context(url, None, None, "", "", 1, 1)
+    with psycopg.connect(url, autocommit=True) as db:
+        assert check_telemetry(db, ctx, ledger) == []
+        ledger.record_telemetry("c-lost", *other, None, "progress")
+        ledger.record_telemetry("c-lost-too", *loader, None, "loading")
+        ledger.record_telemetry("c-finished", *loader, None, "finished")
+        found = check_telemetry(db, ctx, ledger)
+    assert found[0] == "1 valid telemetry events not applied, e.g. ['c-finished']", found
+    assert found[1].startswith("2 steps have fewer progress reports stored than sent to them"), found
