@@ -183,3 +183,18 @@ def test_a_job_the_cache_lacks_is_read_before_its_step_counts_as_lost(running_qu
     assert {o.phase for o in observations.values()} == {"pending"} and observer.live_reads == len(steps)
     scheduler.reconcile_workloads(observer=observer, job_names=[s.job_name for s in steps])
     assert all(s.state == StepState.PENDING for s in launched(running_queue))
+
+
+def test_the_watcher_lists_again_every_relist_period(running_queue, controller, emulator, watch_settings):
+    """Issue #12 "periodic full relist as a safety net": with K8S_RELIST_SECONDS elapsed, each watch ends
+    and its kind is listed again (the resync), and the watcher stays healthy throughout."""
+    watch_settings.K8S_RELIST_SECONDS = 1.0
+    w = WorkloadWatcher()
+    w.start()
+    try:
+        step_until(w, w.healthy)
+        listed = len(lists(emulator))
+        step_until(w, lambda: len(lists(emulator)) >= listed + 2 and w.healthy())
+        assert w.stats["lists"] >= 4 and w.stats["expired"] == 0
+    finally:
+        w.stop()
