@@ -251,7 +251,10 @@ class EventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = TelemetryEvent
-        fields = ["id", "step", "producer", "status", "records_written", "message", "payload", "source", "sent_at", "received_at"]
+        fields = [
+            "id", "step", "producer", "status", "records_written", "message", "payload", "source", "sent_at", "received_at",
+            "coalesced",  # > 1: that many plain progress reports of one batch (the last one's payload)
+        ]
         read_only_fields = fields
 
 

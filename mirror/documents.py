@@ -129,6 +129,7 @@ def telemetry_doc(event, queue_id: str, step_name: str | None, version: int) -> 
         "source": event.source,
         "sent_at": _iso(event.sent_at),
         "received_at": _iso(event.received_at),
+        "coalesced": event.coalesced,  # > 1: that many plain progress reports of one batch
         "version": version,
     }
 

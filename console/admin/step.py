@@ -143,7 +143,7 @@ class QueueRequestAdmin(display.ReadOnlyAdmin, admin.ModelAdmin):
             (
                 (
                     display.clock(event.received_at),
-                    event.status,
+                    _status(event),
                     "" if event.records_written is None else f"{event.records_written:,}",
                     _extra(event.payload),
                     event.message,
@@ -222,3 +222,10 @@ def _extra(payload) -> str:
     if not isinstance(extra, dict):
         return ""
     return ", ".join(f"{key}={value}" for key, value in extra.items())
+
+
+def _status(event) -> str:
+    """A coalesced row (plain progress reports of one batch, jobs.telemetry_coalesce) says how many."""
+    if event.coalesced > 1:
+        return f"{event.status} ({event.coalesced} progress reports)"
+    return event.status

@@ -221,3 +221,19 @@ def test_reports_for_an_unknown_step_are_each_refused(queue):
         (3, "unknown queue 'no-such-queue'"),
     ]
     assert result.accepted == 1
+
+
+def test_the_step_page_and_the_api_say_how_many_reports_a_row_stands_for(queue, client, staff_operator):
+    """Coalescing, what operators see: the step page's event history says "N progress reports" for a
+    coalesced row and nothing more for a single event; the events API has `coalesced`."""
+    from django.urls import reverse
+
+    client.force_login(staff_operator)
+    loader = put(step_of(queue, LOADER), StepState.RUNNING)
+    ingest_events([_report(loader, n) for n in (1, 2, 3)])
+    ingest_events([_report(loader, 4, event="started")])
+    page = client.get(reverse("admin:queues_queuerequest_change", args=[loader.pk])).content.decode()
+    assert page.count("3 progress reports") == 1 and "1 progress report" not in page
+    events = client.get(f"/api/queues/{queue.queue_id}/events/").json()
+    rows = events["results"] if isinstance(events, dict) else events
+    assert sorted((e["status"], e["coalesced"]) for e in rows) == [("loading", 3), ("started", 1)]
