@@ -60,24 +60,29 @@ def watch_latency(ctx, seeded: int, changes: int = 100) -> None:
     rv = batch.list_namespaced_job(NAMESPACE, limit=1, _preload_content=False)
     rv = json.loads(rv.data)["metadata"]["resourceVersion"]
     seen: dict[str, float] = {}
+    names = {job_name for _, job_name in rows}
     stream = batch.list_namespaced_job(NAMESPACE, watch=True, resource_version=rv, timeout_seconds=600,
                                        _preload_content=False)
 
     def bare_watch():  # the baseline: when the emulator delivers each change on a watch
+        # It ends itself once every change arrived: closing a stream from another thread blocks on
+        # the read in progress until the server sends something.
         try:
             for line in iter_resp_lines(stream):
                 event = json.loads(line)
                 name = event["object"]["metadata"]["name"]
                 if event["type"] == "MODIFIED" and name not in seen:
                     seen[name] = time.perf_counter()
-        except Exception:  # closed at the end
-            pass
+                if names <= seen.keys():
+                    break
+        finally:
+            stream.close()  # in this thread: half-read, the connection must not go back to the pool
 
     reader = threading.Thread(target=bare_watch, daemon=True)
     reader.start()
-    applied, delivered, lost = [], [], 0
+    applied, marked, lost = [], {}, 0
     for pk, job_name in rows:
-        t0 = time.perf_counter()
+        t0 = marked[job_name] = time.perf_counter()
         ctx.kube.control("mark", {"namespace": NAMESPACE, "name": job_name, "phase": "succeeded"})
         deadline = t0 + 30
         while not m.QueueRequest.objects.filter(pk=pk, state="succeeded").exists():
@@ -87,10 +92,10 @@ def watch_latency(ctx, seeded: int, changes: int = 100) -> None:
             time.sleep(0.002)
         else:
             applied.append((time.perf_counter() - t0) * 1000)
-        if job_name in seen:
-            delivered.append((seen[job_name] - t0) * 1000)
-    stream.close()
-    api.close()
+    reader.join(timeout=30)
+    if not reader.is_alive():
+        api.close()
+    delivered = [(seen[name] - t0) * 1000 for name, t0 in marked.items() if name in seen]
     beat = heartbeat() or {}
     applied_s, delivered_s = Samples(applied), Samples(delivered)
     emit("reconcile_watch_latency", value=applied_s.p50 if applied else None, unit="ms",
