@@ -261,6 +261,26 @@ def edges_of_steps(db, collection: str, step_keys: list[str]) -> list[dict]:
     return list(cursor)
 
 
+def lineage_changed(db, collection: str, steps: list[dict]) -> set[str]:
+    """Keys of these step documents whose stored document is missing or has other reads/writes."""
+    if not steps:
+        return set()
+    cursor = db.aql.execute("FOR doc IN @@col FILTER doc._key IN @keys RETURN {k: doc._key, r: doc.reads, w: doc.writes}",
+                            bind_vars={"@col": collection, "keys": [s["_key"] for s in steps]}, batch_size=len(steps) + 1)
+    stored = {row["k"]: (row["r"], row["w"]) for row in cursor}
+    return {s["_key"] for s in steps if stored.get(s["_key"]) != (s["reads"], s["writes"])}
+
+
+def remove_other_edges(db, collection: str, step_keys: list[str], *, keep: list[str], older_than: int) -> set[str]:
+    """Remove the edges of these steps except `keep`, if older than `older_than` (a newer writer's
+    stay), in one query; returns the data collections the removed edges pointed at."""
+    cursor = db.aql.execute(
+        "FOR e IN @@col FILTER e.step IN @steps AND e._key NOT IN @keep AND e.version < @version "
+        "REMOVE e IN @@col OPTIONS {ignoreErrors: true, exclusive: true} RETURN OLD.collection",
+        bind_vars={"@col": collection, "steps": step_keys, "keep": keep, "version": older_than}, batch_size=1000)
+    return {name for name in cursor if name}
+
+
 def linked_collections(db, collection: str, names: list[str]) -> set[str]:
     """Which of these data collections still have an edge in this edge collection."""
     cursor = db.aql.execute("FOR e IN @@col FILTER e.collection IN @names RETURN DISTINCT e.collection",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import reduce
@@ -48,7 +49,6 @@ class Batch:
     version: int
     docs: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     owners: dict[tuple[str, str], set] = field(default_factory=lambda: defaultdict(set))
-    step_keys: list[str] = field(default_factory=list)
 
     def add(self, collection: str, doc: dict, owner) -> None:
         if (collection, doc["_key"]) not in self.owners:
@@ -61,7 +61,6 @@ class Batch:
     def add_step(self, step, owner=None) -> None:
         queue_id = _queue_id_of(step)
         self.add(d.STEPS, d.step_doc(step, queue_id, self.version), owner)
-        self.step_keys.append(d.step_key(queue_id, step.name))
         for name in step.reads() + step.writes():
             self.add(d.COLLECTIONS, d.collection_doc(name), owner)
         for collection, edges in d.step_edges(step, queue_id, self.version).items():
@@ -99,29 +98,52 @@ def _any(model, column: str, ids) -> Q:
     return Q(RawSQL(f'"{model._meta.db_table}"."{column}" = ANY(%s)', [list(ids)], output_field=BooleanField()))
 
 
-def write_batch(db, batch: Batch) -> dict:
-    """Write vertices, then edges; drop lineage edges the steps no longer have. Returns owner -> error."""
+def write_batch(db, batch: Batch, *, relink_all: bool = False) -> dict:
+    """Write the lineage of relinked steps, then the vertices. Returns owner -> error.
+
+    A step is relinked (data-collection vertices, edges written, edges it no longer has dropped)
+    when its stored document is missing or has other reads/writes, or always with `relink_all` (a
+    resync repairs lineage whatever is stored). A progress or state change leaves the lineage as it
+    is: rewriting it was three times the documents of the change. The step document is written
+    after its lineage, so a drain cut off in between leaves the old reads/writes stored and the next
+    drain relinks; a step whose lineage was refused is not written either (its row is retried)."""
     errors: dict = defaultdict(list)
-    unlinked: set[str] = set()
 
     def blame(collection, result):
         for key, message in result.errors.items():
             for owner in batch.owners[(collection, key)]:
                 errors[owner].append(message)
+        return result
 
+    steps = {doc["_key"]: doc for doc in batch.docs[d.STEPS]}
+    relink = set(steps) if relink_all else arango.lineage_changed(db, d.STEPS, list(steps.values()))
+    refused = _write_lineage(db, batch, {key: steps[key] for key in relink}, blame) if relink else set()
     for collection in (d.QUEUES, d.STEPS, d.TELEMETRY):
-        blame(collection, arango.upsert_versioned(db, collection, batch.docs[collection]))
-    blame(d.COLLECTIONS, arango.insert_missing(db, d.COLLECTIONS, batch.docs[d.COLLECTIONS]))
-    for collection in d.EDGE_COLLECTIONS:
-        blame(collection, arango.upsert_versioned(db, collection, batch.docs[collection]))
-        wanted = {edge["_key"] for edge in batch.docs[collection]}
-        stale = [e for e in arango.edges_of_steps(db, collection, batch.step_keys)
-                 if e["_key"] not in wanted and (e.get("version") or 0) < batch.version]
-        # Guarded again on the server: a newer writer may have re-linked the edge since the read.
-        arango.delete_keys(db, collection, [e["_key"] for e in stale], older_than=batch.version)
-        unlinked.update(e["collection"] for e in stale if e.get("collection"))
-    prune_collections(db, unlinked)
+        docs = batch.docs[collection]
+        if collection == d.STEPS and refused:
+            docs = [doc for doc in docs if doc["_key"] not in refused]
+        blame(collection, arango.upsert_versioned(db, collection, docs))
     return {owner: "; ".join(messages) for owner, messages in errors.items()}
+
+
+def _write_lineage(db, batch: Batch, steps: dict[str, dict], blame) -> set[str]:
+    """Collections, edges and stale edges of these step documents; returns the keys of steps whose
+    lineage was refused."""
+    names = {name for doc in steps.values() for name in doc["reads"] + doc["writes"]}
+    result = blame(d.COLLECTIONS, arango.insert_missing(
+        db, d.COLLECTIONS, [doc for doc in batch.docs[d.COLLECTIONS] if doc["name"] in names]))
+    refused_names = {doc["name"] for doc in batch.docs[d.COLLECTIONS] if doc["_key"] in result.errors}
+    refused = {key for key, doc in steps.items() if refused_names & set(doc["reads"] + doc["writes"])}
+    unlinked: set[str] = set()
+    for collection in d.EDGE_COLLECTIONS:
+        edges = [edge for edge in batch.docs[collection] if edge["step"] in steps]
+        result = blame(collection, arango.upsert_versioned(db, collection, edges))
+        refused.update(edge["step"] for edge in edges if edge["_key"] in result.errors)
+        # Guarded on the server: an edge a newer writer (re)wrote stays.
+        unlinked |= arango.remove_other_edges(db, collection, sorted(steps), keep=[e["_key"] for e in edges],
+                                              older_than=batch.version)
+    prune_collections(db, unlinked)
+    return refused
 
 
 def delete_entities(db, deleted: dict[str, list[str]]) -> None:
@@ -275,32 +297,69 @@ def mirror_drain(*, batch_size: int | None = None, max_batches: int | None = Non
     max_batches = max_batches or MAX_BATCHES_PER_RUN
     try:
         db = arango.connect()
-        while result.batches < max_batches:
-            version, rows = _claim(batch_size)
-            if not rows:
-                break
-            result.more = result.batches + 1 == max_batches and len(rows) == batch_size
-            try:
-                batch, deleted = _build(version, rows)
-                with arango.unavailable_on_network_errors():
-                    errors = write_batch(db, batch)
-                    delete_entities(db, deleted)
-            except BaseException:
-                _release(rows)
-                raise
-            _finish(rows, errors)
-            result.batches += 1
-            result.failed += len(errors)
-            result.synced += len(rows) - len(errors)
-            if errors:
-                logger.warning("mirror: %d document(s) rejected by ArangoDB", len(errors),
-                               extra={"errors": list(errors.values())[:5]})
+        # One writer thread: it only talks HTTP, all PostgreSQL work stays on the caller's connection.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-write") as writer:
+            _drain_batches(db, writer, batch_size, max_batches, result)
     except Exception as exc:
         arango.forget_schema()  # e.g. the database was dropped: the next drain creates it again
         _note(error=f"{type(exc).__name__}: {exc}")
         raise
     _note(synced=result.synced, error=_summary(result) if result.failed else None)
     return result
+
+
+def _drain_batches(db, writer, batch_size: int, max_batches: int, result: DrainResult) -> None:
+    """Claim and build batch N+1 while batch N is written (a change would otherwise wait for the
+    whole cycle of the batch in flight, then for its own). Builds stay one after the other on this
+    thread, each after its claim, so a later batch has a larger version and read a later state (the
+    ordering argument above); one write is in flight at a time, and it is settled (finished, or
+    released on failure) before this returns, so no write goes on after the drain ended."""
+    in_flight: tuple[list[Claimed], Future] | None = None
+    claimed: list[Claimed] = []
+    try:
+        while True:
+            claimed = []
+            if result.batches + (in_flight is not None) < max_batches:
+                version, claimed = _claim(batch_size)
+                result.more = len(claimed) == batch_size
+            if claimed:
+                batch, deleted = _build(version, claimed)
+            if in_flight is not None:
+                errors = in_flight[1].result()
+                rows, in_flight = in_flight[0], None
+                _settle(rows, errors, result)
+            if not claimed:
+                return
+            in_flight, claimed = (claimed, writer.submit(_write, db, batch, deleted)), []
+    except BaseException:
+        if claimed:
+            _release(claimed)
+        if in_flight is not None:
+            try:
+                errors = in_flight[1].result()
+            except BaseException:
+                _release(in_flight[0])
+            else:
+                _settle(in_flight[0], errors, result)
+        raise
+
+
+def _write(db, batch: Batch, deleted: dict[str, list[str]]) -> dict:
+    """The writer thread's part: HTTP only."""
+    with arango.unavailable_on_network_errors():
+        errors = write_batch(db, batch)
+        delete_entities(db, deleted)
+    return errors
+
+
+def _settle(rows: list[Claimed], errors: dict, result: DrainResult) -> None:
+    _finish(rows, errors)
+    result.batches += 1
+    result.failed += len(errors)
+    result.synced += len(rows) - len(errors)
+    if errors:
+        logger.warning("mirror: %d document(s) rejected by ArangoDB", len(errors),
+                       extra={"errors": list(errors.values())[:5]})
 
 
 def _summary(result: DrainResult) -> str:
@@ -353,7 +412,7 @@ def mirror_resync(*, truncate: bool = False, chunk_size: int = 500) -> dict[str,
         errors: list[str] = []
 
         def flush(batch: Batch) -> None:
-            errors.extend(write_batch(db, batch).values())
+            errors.extend(write_batch(db, batch, relink_all=True).values())
             for (collection, key) in batch.owners:
                 seen[collection].add(key)
 
