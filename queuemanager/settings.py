@@ -186,7 +186,7 @@ REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", schemes=("redis", "
 CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
 
 # --- Sessions: Redis first, PostgreSQL on a miss or a Redis error (queuemanager/sessions.py) ---
-SESSION_CACHE_URL = env_url("SESSION_CACHE_URL", REDIS_URL, schemes=("redis", "rediss", "unix"))
+SESSION_CACHE_URL = env_url("SESSION_CACHE_URL", schemes=("redis", "rediss", "unix")) or REDIS_URL
 # How long a session may be served from Redis without reading PostgreSQL (bounds a logout missed by an outage).
 SESSION_CACHE_SECONDS = env_int("SESSION_CACHE_SECONDS", 60, minimum=0)
 CACHES = {
