@@ -8,7 +8,8 @@ from mirror import documents as d
 from mirror import outbox
 from mirror.arango import MirrorUnavailable
 from mirror.models import MirrorOutbox
-from mirror.sync import mirror_drain, mirror_resync
+from mirror.resync import mirror_resync
+from mirror.sync import mirror_drain
 from queues.models import QueueRequest
 from jobs.services import queue_create
 

@@ -3,7 +3,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mirror.arango import MirrorUnavailable
-from mirror.sync import mirror_resync
+from mirror.resync import mirror_resync
 
 
 class Command(BaseCommand):
