@@ -39,9 +39,38 @@ INTERRUPTED_MESSAGE = "The worker reported `interrupted` without a stop request 
 
 # What ingestion reads of a step; the rest loads lazily only when a state actually changes.
 _STEP_FIELDS = (
-    "queue_id", "telemetry_id", "state", "reported_status", "records_written", "message", "started_at",
+    "id", "queue_id", "telemetry_id", "state", "reported_status", "records_written", "message", "started_at",
     "stop_requested_at", "drain_requested_at", "run",
 )
+
+
+class _Step:
+    """A step as ingestion reads it: a row, not a model instance (building one per step of every batch
+    cost more than the batch's progress UPDATE). The model is built only for a state change."""
+
+    __slots__ = ("values", "id", "queue_id", "state", "reported_status", "records_written", "run", "instance")
+
+    def __init__(self, values: tuple):
+        self.values = values
+        self.id, self.queue_id, _, self.state, self.reported_status, self.records_written = values[:6]
+        self.run = values[10]
+        self.instance = None
+
+    def model(self) -> QueueRequest:
+        """The step as a model instance, with what this batch changed so far."""
+        step = self.instance
+        if step is None:
+            # from_db takes the values in the model's field order
+            named = dict(zip(_STEP_FIELDS, self.values))
+            names = [f.attname for f in QueueRequest._meta.concrete_fields if f.attname in named]
+            step = self.instance = QueueRequest.from_db(connection.alias, names, [named[n] for n in names])
+        step.reported_status, step.records_written = self.reported_status, self.records_written
+        return step
+
+    def changed(self) -> None:
+        """Take back what a state change did to the model."""
+        step = self.instance
+        self.state, self.reported_status, self.records_written = step.state, step.reported_status, step.records_written
 
 
 @dataclass
@@ -87,13 +116,16 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         for event, step in current:
             if step.state == running and event.status in PROGRESS_STATUSES:
                 step.reported_status = event.status  # the common case: progress of a running step
-            elif _apply_state(step, event):
-                result.changed_queues.add(step.queue_id)
+            else:
+                changed = _apply_state(step.model(), event)
+                step.changed()
+                if changed:
+                    result.changed_queues.add(step.queue_id)
         _count(new)
         if new:
             telemetry_ingested.send(
                 sender=TelemetryEvent,
-                step_pks=sorted({step.pk for _, step in new if step is not None}),
+                step_pks=sorted({step.id for _, step in new if step is not None}),
                 event_keys=[event.key for event, _ in new],
             )
         if result.changed_queues:
@@ -128,12 +160,12 @@ _STORE_COLUMNS = (
 _STORE_TYPES = ("int8", "int8", "text", "text", "text", "int8", "text", "text", "text", "timestamptz", "timestamptz", "int4", "int4")
 
 
-def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, QueueRequest | None]]:
+def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, _Step | None]]:
     """Pair each event with its step by (queue_id, producer) and its run; the rest is rejected with a reason."""
     queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
     steps = {
-        (queue_id_of[s.queue_id], s.telemetry_id): s
-        for s in QueueRequest.objects.filter(queue_id__in=queue_id_of).only(*_STEP_FIELDS)
+        (queue_id_of[values[1]], values[2]): _Step(values)
+        for values in QueueRequest.objects.filter(queue_id__in=queue_id_of).values_list(*_STEP_FIELDS)
     }
     matched = []
     rejected = result.rejected
@@ -158,7 +190,7 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, Queu
     return matched
 
 
-def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueRequest | None]]:
+def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, _Step | None]]:
     """Store the events not seen before and return those (the ones to apply).
 
     Optimistic: in the steady state no event of a batch was stored before, so the batch goes in with
@@ -168,7 +200,7 @@ def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, QueueReq
     insert the same key meanwhile: an event's key covers its queue_id, and the caller holds that
     queue's lock.
     """
-    unique: dict[str, tuple[Event, QueueRequest | None]] = {}
+    unique: dict[str, tuple[Event, _Step | None]] = {}
     for event, step in matched:
         unique.setdefault(event.key, (event, step))
     if not unique:
