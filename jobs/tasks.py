@@ -8,12 +8,23 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from celery.signals import worker_init
 from django.conf import settings
 
 from jobs import announce, scheduler, stopping
 from jobs.launchers import LaunchError
 
 logger = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _import_the_launcher(**kwargs) -> None:
+    """In the worker's main process, before the pool forks its children: import the launcher there, so no
+    child pays it in its first task. The `kubernetes` client takes ~2 s to import (more on a loaded node),
+    and a cold child's first forced stop or launch was that much late (issue #12, stop latency)."""
+    import importlib
+
+    importlib.import_module(f"jobs.launchers.{settings.JOB_LAUNCHER}")
 
 
 @shared_task(name=announce.QUEUE_ADVANCE, acks_late=True, ignore_result=True)
