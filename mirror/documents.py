@@ -85,6 +85,21 @@ def queue_doc(queue, version: int) -> dict:
     }
 
 
+# The step columns `step_doc`/`step_edges` read (plus the queue, and the lineage fields of the
+# catalogue): the drain loads only these, not the step's logs, params or launcher handle.
+STEP_DOC_FIELDS = ("queue", "name", "position", "target", "type", "streaming", "state", "reported_status",
+                   "records_written", "job_name", "telemetry_id", "kafka_topic", "message", "launch_attempts",
+                   "stop_requested_at", "launched_at", "started_at", "finished_at", "last_event_at",
+                   "state_changed_at", "created_at", "updated_at")
+
+
+def step_fields() -> tuple[str, ...]:
+    from queues.catalogue import TARGETS
+
+    lineage = {f for target in TARGETS.values() for f in target.reads + target.writes}
+    return STEP_DOC_FIELDS + tuple(sorted(lineage))
+
+
 def step_doc(step, queue_id: str, version: int) -> dict:
     return {
         "_key": step_key(queue_id, step.name),

@@ -49,6 +49,7 @@ class Batch:
     version: int
     docs: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     owners: dict[tuple[str, str], set] = field(default_factory=lambda: defaultdict(set))
+    steps: dict[str, tuple] = field(default_factory=dict)  # step key -> (step, queue_id), for its lineage
 
     def add(self, collection: str, doc: dict, owner) -> None:
         if (collection, doc["_key"]) not in self.owners:
@@ -60,12 +61,20 @@ class Batch:
 
     def add_step(self, step, owner=None) -> None:
         queue_id = _queue_id_of(step)
-        self.add(d.STEPS, d.step_doc(step, queue_id, self.version), owner)
-        for name in step.reads() + step.writes():
-            self.add(d.COLLECTIONS, d.collection_doc(name), owner)
-        for collection, edges in d.step_edges(step, queue_id, self.version).items():
-            for edge in edges:
-                self.add(collection, edge, owner)
+        doc = d.step_doc(step, queue_id, self.version)
+        self.add(d.STEPS, doc, owner)
+        # Its lineage documents are made by `add_lineage` when the write finds it has to relink
+        # the step (rarely): most changes are progress and state.
+        self.steps.setdefault(doc["_key"], (step, queue_id))
+
+    def add_lineage(self, step_key: str) -> None:
+        step, queue_id = self.steps[step_key]
+        for owner in self.owners[(d.STEPS, step_key)]:
+            for name in step.reads() + step.writes():
+                self.add(d.COLLECTIONS, d.collection_doc(name), owner)
+            for collection, edges in d.step_edges(step, queue_id, self.version).items():
+                for edge in edges:
+                    self.add(collection, edge, owner)
 
     def add_event(self, event, owner=None) -> None:
         step_name = (event.mirror_step_name if hasattr(event, "mirror_step_name") else event.step.name) \
@@ -82,7 +91,7 @@ def _queue_id_of(row) -> str:
 def _steps(condition):
     from queues.models import QueueRequest
 
-    return QueueRequest.objects.filter(condition).annotate(mirror_queue_id=F("queue__queue_id"))
+    return QueueRequest.objects.filter(condition).only(*d.step_fields()).annotate(mirror_queue_id=F("queue__queue_id"))
 
 
 def _events(condition):
@@ -129,14 +138,14 @@ def write_batch(db, batch: Batch, *, relink_all: bool = False) -> dict:
 def _write_lineage(db, batch: Batch, steps: dict[str, dict], blame) -> set[str]:
     """Collections, edges and stale edges of these step documents; returns the keys of steps whose
     lineage was refused."""
-    names = {name for doc in steps.values() for name in doc["reads"] + doc["writes"]}
-    result = blame(d.COLLECTIONS, arango.insert_missing(
-        db, d.COLLECTIONS, [doc for doc in batch.docs[d.COLLECTIONS] if doc["name"] in names]))
+    for key in steps:
+        batch.add_lineage(key)
+    result = blame(d.COLLECTIONS, arango.insert_missing(db, d.COLLECTIONS, batch.docs[d.COLLECTIONS]))
     refused_names = {doc["name"] for doc in batch.docs[d.COLLECTIONS] if doc["_key"] in result.errors}
     refused = {key for key, doc in steps.items() if refused_names & set(doc["reads"] + doc["writes"])}
     unlinked: set[str] = set()
     for collection in d.EDGE_COLLECTIONS:
-        edges = [edge for edge in batch.docs[collection] if edge["step"] in steps]
+        edges = batch.docs[collection]
         result = blame(collection, arango.upsert_versioned(db, collection, edges))
         refused.update(edge["step"] for edge in edges if edge["_key"] in result.errors)
         # Guarded on the server: an edge a newer writer (re)wrote stays.
