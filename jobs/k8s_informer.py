@@ -8,6 +8,7 @@ reconcile code applies what it sees.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from jobs import k8s_reconcile
@@ -109,20 +110,21 @@ class CachedObserver:
     ends a step as lost. Orphans and leftovers are handled from the cache's Jobs when asked
     (`handle_orphans`), as the launcher's `observe_many` does from its lists."""
 
-    def __init__(self, informer: Informer, launcher, *, handle_orphans: bool):
+    def __init__(self, informer: Informer, launcher, *, handle_orphans: bool, lock=None):
         self.informer, self.launcher, self.handle_orphans = informer, launcher, handle_orphans
+        self.lock = lock or contextlib.nullcontext()  # held while reading the cache, never during API calls
         self.live_reads = 0  # Jobs read from the API because the cache did not have them
 
     def observe_many(self, steps) -> dict[int, Observation]:
-        observations = {}
+        with self.lock:
+            observations = {step.pk: self.informer.observation(step.job_name) for step in steps}
+            jobs = dict(self.informer.jobs) if self.handle_orphans else {}
         for step in steps:
-            observed = self.informer.observation(step.job_name)
-            if observed.phase == Phase.MISSING:
+            if observations[step.pk].phase == Phase.MISSING:
                 self.live_reads += 1
-                observed = self.launcher.status(step)
-            observations[step.pk] = observed
+                observations[step.pk] = self.launcher.status(step)
         if self.handle_orphans:
-            rest = k8s_reconcile.Snapshot(jobs=dict(self.informer.jobs)).without(step.job_name for step in steps)
+            rest = k8s_reconcile.Snapshot(jobs=jobs).without(step.job_name for step in steps)
             try:
                 k8s_reconcile.handle_orphans(self.launcher, rest)
                 k8s_reconcile.delete_leftovers(self.launcher, rest)

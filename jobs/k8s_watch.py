@@ -28,7 +28,7 @@ import threading
 import time
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -48,9 +48,12 @@ class _Relist(Exception):
 
 
 class WorkloadWatcher:
-    def __init__(self, launcher=None):
+    def __init__(self, launcher=None, *, background_sweep: bool = True):
         self.launcher = launcher or get_launcher("kubernetes")
         self.informer = Informer()
+        # The sweep reads every launched step (~1 s at 10,000): on a thread of its own it does not hold
+        # up the changes arriving meanwhile. The lock keeps the cache whole while either reads it.
+        self.background_sweep, self._sweeper, self.lock = background_sweep, None, threading.Lock()
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.down: dict[str, float | None] = {JOBS: 0.0, PODS: 0.0}  # kind -> since when its watch is not open
@@ -150,43 +153,58 @@ class WorkloadWatcher:
         try:
             if dirty:
                 self._reconcile(dirty)
-            if time.monotonic() >= self._next_sweep:
-                self._reconcile(None)
+            if time.monotonic() >= self._next_sweep and not (self._sweeper and self._sweeper.is_alive()):
                 self._next_sweep = time.monotonic() + settings.RECONCILE_INTERVAL_SECONDS
+                if self.background_sweep:
+                    self._sweeper = threading.Thread(target=self._sweep, daemon=True, name="watch-sweep")
+                    self._sweeper.start()
+                else:
+                    self._reconcile(None)
         except Exception:  # the database away: the events are in the cache, the sweep catches up
             logger.exception("workload watcher could not reconcile; the next sweep retries")
             self._next_sweep = 0.0
             return
         self._heartbeat()
 
+    def _sweep(self) -> None:
+        try:
+            close_old_connections()
+            self._reconcile(None)
+        except Exception:
+            logger.exception("workload watcher sweep failed; the next one retries")
+        finally:
+            connections.close_all()  # this thread's own connection
+
     def _take_events(self) -> set[str]:
+        """Apply what arrived (at most _BATCH items, in order; the rest stays queued for the next round)."""
         dirty: set[str] = set()
         try:
-            item = self.events.get(timeout=0.2)
+            items = [self.events.get(timeout=0.2)]
         except queue.Empty:
             return dirty
-        for _ in range(_BATCH):
-            if item[0] == "list":
-                _, kind, items, version = item
-                dirty |= self.informer.replace(kind, items, version)
-            else:
-                self._count(item[1], "event")
-                dirty |= self.informer.apply(item[1], item[2])
+        while len(items) < _BATCH:
             try:
-                item = self.events.get_nowait()
+                items.append(self.events.get_nowait())
             except queue.Empty:
                 break
-        else:
-            self.events.put(item)  # the rest waits for the next round, after this batch is reconciled
+        with self.lock:
+            for item in items:
+                if item[0] == "list":
+                    _, kind, objects, version = item
+                    dirty |= self.informer.replace(kind, objects, version)
+                else:
+                    self._count(item[1], "event")
+                    dirty |= self.informer.apply(item[1], item[2])
         return dirty
 
     def _reconcile(self, job_names) -> dict:
         started = time.monotonic()
-        observer = CachedObserver(self.informer, self.launcher, handle_orphans=job_names is None)
+        observer = CachedObserver(self.informer, self.launcher, handle_orphans=job_names is None, lock=self.lock)
         summary = scheduler.reconcile_workloads(observer=observer, job_names=job_names)
         self.stats["reconciled"] += summary.get("observed", 0)
         if job_names is None:  # the sweep: what it costs and covers, in the heartbeat
-            self.stats.update(sweep_s=round(time.monotonic() - started, 3), swept=summary.get("observed", 0))
+            self.stats.update(sweep_s=round(time.monotonic() - started, 3), swept=summary.get("observed", 0),
+                              sweeps=self.stats.get("sweeps", 0) + 1)
         return summary
 
     def healthy(self) -> bool:

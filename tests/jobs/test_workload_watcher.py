@@ -2,7 +2,8 @@
 leaves the cluster to a healthy watcher and lists it itself when there is none.
 
 The watcher's watch threads run against the emulator; its main thread's rounds (`watcher.step()`) run
-in the test's thread, so they see the test's database transaction. No change may be lost: one during
+in the test's thread, so they see the test's database transaction (the sweep too: `background_sweep`
+off; a background sweep's thread would have a connection of its own). No change may be lost: one during
 the list, a 410, a dropped connection, a watcher that dies.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ def running_queue(watch_settings, historical_queue, controller):
 
 @pytest.fixture
 def watcher(watch_settings):
-    w = WorkloadWatcher()
+    w = WorkloadWatcher(background_sweep=False)
     w.start()
     yield w
     w.stop()
@@ -97,7 +98,7 @@ def test_the_beat_pass_leaves_the_cluster_to_a_healthy_watcher_and_lists_when_it
     before = len(lists(emulator))
     assert "watcher" not in scheduler.reconcile()  # no watcher yet: the pass as it always was
     assert len(lists(emulator)) == before + 2
-    watcher = WorkloadWatcher()
+    watcher = WorkloadWatcher(background_sweep=False)
     watcher.start()
     step_until(watcher, lambda: k8s_heartbeat.healthy_watcher() is not None)
     before = len(lists(emulator))
@@ -130,7 +131,7 @@ def test_a_change_made_while_the_list_is_read_is_not_lost(running_queue, control
         return result
 
     monkeypatch.setattr(launcher, "list_labelled_versioned", list_then_change)
-    w = WorkloadWatcher(launcher)
+    w = WorkloadWatcher(launcher, background_sweep=False)
     w.start()
     try:
         step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
@@ -189,7 +190,7 @@ def test_the_watcher_lists_again_every_relist_period(running_queue, controller, 
     """Issue #12 "periodic full relist as a safety net": with K8S_RELIST_SECONDS elapsed, each watch ends
     and its kind is listed again (the resync), and the watcher stays healthy throughout."""
     watch_settings.K8S_RELIST_SECONDS = 1.0
-    w = WorkloadWatcher()
+    w = WorkloadWatcher(background_sweep=False)
     w.start()
     try:
         step_until(w, w.healthy)
@@ -198,3 +199,25 @@ def test_the_watcher_lists_again_every_relist_period(running_queue, controller, 
         assert w.stats["lists"] >= 4 and w.stats["expired"] == 0
     finally:
         w.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_background_sweep_applies_what_no_event_announces(running_queue, controller, watch_settings):
+    """Issue #12 (periodic sweep, on its own thread): a step whose row disagrees with the cache while no
+    watch event comes (here: put back to pending by hand after its Job ran) is brought in line by the
+    sweep, which runs beside the event path with a database connection of its own."""
+    watch_settings.RECONCILE_INTERVAL_SECONDS = 0.5
+    w = WorkloadWatcher()  # background_sweep on, as deployed
+    w.start()
+    try:
+        step = launched(running_queue)[0]
+        controller.mark_running(step.job_name)
+        step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
+        QueueRequest.objects.filter(pk=step.pk).update(state=StepState.PENDING)
+        sweeps = w.stats.get("sweeps", 0)
+        step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
+        assert w.stats["sweeps"] > sweeps and w._sweeper is not None
+    finally:
+        w.stop()
+        if w._sweeper:
+            w._sweeper.join(timeout=10)
