@@ -56,6 +56,7 @@ def handle_batch(messages: list) -> BatchOutcome:
     texts: list[str | None] = []
     positions: list[int] = []
     letters: list[tuple[int, str]] = []
+    loads = json.loads
     for position, message in enumerate(messages):
         value = message.value()
         text = _text(value)
@@ -64,7 +65,14 @@ def handle_batch(messages: list) -> BatchOutcome:
         # read from the bytes and stored as canonical JSON (text None), never as the mis-decoded text.
         if text is not None and ("\x00" in text or text.startswith("\ufeff")):
             text = None
-        data, reason = parse(value if text is None else text)
+        data = None
+        if text is not None:
+            try:  # the usual message, inline; anything else is read again by parse() for its reason
+                data = loads(text)
+            except (ValueError, RecursionError):
+                pass
+        if data.__class__ is not dict:
+            data, reason = parse(value if text is None else text)
         if data is None:
             letters.append((position, reason))
         elif is_own_message(data):

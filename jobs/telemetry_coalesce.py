@@ -4,7 +4,7 @@ Most of what workers send is "still loading, N records so far". Storing each of 
 row with its own unique key cost more than everything else ingestion does, and the only thing a
 report adds is a higher count. So a batch's plain reports are grouped by what an operator reads of
 them — (queue, producer, run as sent, status, message) — and each group becomes ONE event: the
-highest records_written, the last report's status, text (payload), time, and `coalesced` = how many
+highest records_written, the last report's text (payload) and time, and `coalesced` = how many
 distinct reports it stands for (the same text twice in a batch counts once, as before). The group's
 key is the content hash of its distinct reports' texts in order (`event_key`), so the same batch
 delivered again is a duplicate as a whole, and a group of one has the very key the report had when
@@ -12,7 +12,7 @@ each event was a row. A report delivered again in a batch cut differently (a con
 in a group of its own and is counted again in `coalesced`; the progress it carries cannot count twice
 (records_written is a maximum).
 
-A plain report is `loading` or `progress` with no error_message, no extra and no `finished` flag,
+A plain report is `loading` or `progress` without the keys error_message, extra, sent_at and finished,
 flat and plainly storable (`_plainly_storable`), every field it uses of the shape the inline
 reading of `normalize` accepts. Anything else — lifecycle events, errors, extras, any value this
 test does not vouch for — goes through `normalize` as before: it is stored as its own row, or
@@ -23,7 +23,8 @@ from __future__ import annotations
 from datetime import datetime, timezone as dt_timezone
 
 from jobs.telemetry_input import (
-    _EPOCH_MAX, BIGINT_MAX, MAX_RUN, PRODUCER_MAX, QUEUE_ID_MAX, Event, _plainly_storable, canonical,
+    _EPOCH_MAX, _SCALAR_TYPES, BIGINT_MAX, MAX_RUN, MAX_STRING_CHARS, PRODUCER_MAX, QUEUE_ID_MAX, Event,
+    _plainly_storable, canonical,
 )
 
 COALESCED_STATUSES = ("loading", "progress")
@@ -33,11 +34,13 @@ _FLOAT_EPOCH_MAX = _EPOCH_MAX - 1  # a float just below the limit may round up t
 def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]:
     """Returns (one Event per group of plain reports, the indexes of the other events).
 
-    Per report: a handful of dict reads and type checks and one dict lookup; no object, no hash digest.
+    Per report: a dozen dict reads and type checks and one dict lookup; no object, no hash digest.
     """
     groups: dict[tuple, list] = {}
     rest: list[int] = []
+    texts = [None] * len(raw_events) if texts is None else list(texts)  # filled in below for HTTP
     plainly = _plainly_storable
+    scalar_types = _SCALAR_TYPES.issuperset
     for index, raw in enumerate(raw_events):
         if raw.__class__ is not dict:
             rest.append(index)
@@ -49,8 +52,7 @@ def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]
         if status != "loading" and status != "progress":
             rest.append(index)
             continue
-        if get("error_message") is not None or get("extra") is not None or get("sent_at") is not None \
-                or (get("finished") is not None and get("finished") is not False):
+        if "error_message" in raw or "extra" in raw or "sent_at" in raw or "finished" in raw:  # even as null
             rest.append(index)
             continue
         queue_id = get("queue_id")
@@ -77,47 +79,56 @@ def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]
         ):
             rest.append(index)
             continue
-        text = canonical(raw) if texts is None else texts[index]
-        if not plainly(raw, text):
+        text = texts[index]
+        if text is None:
+            text = texts[index] = canonical(raw)
+        # _plainly_storable's verdict; its usual case inline (ASCII, no \u escape, scalar values only)
+        if not (len(text) <= MAX_STRING_CHARS and text.isascii() and ("\\" not in text or "\\u" not in text)
+                and scalar_types(map(type, raw.values()))) and not plainly(raw, text):
             rest.append(index)
             continue
         key = (queue_id, producer, run, status, message)
         group = groups.get(key)
         if group is None:
-            groups[key] = [records, timestamp, raw, text, [text], [index], None]
+            groups[key] = [records, [index], None]
             continue
-        group[5].append(index)
         highest = group[0]
         if records is not None and highest is not None and records > highest:
             group[0] = records  # the common case: a higher count, so not a report seen before
-            if group[6] is not None:
-                group[6].add(text)
-        else:
-            # Only a report that does not raise the count can be one seen before in this batch (a
-            # redelivery): then, and only then, its text is compared with the group's.
-            seen = group[6]
-            if seen is None:
-                seen = group[6] = set(group[4])
-            if text in seen:
-                continue  # the same report again: counted once, as when each event was a row
-            seen.add(text)
-            if highest is None:
-                group[0] = records
-        if timestamp is not None:
-            group[1] = timestamp
-        group[2], group[3] = raw, text
-        group[4].append(text)
-    return [_event(key, group) for key, group in groups.items()], rest
+            if group[2] is not None:
+                group[2].add(text)
+        elif _repeated(group, texts, text, index):
+            continue
+        elif highest is None:
+            group[0] = records
+        group[1].append(index)
+    return [_event(key, group, raw_events, texts) for key, group in groups.items()], rest
 
 
-def _event(key: tuple, group: list) -> Event:
+def _repeated(group: list, texts: list, text: str, index: int) -> bool:
+    """Whether a report that does not raise the count is one already in its group (a redelivery inside
+    the batch): then it is counted once, as when each event was a row. Only such a report is compared."""
+    seen = group[2]
+    if seen is None:
+        seen = group[2] = {texts[i] for i in group[1]}
+    if text in seen:
+        group.append(index)  # its position, for a rejection of the group
+        return True
+    seen.add(text)
+    return False
+
+
+def _event(key: tuple, group: list, raw_events: list, texts: list) -> Event:
     queue_id, producer, run, status, message = key
-    records, timestamp, raw, text, texts, indexes, _ = group
+    records, indexes = group[0], group[1]
+    last = indexes[-1]
+    raw, text = raw_events[last], texts[last]  # the last report: payload, time
+    timestamp = raw.get("timestamp")
     sent_at = None if timestamp is None else datetime.fromtimestamp(timestamp, tz=dt_timezone.utc)
     event = Event(queue_id, producer, status, raw, text, "", records, message[:2000], None, sent_at, run)
-    event.index = indexes[-1]  # applied where its last report was, in batch order
-    event.indexes = indexes
-    event.coalesced = len(texts)  # distinct reports; `indexes` also has the repeated ones
-    if len(texts) > 1:
-        event.hashed = "\n".join(texts)
+    event.index = last  # applied where its last report was, in batch order
+    event.coalesced = len(indexes)  # distinct reports
+    event.indexes = indexes if len(group) == 3 else sorted(indexes + group[3:])  # repeated ones too
+    if len(indexes) > 1:
+        event.hashed = "\n".join([texts[i] for i in indexes])
     return event

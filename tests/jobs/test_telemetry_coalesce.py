@@ -153,6 +153,10 @@ def test_the_same_report_twice_in_a_batch_counts_once(queue, counted):
     assert (result.accepted, result.duplicates) == (3, 3)
     assert [(r.records_written, r.coalesced) for r in _rows(loader)] == [(3, 3)]
     assert sum(count for _, count in counted) == 3
+    # once texts are being compared, a later report (higher count) is remembered too
+    three, four = _report(loader, 3), _report(loader, 4)
+    result = ingest_events([dict(three), dict(three), four, dict(four)])
+    assert (result.accepted, result.duplicates) == (2, 2)  # a new group (new key): three and four, once each
     unnumbered = {k: v for k, v in one.items() if k != "records_written"}
     result = ingest_events([unnumbered, dict(unnumbered), {**unnumbered, "timestamp": 1}])
     assert (result.accepted, result.duplicates) == (2, 1)
