@@ -49,6 +49,22 @@ def test_the_cost_of_a_batch_does_not_grow_with_its_size(mirror, historical_payl
     assert_mirror_matches_postgres(mirror)
 
 
+def test_a_drain_reads_only_the_step_columns_its_documents_use(mirror, historical_payload):
+    """Issue #12, case "per-document cost of a drain": a step row carries its logs' tail, the request
+    as submitted, the launcher handle and the worker's last `extra`; the drain loaded and decoded
+    them all for every change although no document holds them."""
+    queue_create(payload=historical_payload)
+    mirror_drain()
+    _touch_steps(QueueRequest.objects.all())
+    with CaptureQueriesContext(connection) as queries:
+        assert mirror_drain().synced == 6
+    selects = [q["sql"] for q in queries.captured_queries if 'FROM "queues_queuerequest"' in q["sql"]]
+    assert selects
+    for column in ("logs", "params", "launcher_handle", "extra"):
+        assert all(f'"queues_queuerequest"."{column}"' not in sql for sql in selects), column
+    assert_mirror_matches_postgres(mirror)
+
+
 def test_an_idle_drain_costs_one_claim_and_one_status_update(mirror, historical_payload):
     """Issue #12, case "a drain runs on every commit and on the beat": with nothing pending it asks
     PostgreSQL once for work and notes its success once, and does not talk to ArangoDB."""
