@@ -34,6 +34,9 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
     field_class = UtcDateTimeField
 
 
+_FORM_CLASSES: dict[type, type] = {}
+
+
 class QueueFilter(django_filters.FilterSet):
     # distinct=False: a column of the queue itself cannot repeat rows, and DISTINCT over the rows' JSON
     # columns made PostgreSQL hash every matching queue before LIMIT.
@@ -56,6 +59,14 @@ class QueueFilter(django_filters.FilterSet):
     class Meta:
         model = Queue
         fields = ["status", "symbol", "target", "created_after", "created_before"]
+
+    def get_form_class(self):
+        # The form class (and its fields) once per process rather than per request: every form made
+        # from it copies its fields, as Django's forms do, so sharing the class shares no state.
+        form_class = _FORM_CLASSES.get(type(self))
+        if form_class is None:
+            form_class = _FORM_CLASSES[type(self)] = super().get_form_class()
+        return form_class
 
     def filter_symbol(self, queryset, name, value):
         return queryset.filter(symbol=value.strip().upper())

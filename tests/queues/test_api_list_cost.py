@@ -174,3 +174,16 @@ def test_every_field_of_a_list_row_is_what_drf_renders_for_it(api, zone):
             for row in rows:
                 expected = json.loads(JSONRenderer().render(QueueSerializer(by_id[row["queue_id"]]).data))
                 assert list(row.items()) == list(expected.items()), (zone, query)
+
+
+def test_the_filter_form_shared_by_requests_keeps_no_state_between_them(api):
+    """Issue #12 (filtered pages: the filter form's class was built per request): one form class serves
+    every request; an invalid value is still refused, and refusing it leaves the next request's form
+    unaffected."""
+    _history(3, "form")
+    for _ in range(2):
+        bad = api.get("/api/queues/", {"status": "nope", "created_after": "x"})
+        assert bad.status_code == 400 and set(bad.json()) >= {"status", "created_after"}, bad.content
+        good = api.get("/api/queues/", {"status": "running", "symbol": "BTCUSDT"})
+        assert good.status_code == 200
+        assert {row["status"] for row in good.json()["results"]} <= {"running"}
