@@ -161,13 +161,16 @@ def test_a_dropped_watch_continues_from_its_last_version(running_queue, controll
     step_until(watcher, watcher.healthy)
     listed = len(lists(emulator))
     at = watcher.informer.versions["jobs"]
-    broken = value("streamforge_workload_watch_total", kind="jobs", outcome="broken")
+    def broken_watches():
+        return sum(value("streamforge_workload_watch_total", kind=kind, outcome="broken") for kind in ("jobs", "pods"))
+
+    broken = broken_watches()
     emulator.drop_watches()
     step = launched(running_queue)[0]
     controller.mark_running(step.job_name)
     step_until(watcher, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
     assert len(lists(emulator)) == listed and watcher.stats["broken"] >= 1
-    assert value("streamforge_workload_watch_total", kind="jobs", outcome="broken") > broken  # ops/metrics
+    assert broken_watches() > broken  # counted for ops/metrics
     resumed = [r[2] for r in emulator.requests if r[2].get("watch") and r[1].endswith("/jobs")]
     assert any(q.get("resourceVersion") == at for q in resumed[1:])
 
@@ -213,8 +216,8 @@ def test_the_background_sweep_applies_what_no_event_announces(running_queue, con
         step = launched(running_queue)[0]
         controller.mark_running(step.job_name)
         step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
-        QueueRequest.objects.filter(pk=step.pk).update(state=StepState.PENDING)
         sweeps = w.stats.get("sweeps", 0)
+        QueueRequest.objects.filter(pk=step.pk).update(state=StepState.PENDING)
         step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
         assert w.stats["sweeps"] > sweeps and w._sweeper is not None
     finally:
