@@ -25,6 +25,7 @@ from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, e
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
 from jobs.services import step_transition
 from jobs.signals import reconcile_finished
+from jobs.stopping import steps_send_stop
 from queues.catalogue import TARGETS
 from queues.models import Queue, QueueRequest, StepState
 
@@ -193,17 +194,7 @@ def step_send_stop(step_pk: int) -> None:
     step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
     if step is None or step.state != StepState.STOPPING:
         return
-    if settings.KAFKA_ENABLED:
-        try:
-            from kafkabus.publisher import publish_stop
-
-            publish_stop(step)
-        except Exception:  # the grace period and the forced stop still end the step
-            logger.exception("could not publish the stop command", extra={"queue_id": step.queue.queue_id, "step": step.name})
-    try:
-        get_launcher().stop(step, force=False)
-    except LaunchError as exc:
-        logger.warning("graceful stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
+    steps_send_stop([step])
 
 
 def step_force_stop(step_pk: int) -> bool:

@@ -28,14 +28,21 @@ def queue_send_stop(queue_pk: int) -> int:
     """First half of a queue's stop: the graceful command to each of its stopping steps, confirmed by the
     broker together; returns how many steps it was sent to."""
     steps = _stopping(queue_pk)
-    if not steps:
-        return 0
+    if steps:
+        steps_send_stop(steps)
+    return len(steps)
+
+
+def steps_send_stop(steps: list[QueueRequest]) -> None:
+    """The graceful command to each step (stopping, loaded with its queue), confirmed by the broker together,
+    and the launcher's graceful stop (locally SIGTERM; nothing more on Kubernetes). Failures are logged:
+    the grace period and the forced stop still end the steps."""
     if settings.KAFKA_ENABLED:
         try:
             from kafkabus.publisher import publish_stops
 
             publish_stops(steps)
-        except Exception:  # the grace period and the forced stop still end the steps
+        except Exception:  # kafkabus/confluent raise many kinds of errors; none may stop the rest
             logger.exception("could not publish the stop commands", extra={"queue_id": steps[0].queue.queue_id})
     launcher = get_launcher()
     for step in steps:
@@ -43,7 +50,6 @@ def queue_send_stop(queue_pk: int) -> int:
             launcher.stop(step, force=False)
         except LaunchError as exc:
             logger.warning("graceful stop failed: %s", exc, extra={"queue_id": step.queue.queue_id, "step": step.name})
-    return len(steps)
 
 
 def queue_force_stop(queue_pk: int) -> int:
