@@ -278,12 +278,16 @@ def _apply_progress(new) -> None:
     now = timezone.now()
     pks = list(latest)
     entries = list(latest.values())
+    extras = [json.dumps(entry[2]) if entry[2] is not None else None for entry in entries]
+    # Numbers, statuses (STATUSES: no commas) and flags as one comma-separated text each, split by
+    # the server: the driver would dump a list element by element. Extras (any JSON) stay an array,
+    # NULL when no step got one (unnest pads the missing values with NULL).
     columns = [
-        pks,
-        [entry[0] for entry in entries],
-        [entry[1] for entry in entries],
-        [json.dumps(entry[2]) if entry[2] is not None else None for entry in entries],
-        [entry[3] for entry in entries],
+        ",".join([str(pk) for pk in pks]),
+        ",".join(["" if entry[0] is None else str(entry[0]) for entry in entries]),
+        ",".join([entry[1] for entry in entries]),
+        extras if any(extra is not None for extra in extras) else None,
+        ",".join(["t" if entry[3] else "f" for entry in entries]),
     ]
     table = QueueRequest._meta.db_table
     # Arrays + unnest: five parameters whatever the batch size (a VALUES list costs a placeholder each).
@@ -296,7 +300,8 @@ def _apply_progress(new) -> None:
         "last_progress_at = CASE WHEN v.progress AND COALESCE(v.records, 0) > s.records_written "
         "THEN %s ELSE s.last_progress_at END, "
         "updated_at = %s "
-        "FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::jsonb[], %s::boolean[]) "
+        "FROM unnest(string_to_array(%s, ',')::bigint[], string_to_array(%s, ',', '')::bigint[], "
+        "string_to_array(%s, ',')::text[], %s::jsonb[], string_to_array(%s, ',')::boolean[]) "
         "AS v(id, records, status, extra, progress) WHERE s.id = v.id"
     )
     with connection.cursor() as cursor:
