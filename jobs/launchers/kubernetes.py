@@ -106,8 +106,13 @@ class KubernetesLauncher:
 
     def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
         """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
+        return self.list_labelled_versioned(kind, selector)[0]
+
+    def list_labelled_versioned(self, kind: str, selector: str | None = None) -> tuple[list[dict], str]:
+        """`list_labelled` and the list's resourceVersion (its first page's: the snapshot the pages
+        continue), from which a watch sees every later change (jobs/k8s_watch.py)."""
         fn = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
-        items, token, restarts = [], None, 0
+        items, token, restarts, version = [], None, 0, ""
         while True:
             kwargs = {"label_selector": selector or manager_selector(), "limit": LIST_PAGE}
             if token:
@@ -118,15 +123,16 @@ class KubernetesLauncher:
                 if token and k8s_client.list_expired(exc) and restarts < LIST_RESTARTS:
                     # The server compacted past our snapshot: a consistent list starts over, now.
                     logger.info("continue token expired, listing again", extra={"kind": kind})
-                    items, token, restarts = [], None, restarts + 1
+                    items, token, restarts, version = [], None, restarts + 1, ""
                     continue
                 if k8s_client.list_expired(exc):
                     raise LaunchError(f"listing {kind}: continue token expired {restarts + 1} times") from exc
                 raise _permanent(f"listing {kind}", exc) from exc
             items += page.get("items") or []
+            version = version or (page.get("metadata") or {}).get("resourceVersion") or ""
             token = (page.get("metadata") or {}).get("continue")
             if not token:
-                return items
+                return items, version
 
     def _read_job(self, name: str) -> dict | None:
         try:
