@@ -208,9 +208,11 @@ class WorkloadWatcher:
         return summary
 
     def healthy(self) -> bool:
-        """Synced, and both watches open (a broken one reopens within its backoff; one that stays
-        broken — the API server unreachable — stops the heartbeat, and it expires)."""
-        return self.informer.ready and all(self.down[kind] is None for kind in (JOBS, PODS))
+        """Synced and swept once (what depends on time is covered), and both watches open (a broken one
+        reopens within its backoff; one that stays broken — the API server unreachable — stops the
+        heartbeat, and it expires)."""
+        return self.informer.ready and self.stats.get("sweeps", 0) > 0 and all(
+            self.down[kind] is None for kind in (JOBS, PODS))
 
     def _heartbeat(self) -> None:
         now = time.monotonic()
