@@ -1,7 +1,8 @@
 """Telemetry ingestion (DESIGN §6): worker events → step state and progress.
 
 One entry point, `ingest_events()`, used by the HTTP endpoint and the Kafka consumer alike. A
-batch is written in one transaction: events are stored (deduplicated by a content hash), progress
+batch is written in one transaction: plain progress reports are coalesced per step per batch into
+one event (jobs.telemetry_coalesce), events are stored (deduplicated by a content hash), progress
 is applied with one UPDATE for the whole batch, state changes go through compare-and-set
 transitions. Applying the same event twice changes nothing (records_written only grows, a
 transition that already happened does not happen again), so at-least-once delivery is safe.
