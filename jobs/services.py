@@ -263,9 +263,12 @@ def step_transition(step: QueueRequest, to: str, *, mark_queue: bool = True, **k
     (launching → pending) and for queue_advance's own changes.
     """
     previous = step.state
-    with transaction.atomic(savepoint=False):  # joins the caller's transaction when there is one
-        if mark_queue:
+    if mark_queue:
+        with transaction.atomic(savepoint=False):  # joins the caller's transaction when there is one
             Queue.objects.filter(pk=step.queue_id).update(changes_pending=F("changes_pending") + 1)
+            changed = step.transition(to, **kwargs)
+    else:
+        # Alone, outside a transaction, the transition is one statement (QueueRequest.transition).
         changed = step.transition(to, **kwargs)
     if changed and to in StepState.DISCARD_WORKLOAD and previous in StepState.LAUNCHED:
         enqueue_on_commit(STEP_DISCARD, step.pk, step.job_name, about=step)

@@ -17,16 +17,25 @@ from django.db.models.signals import post_delete, post_save
 
 from mirror.models import VERSION_SEQUENCE, EntityKind, MirrorOutbox
 
-# One row per entity: a repeated change only takes a newer version (coalescing). `created_at`
-# keeps the oldest pending change, so the admin can show how far behind the mirror is.
-_UPSERT_SQL = f"""
-INSERT INTO {MirrorOutbox._meta.db_table} (kind, object_id, doc_key, version, created_at, attempts, last_error)
+
+def _upsert_sql(ids: str) -> str:
+    """One row per entity: a repeated change only takes a newer version (coalescing). `created_at`
+    keeps the oldest pending change, so the admin can show how far behind the mirror is. `ids`: a
+    FROM item with columns id, doc_key; its parameters follow the kind's."""
+    table = MirrorOutbox._meta.db_table
+    return f"""
+INSERT INTO {table} (kind, object_id, doc_key, version, created_at, attempts, last_error)
 SELECT %s, ids.id, ids.doc_key, nextval('{VERSION_SEQUENCE}'), now(), 0, ''
-FROM unnest(%s::bigint[], %s::text[]) AS ids(id, doc_key)
+FROM {ids}
 ON CONFLICT (kind, object_id) DO UPDATE SET
     version = nextval('{VERSION_SEQUENCE}'),
-    doc_key = COALESCE(NULLIF(EXCLUDED.doc_key, ''), {MirrorOutbox._meta.db_table}.doc_key)
+    doc_key = COALESCE(NULLIF(EXCLUDED.doc_key, ''), {table}.doc_key)
 """
+
+
+_UPSERT_SQL = _upsert_sql("unnest(%s::bigint[], %s::text[]) AS ids(id, doc_key)")
+# Inside a step change's own statement (queues.signals.step_state_writing): the row it changed, if any.
+_UPSERT_CHANGED_SQL = _upsert_sql("(SELECT changed.id, %s::text AS doc_key FROM changed) AS ids")
 
 
 def enabled() -> bool:
@@ -88,9 +97,21 @@ def _on_saved_or_deleted(sender, instance, **kwargs):
         record_instance(instance)
 
 
-def _on_step_state_changed(sender, step, **kwargs):
+def _on_step_state_writing(sender, step, **kwargs):
+    if not enabled():
+        return None
+    from mirror import documents
+
+    kind, doc_key = documents.kind_and_key(step)
+    return _UPSERT_CHANGED_SQL, [kind, doc_key]
+
+
+def _on_step_state_changed(sender, step, written_with_change=False, **kwargs):
     if enabled():
-        record_instance(step)
+        if written_with_change:  # the outbox row was written by the change's statement (above)
+            _enqueue_drain_on_commit()
+        else:
+            record_instance(step)
 
 
 def _on_queue_status_changed(sender, queue, **kwargs):
@@ -108,7 +129,7 @@ def _on_telemetry_ingested(sender, step_pks, event_keys, **kwargs):
 
 def connect_signals() -> None:
     from queues.models import Queue, QueueRequest, TelemetryEvent
-    from queues.signals import queue_status_changed, step_state_changed, telemetry_ingested
+    from queues.signals import queue_status_changed, step_state_changed, step_state_writing, telemetry_ingested
 
     for model in (Queue, QueueRequest, TelemetryEvent):
         post_save.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-save-{model.__name__}")
@@ -116,6 +137,7 @@ def connect_signals() -> None:
     # events into one signal per row. The drain removes a deleted queue's events by queue_id instead.
     for model in (Queue, QueueRequest):
         post_delete.connect(_on_saved_or_deleted, sender=model, dispatch_uid=f"mirror-delete-{model.__name__}")
+    step_state_writing.connect(_on_step_state_writing, dispatch_uid="mirror-step-state-writing")
     step_state_changed.connect(_on_step_state_changed, dispatch_uid="mirror-step-state")
     queue_status_changed.connect(_on_queue_status_changed, dispatch_uid="mirror-queue-status")
     telemetry_ingested.connect(_on_telemetry_ingested, dispatch_uid="mirror-telemetry")
