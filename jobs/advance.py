@@ -10,7 +10,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from jobs.announce import STEP_LAUNCH, enqueue_on_commit
@@ -40,6 +39,7 @@ def queue_advance(queue_pk: int) -> list[int]:
             reason = f"Step {failed[0].name} {failed[0].state}: {failed[0].message}".strip().rstrip(":")
             if not queue.message:
                 Queue.objects.filter(pk=queue.pk).update(message=reason)
+                queue.message = reason  # the copy stays the locked row (queue_refresh_status reads it)
             for step in steps.values():
                 if not step.is_terminal and not step.stop_requested_at:
                     step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
@@ -51,9 +51,10 @@ def queue_advance(queue_pk: int) -> list[int]:
                                        mark_queue=False):
                         to_launch.append(step.pk)
             _drain_consumers(steps.values())
-        queue_refresh_status(queue=queue)
-        if seen_changes:
-            Queue.objects.filter(pk=queue.pk).update(changes_pending=F("changes_pending") - seen_changes)
+        # The row locked above and every step read under that lock, with this advance's own changes
+        # (a transition sets them on the step): no second lock, no second read of the states. Only
+        # launching → pending happens without this lock, and the status rule reads both alike.
+        queue_refresh_status(queue=queue, held_states=[s.state for s in steps.values()], changes_seen=seen_changes)
 
         for pk in to_launch:
             # The step is in hand (its queue too, through the related manager): Flower's readable

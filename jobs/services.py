@@ -326,34 +326,45 @@ def queue_retry(*, queue: Queue, user=None, origin: Origin | None = None) -> int
     return count
 
 
-def queue_refresh_status(*, queue: Queue) -> str:
+def queue_refresh_status(*, queue: Queue, held_states: list[str] | None = None, changes_seen: int = 0) -> str:
     """Recompute and store the queue's status from its steps (the only writer of Queue.status).
 
-    Always under the queue's lock and from the locked row, never from the caller's copy: two
-    writers deciding from stale copies could make the status flap or count a finish twice.
+    Always under the queue's lock and from the locked row, never from a stale copy: two writers
+    deciding from stale copies could make the status flap or count a finish twice. `held_states`:
+    the caller's `queue` is the row it locked in this transaction and these are the states of all
+    its steps read under that lock, with the caller's own changes — neither is read again.
+    `changes_seen`: change counts the caller acted on, taken off `changes_pending` in the same UPDATE.
     """
     # No savepoint: every caller holds the queue's lock in its own transaction and none goes on after an
     # error here (a savepoint is two more round trips, on the way from create to the first Jobs too).
     with transaction.atomic(savepoint=False):
-        locked = Queue.objects.lock(queue.pk)  # re-taking it in the same transaction costs one round trip
-        # No ordering: the status rule needs the states only (the default one joins the queue to sort).
-        states = list(locked.steps.order_by().values_list("state", flat=True))
+        if held_states is None:
+            locked = Queue.objects.lock(queue.pk)  # re-taking it in the same transaction costs one round trip
+            # No ordering: the status rule needs the states only (the default one joins the queue to sort).
+            states = list(locked.steps.order_by().values_list("state", flat=True))
+        else:
+            locked, states = queue, held_states
+        previous = {key: getattr(locked, key) for key in ("status", "started_at", "finished_at",
+                                                          "stop_requested_at", "message")}
         status = locked.derive_status(states)
         now = timezone.now()
         fields: dict = {"status": status}
-        if status != QueueStatus.PENDING and locked.started_at is None:
+        if status != QueueStatus.PENDING and previous["started_at"] is None:
             fields["started_at"] = now
         if status in QueueStatus.TERMINAL:
-            fields["finished_at"] = locked.finished_at or now
+            fields["finished_at"] = previous["finished_at"] or now
         else:
             fields["finished_at"] = None
-        changed = any(getattr(locked, k) != v for k, v in fields.items())
-        if changed:
-            Queue.objects.filter(pk=queue.pk).update(updated_at=now, **fields)
-        for key in ("status", "started_at", "finished_at", "stop_requested_at", "message"):
-            setattr(queue, key, fields.get(key, getattr(locked, key)))
-        if changed and locked.status != status:
-            queue_status_changed.send(sender=Queue, queue=queue, previous=locked.status, status=status)
+        changed = any(previous[k] != v for k, v in fields.items())
+        writes = {"updated_at": now, **fields} if changed else {}
+        if changes_seen:
+            writes["changes_pending"] = F("changes_pending") - changes_seen
+        if writes:
+            Queue.objects.filter(pk=queue.pk).update(**writes)
+        for key in previous:
+            setattr(queue, key, fields.get(key, previous[key]))
+        if changed and previous["status"] != status:
+            queue_status_changed.send(sender=Queue, queue=queue, previous=previous["status"], status=status)
     return status
 
 

@@ -342,6 +342,8 @@ def test_an_advance_refreshes_the_queue_status_in_its_own_transaction_without_a_
     statements = [q["sql"] for q in queries.captured_queries]
     assert not [sql for sql in statements if "SAVEPOINT" in sql], statements
     states = [sql for sql in statements if sql.startswith('SELECT "queues_queuerequest"."state"')]
-    assert len(states) == 1 and "JOIN" not in states[0], states
+    # None at all since the advance hands the refresh the states it holds (tests/jobs/test_advance_round_trips.py);
+    # the refresh's own read (stop, retry) has no join either.
+    assert len(states) <= 1 and all("JOIN" not in sql for sql in states), states
     queue.refresh_from_db()
     assert queue.status == "running" and queue.started_at is not None

@@ -1,0 +1,63 @@
+"""Issue #12 launch_create_to_ready_jobs: the first advance of a new queue, counted in round trips.
+
+The advance holds the queue's lock and every step of the queue (read under it): the status refresh
+needs neither a second lock of the row it holds nor a second read of the states it holds, and the
+change count it acted on comes off in the same UPDATE as the status. Counted by captured statements
+(Django logs BEGIN and COMMIT too), never timed; what the queue shows afterwards is pinned beside.
+"""
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from jobs import advance
+from queues.models import Queue, QueueStatus, StepState
+from tests.queues.factories import make_queue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_queue_once(monkeypatch):
+    """Case: create → first advance round trips — BEGIN, the lock, the steps, the edges, one UPDATE per
+    step it launches, one UPDATE of the queue (status, started_at and the change count together), COMMIT:
+    8 for the example's two connectors (was 11: a second lock, a read of the states, a second UPDATE)."""
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    queue = make_queue(queue_id="advance-trips")
+    before = Queue.objects.get(pk=queue.pk)
+    assert before.changes_pending > 0 and before.status == QueueStatus.PENDING  # what the advance acts on
+
+    with CaptureQueriesContext(connection) as queries:
+        launched = advance.queue_advance(queue.pk)
+
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len(launched) == 2
+    assert len([sql for sql in statements if "FOR NO KEY UPDATE" in sql]) == 1, statements
+    assert not [sql for sql in statements if sql.startswith('SELECT "queues_queuerequest"."state"')], statements
+    assert len([sql for sql in statements if sql.startswith('UPDATE "queues_queue"')]) == 1, statements
+    assert len(statements) == 8, statements
+    after = Queue.objects.get(pk=queue.pk)
+    assert after.status == QueueStatus.RUNNING and after.started_at is not None and after.finished_at is None
+    assert after.changes_pending == 0
+    assert sorted(after.steps.values_list("state", flat=True)) == sorted(
+        [StepState.LAUNCHING] * 2 + [StepState.WAITING] * 4)
+
+
+def test_an_advance_with_nothing_to_do_writes_only_the_change_count(monkeypatch):
+    """Case: the status the held steps give equals the stored one — no status write; the count of changes
+    the advance acted on still comes off (one UPDATE), and a second advance writes nothing."""
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    queue = make_queue(queue_id="advance-idle")
+    advance.queue_advance(queue.pk)
+    Queue.objects.filter(pk=queue.pk).update(changes_pending=3)  # e.g. telemetry counted changes meanwhile
+
+    with CaptureQueriesContext(connection) as first:
+        assert advance.queue_advance(queue.pk) == []
+    with CaptureQueriesContext(connection) as second:
+        assert advance.queue_advance(queue.pk) == []
+
+    updates = [q["sql"] for q in first.captured_queries if q["sql"].startswith('UPDATE "queues_queue"')]
+    assert len(updates) == 1 and '"status"' not in updates[0], updates
+    assert not [q["sql"] for q in second.captured_queries if q["sql"].startswith("UPDATE")]
+    after = Queue.objects.get(pk=queue.pk)
+    assert after.changes_pending == 0 and after.status == QueueStatus.RUNNING
