@@ -135,6 +135,8 @@ def test_it_answers_ping_with_pong(kafka_topics):
 
 
 def test_it_survives_bad_input_with_rejections_and_dead_letters(kafka_topics):
+    # One key, so one partition: the topic is auto-created with several and only a partition is in order;
+    # unkeyed, `still-alive` could be handled before a bad message of another partition was dead-lettered.
     produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
         b"\xff not json",
         b"[1, 2]",
@@ -143,7 +145,7 @@ def test_it_survives_bad_input_with_rejections_and_dead_letters(kafka_topics):
         # The database cannot store this (NUL in a text column): rejected like any bad input, naming the field.
         {"command": "ping", "command_id": "nul-\u0000-id"},
         {"command": "ping", "command_id": "still-alive"},
-    ])
+    ], key="one-partition")
     run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="still-alive").exists())
 
     acks = {a["command_id"]: a for a in events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=3))}
@@ -167,6 +169,8 @@ def test_it_dead_letters_commands_with_malformed_fields_naming_the_field(kafka_t
     """Issue #10 §1 for the command parser: wrong types, a non-finite or impossible timestamp, an
     over-long command_id and JSON nested too deeply are rejected alone, dead-lettered with the field."""
     deep = b'{"command":"ping","command_id":"deep","x":' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    # One key, so one partition: the topic is auto-created with several and only a partition is in order;
+    # unkeyed, `still-alive-2` could be handled before a bad message of another partition was dead-lettered.
     produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
         {"command": "ping", "command_id": {"not": "a string"}},
         b'{"command":"ping","command_id":"t-inf","timestamp":1e400}',
@@ -175,7 +179,7 @@ def test_it_dead_letters_commands_with_malformed_fields_naming_the_field(kafka_t
         {"command": "ping", "command_id": "x" * 300},
         deep,
         {"command": "ping", "command_id": "still-alive-2"},
-    ])
+    ], key="one-partition")
     run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id="still-alive-2").exists())
     letters = read_topic(kafka_topics.QUEUE_CONTROL_DLQ_TOPIC, expect=6)
     reasons = [dict(m.headers())["dlq.reason"].decode() for m in letters]
@@ -199,9 +203,11 @@ def test_it_isolates_a_command_that_makes_the_batch_handler_raise(kafka_topics, 
         return real(data)
 
     monkeypatch.setattr(control, "is_own_message", is_own_message)
+    # One key, so one partition: the topic is auto-created with several and only a partition is in order;
+    # unkeyed, the six pings could be handled before `poison-cmd` of another partition was dead-lettered.
     produce(kafka_topics.QUEUE_CONTROL_TOPIC, [{"command": "ping", "command_id": f"iso-{n}"} for n in range(3)]
             + [{"command": "ping", "command_id": "poison-cmd"}]
-            + [{"command": "ping", "command_id": f"iso-{n}"} for n in range(3, 6)])
+            + [{"command": "ping", "command_id": f"iso-{n}"} for n in range(3, 6)], key="one-partition")
     run_until(control.run, lambda: ProcessedCommand.objects.filter(command_id__startswith="iso-").count() == 6, timeout=30)
     letters = read_topic(kafka_topics.QUEUE_CONTROL_DLQ_TOPIC, expect=1)
     assert [json.loads(m.value())["command_id"] for m in letters] == ["poison-cmd"]
