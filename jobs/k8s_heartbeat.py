@@ -14,18 +14,10 @@ import time
 
 from django.conf import settings
 
+from jobs.broker_redis import broker_redis as _redis
+
 logger = logging.getLogger(__name__)
 
-_client = None
-
-
-def _redis():
-    global _client
-    if _client is None:
-        import redis
-
-        _client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _client
 
 
 def key() -> str:

@@ -5,6 +5,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
+from jobs.broker_redis import broker_redis as _flag_store
 from mirror.arango import MirrorUnavailable
 from mirror.sync import mirror_drain
 
@@ -33,16 +34,6 @@ def mirror_drain_task() -> dict:
 # dozens of drains a second, each claiming a sliver beside the others). The drain task clears the
 # flag when it starts; a lost task is covered by the expiry and by beat.
 DRAIN_FLAG = "mirror:drain-queued"
-_flag_client = None
-
-
-def _flag_store():
-    global _flag_client
-    if _flag_client is None:
-        import redis
-
-        _flag_client = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _flag_client
 
 
 def drain_started() -> None:
