@@ -155,18 +155,25 @@ def _write_lineage(db, batch: Batch, steps: dict[str, dict], blame) -> set[str]:
     return refused
 
 
-def delete_entities(db, deleted: dict[str, list[str]]) -> None:
-    """Remove documents of entities gone from PostgreSQL (kind -> doc keys), with a step's edges."""
+def delete_entities(db, deleted: dict[str, list[str]], *, version: int) -> None:
+    """Remove documents of entities gone from PostgreSQL (kind -> doc keys), with a step's edges.
+
+    Only documents older than the batch's `version`: a key can belong to a new entity by now (a queue
+    deleted and re-created with its queue_id), whose documents this batch or a later one wrote with a
+    version at least as large — the same guard as the writes', so the order of the two does not matter."""
     queue_keys = deleted.get(EntityKind.QUEUE, [])
-    arango.delete_keys(db, d.QUEUES, queue_keys)
-    arango.delete_keys(db, d.TELEMETRY, arango.keys_where(db, d.TELEMETRY, "queue_id", queue_keys))
-    arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []))
-    step_keys = deleted.get(EntityKind.STEP, [])
-    arango.delete_keys(db, d.STEPS, step_keys)
+    arango.delete_keys(db, d.QUEUES, queue_keys, older_than=version)
+    arango.delete_keys(db, d.TELEMETRY, arango.keys_where(db, d.TELEMETRY, "queue_id", queue_keys), older_than=version)
+    arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []), older_than=version)
+    gone_steps = deleted.get(EntityKind.STEP, [])
+    arango.delete_keys(db, d.STEPS, gone_steps, older_than=version)
+    # A step document that stayed is the new owner's, and so is its lineage, even when older (a step
+    # whose reads/writes did not change is not relinked): only a removed step's edges go.
+    step_keys = set(gone_steps) - set(arango.keys_where(db, d.STEPS, "_key", gone_steps))
     unlinked = set()
     for collection in d.EDGE_COLLECTIONS:
-        edges = arango.edges_of_steps(db, collection, step_keys)
-        arango.delete_keys(db, collection, [e["_key"] for e in edges])
+        edges = [e for e in arango.edges_of_steps(db, collection, sorted(step_keys)) if e.get("version", 0) < version]
+        arango.delete_keys(db, collection, [e["_key"] for e in edges], older_than=version)
         unlinked.update(e["collection"] for e in edges if e.get("collection"))
     prune_collections(db, unlinked)
 
@@ -357,7 +364,7 @@ def _write(db, batch: Batch, deleted: dict[str, list[str]]) -> dict:
     """The writer thread's part: HTTP only."""
     with arango.unavailable_on_network_errors():
         errors = write_batch(db, batch)
-        delete_entities(db, deleted)
+        delete_entities(db, deleted, version=batch.version)
     return errors
 
 
