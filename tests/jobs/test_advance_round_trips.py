@@ -63,3 +63,32 @@ def test_an_advance_with_nothing_to_do_writes_only_the_change_count(monkeypatch)
     assert not [q["sql"] for q in second.captured_queries if q["sql"].startswith("UPDATE")]
     after = Queue.objects.get(pk=queue.pk)
     assert after.changes_pending == 0 and after.status == QueueStatus.RUNNING
+
+
+@pytest.mark.parametrize("policy", ["stop_queue", "continue"])
+@pytest.mark.parametrize("name, states", [
+    ("new", {}),  # a new queue: the connectors start
+    ("failed", {0: StepState.RUNNING, 1: StepState.FAILED}),  # a failure: stop the queue, or go on
+    ("lost", {0: StepState.SUCCEEDED, 1: StepState.SUCCEEDED, 2: StepState.LOST}),  # cancel what waits
+    ("done", {i: StepState.SUCCEEDED for i in range(6)}),
+])
+def test_the_status_from_the_held_states_is_the_rules_from_a_fresh_read(monkeypatch, settings, policy, name, states):
+    """Case: what users see is unchanged — the status (and started/finished times) the advance writes from
+    the states it holds is the one the rule gives from the steps as stored after it, whatever it changed
+    (launches, stops, cancellations)."""
+    settings.FAILURE_POLICY = policy
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.step_send_stop_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.step_force_stop_task.apply_async", lambda *args, **kwargs: None)
+    queue = make_queue(queue_id=f"held-{policy.replace('_', '-')}-{name}")
+    steps = list(queue.steps.order_by("position"))
+    for index, state in states.items():
+        type(steps[index]).objects.filter(pk=steps[index].pk).update(state=state)
+
+    advance.queue_advance(queue.pk)
+
+    after = Queue.objects.get(pk=queue.pk)
+    stored = list(after.steps.values_list("state", flat=True))
+    assert after.status == after.derive_status(stored)
+    assert (after.started_at is None) == (after.status == QueueStatus.PENDING)
+    assert (after.finished_at is not None) == (after.status in QueueStatus.TERMINAL)
