@@ -23,3 +23,12 @@ def on_task(monkeypatch, name: str, handler) -> None:
     that is what is intercepted; patching `.delay` would silently intercept nothing.
     """
     monkeypatch.setattr(f"jobs.tasks.{name}.apply_async", lambda args=(), kwargs=None, **options: handler(*args))
+
+
+def broker_task_names_since(client, before: int) -> list[str]:
+    """Names of the tasks pushed to the broker's default queue since it held `before` messages, oldest
+    first. The Redis transport LPUSHes: the newest are at the head, older tests' leftovers at the tail."""
+    import json
+
+    new = client.lrange("celery", 0, client.llen("celery") - before - 1)
+    return [json.loads(raw)["headers"]["task"] for raw in reversed(new)]

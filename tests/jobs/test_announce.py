@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 def last_sent(task_name: str, args: list) -> dict:
     """The headers of the newest message for this task with these arguments in the broker's default queue."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    for raw in reversed(client.lrange("celery", -200, -1)):
+    for raw in client.lrange("celery", 0, 199):  # the broker LPUSHes: newest first
         message = json.loads(raw)
         headers = message["headers"]
         if headers.get("task") == task_name and headers.get("id") and _args(message) == args:

@@ -8,7 +8,6 @@ never timings; the cluster is the emulator, the broker the test session's Redis 
 """
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -23,6 +22,7 @@ from jobs.services import queue_create, queue_stop
 from jobs.stopping import queue_force_stop, queue_send_stop
 from queues.models import QueueRequest, StepState
 from tests.helpers import wait_until
+from tests.jobs.helpers import broker_task_names_since
 from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
@@ -52,7 +52,7 @@ def _stop_request(queue, emulator, capture):
     calls, sent = len(emulator.requests), client.llen("celery")
     with CaptureQueriesContext(connection) as queries, capture(execute=True):
         queue_stop(queue=queue, reason="test")
-    tasks = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", sent, -1)]
+    tasks = broker_task_names_since(client, sent)
     return len(queries), emulator.requests[calls:], tasks
 
 

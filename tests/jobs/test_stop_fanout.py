@@ -9,7 +9,6 @@ is the emulator acting as the deploy Role, the broker the test session's Redis.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from jobs.services import queue_retry, queue_stop, step_transition
 from jobs.stopping import queue_force_stop, queue_send_stop
 from queues.models import QueueRequest, StepState
 from tests.helpers import wait_until
+from tests.jobs.helpers import broker_task_names_since
 from tests.jobs.test_announce import last_sent
 from tests.jobs.test_kubernetes_pipeline import cluster_jobs_of, k8s_pipeline  # noqa: F401 (fixture)
 from tests.jobs.test_stop_cost import _running_queue
@@ -51,7 +51,7 @@ def _announced(capture, queue):
     before = client.llen("celery")
     with CaptureQueriesContext(connection) as queries, capture(execute=True):
         queue_stop(queue=queue, reason="test")
-    sent = [json.loads(raw)["headers"]["task"] for raw in client.lrange("celery", before, -1)]
+    sent = broker_task_names_since(client, before)
     return len(queries), sent
 
 
