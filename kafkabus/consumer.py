@@ -174,10 +174,7 @@ class BatchConsumer:
 
     def _step(self) -> None:
         self._consume_since = time.monotonic()
-        # With a batch in flight, a quiet topic must not keep its offsets (and the `until` check)
-        # waiting a whole poll: a short read, then the in-flight batch is finished.
-        timeout = self.poll_timeout if self._in_flight is None else min(self.poll_timeout, 0.05)
-        messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
         self._consume_since = None
         good = []
         for message in messages:
