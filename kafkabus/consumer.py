@@ -11,12 +11,6 @@
   idempotent for a batch handled again in parts (ingestion is; commands dedupe by command_id).
 - SIGTERM/SIGINT set a flag: the current batch finishes, offsets are stored and committed, the
   consumer closes.
-- Overlap (opt-in: `prepare` + `apply` instead of `handle`; the events consumer, issue #12):
-  `prepare(messages)` is pure CPU (decode, validate, group), `apply(prepared)` is the database part.
-  While batch N is applied on an apply thread (its own Django connection), this thread reads and
-  prepares batch N+1; then it waits for N, stores N's offsets, and hands N+1 over. At most one
-  batch is in flight; offsets are still stored only after their batch committed; a retry or a
-  bisection prepares again (a prepared batch is applied at most once).
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
   broker) and log errors without dying.
 - Stall watchdog: after a broker restart that loses the consumer group, librdkafka (2.11 against
@@ -35,18 +29,15 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from django.conf import settings
-from django.db import close_old_connections, connections
+from django.db import close_old_connections
 
 from kafkabus.config import common_config, consumer_config
 from kafkabus.signals import consumer_lag_measured
 
 logger = logging.getLogger(__name__)
-
-_UNPREPARED = object()  # no prepared form at hand: handle(messages) prepares and applies
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -98,9 +89,7 @@ class BatchConsumer:
         *,
         name: str,
         topics: list[str],
-        handle: Callable[[list], None] | None = None,
-        prepare: Callable[[list], object] | None = None,
-        apply: Callable[[object], None] | None = None,
+        handle: Callable[[list], None],
         batch_size: int | None = None,
         poll_timeout: float = 0.5,
         group: str | None = None,
@@ -112,14 +101,7 @@ class BatchConsumer:
     ):
         self.name = name
         self.topics = topics
-        if handle is None:
-            if prepare is None or apply is None:
-                raise TypeError("BatchConsumer needs handle, or prepare and apply")
-            handle = lambda messages: apply(prepare(messages))  # noqa: E731 (retries, bisection)
         self.handle = handle
-        self.prepare, self.apply = (prepare, apply) if apply is not None else (None, None)
-        self._applier: ThreadPoolExecutor | None = None
-        self._in_flight: tuple[list, Future] | None = None
         self.reject = reject
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.poll_timeout = poll_timeout
@@ -160,17 +142,11 @@ class BatchConsumer:
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
         if self.on_stall is not None:
             threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
-        if self.apply is not None:
-            self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-apply")
         try:
             while not self.stopping.is_set() and not (until and until()):
                 self._step()
         finally:
-            try:
-                self._finish_in_flight()  # a stop finishes the batch being applied and stores its offsets
-            finally:
-                self._stop_applier()
-                self._close()
+            self._close()
 
     def _step(self) -> None:
         self._consume_since = time.monotonic()
@@ -183,76 +159,34 @@ class BatchConsumer:
                 good.append(message)
             else:
                 self._on_error(error)
-        if good and self.first_message_at is None:
-            self.first_message_at = time.monotonic()
-        if self._applier is not None:
-            self._overlap(good)
-        elif good:
+        if good:
+            if self.first_message_at is None:
+                self.first_message_at = time.monotonic()
             self._process(good)
         self._maybe_report_lag()
 
-    def _overlap(self, messages: list) -> None:
-        """Prepare this batch while the previous one is applied, then wait for that one (storing
-        its offsets) and hand this one to the apply thread."""
-        prepared = _UNPREPARED
-        if messages:
-            try:
-                prepared = self.prepare(messages)
-            except Exception:  # a message the pure part chokes on: the apply thread bisects to it
-                prepared = _UNPREPARED
-        self._finish_in_flight()
-        if messages and not self.stopping.is_set():  # stopping: this one is redelivered, unstored
-            self._in_flight = (messages, self._applier.submit(self._handle_retrying, messages, prepared))
-
-    def _finish_in_flight(self) -> None:
-        if self._in_flight is None:
-            return
-        messages, future = self._in_flight
-        self._in_flight = None
-        if future.result():
-            self._done(messages)
-
-    def _stop_applier(self) -> None:
-        if self._applier is None:
-            return
-        self._applier.submit(connections.close_all).result()  # the apply thread's own connection
-        self._applier.shutdown(wait=True)
-        self._applier = None
-
     def _process(self, messages: list) -> None:
-        if self._handle_retrying(messages):
-            self._done(messages)
-
-    def _done(self, messages: list) -> None:
-        self._store(messages)
-        self.processed += len(messages)
-        self.batches += 1
-
-    def _handle_retrying(self, messages: list, prepared=_UNPREPARED) -> bool:
-        """Handle the batch, retrying it with backoff on connectivity errors; False when stopped
-        first (nothing is stored: the batch is redelivered after a restart)."""
         backoff = 0.5
         while True:
             close_old_connections()  # a connection broken by a database restart is replaced
             try:
-                self._handle_isolating(messages, prepared)
-                return True
+                self._handle_isolating(messages)
+                break
             except Exception:  # only connectivity errors get here
                 logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
                 if self.stopping.wait(backoff):
-                    return False
+                    return  # exit without storing: the batch is redelivered after a restart
                 backoff = min(backoff * 2, 10.0)
-                prepared = _UNPREPARED  # a failed apply may have changed its prepared batch
+        self._store(messages)
+        self.processed += len(messages)
+        self.batches += 1
 
-    def _handle_isolating(self, messages: list, prepared=_UNPREPARED) -> None:
+    def _handle_isolating(self, messages: list) -> None:
         """handle(messages); if it fails for a reason other than connectivity, bisect down to the
         message that fails and reject it alone. A connectivity error propagates (whole-batch retry;
         parts already handled are handled again, idempotently)."""
         try:
-            if prepared is _UNPREPARED:
-                self.handle(messages)
-            else:
-                self.apply(prepared)
+            self.handle(messages)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -274,12 +208,7 @@ class BatchConsumer:
         for message in messages:
             key = (message.topic(), message.partition())
             last[key] = max(last.get(key, -1), message.offset())
-        # Only partitions still ours: a batch applied across a rebalance leaves the revoked ones to
-        # their new owner (which redelivers; ingestion is idempotent).
-        owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in owned]
-        if not offsets:
-            return
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
