@@ -35,7 +35,7 @@ REQUEST_TIMEOUT_SECONDS = 15
 INDEXES = {
     d.QUEUES: [(["status"], False), (["symbol"], False), (["created_at"], False)],
     d.STEPS: [(["queue_id"], False), (["state"], False), (["target"], False), (["job_name"], True)],
-    d.TELEMETRY: [(["queue_id", "received_at"], False), (["step"], False)],
+    d.TELEMETRY: [(["queue_id", "received_at"], False), (["step"], False), (["queue_pg_id"], False)],
     d.COLLECTIONS: [(["name"], True)],
     d.QUEUE_STEPS: [(["step"], False)],
     d.STEP_READS: [(["step"], False), (["collection"], False)],
@@ -313,6 +313,38 @@ def delete_keys(db, collection: str, keys, *, older_than: int | None = None) -> 
         bind_vars=bind_vars,
     )
     return (cursor.statistics() or {}).get("modified", 0)
+
+
+# Documents of these rows (`pg_id`), by key; a document written before documents carried `pg_id`
+# (null) falls back to the version guard. In AQL terms: pg_id IN ids OR (pg_id == null AND version <
+# @version), written with a list holding null and a conditional, the shape the test emulator knows too.
+_DELETE_OWNED_AQL = """
+FOR doc IN @@col FILTER doc.{match} IN @values AND doc.{owner} IN @owners AND (doc.{owner} == null ? doc.version : -1) < @version
+  REMOVE doc IN @@col OPTIONS {{ignoreErrors: true, exclusive: true}}
+"""
+
+
+def delete_owned(db, collection: str, values, owners, *, older_than: int, match: str = "_key",
+                 owner: str = "pg_id") -> int:
+    """Delete the documents whose `match` is one of `values` and whose `owner` attribute names one of
+    the rows `owners` (deleted rows' primary keys), in one query; the same key held by another row's
+    document by now stays, whatever its version. Documents without the `owner` attribute (written
+    before it existed) go only when older than `older_than`."""
+    values, owners = sorted(set(values)), sorted(set(owners))
+    if not values or not owners:
+        return 0
+    cursor = db.aql.execute(_DELETE_OWNED_AQL.format(match=match, owner=owner), bind_vars={
+        "@col": collection, "values": values, "owners": [*owners, None], "version": older_than})
+    return (cursor.statistics() or {}).get("modified", 0)
+
+
+def attribute_of(db, collection: str, keys: list[str], attribute: str) -> list:
+    """The stored value of one attribute of these documents (missing ones left out)."""
+    if not keys:
+        return []
+    cursor = db.aql.execute(f"FOR doc IN @@col FILTER doc._key IN @keys RETURN doc.{attribute}",
+                            bind_vars={"@col": collection, "keys": keys}, batch_size=len(keys) + 1)
+    return [value for value in cursor if value is not None]
 
 
 def check_ready(*, timeout: float) -> None:

@@ -3,7 +3,9 @@
 Keys: queues by queue_id, steps by `{queue_id}__{step name}`, telemetry by event_key, data
 collections by their name; all made safe for ArangoDB's key alphabet by `safe_key`. Every document
 carries `version`, the drain's batch version, which the writer compares so an older state never
-replaces a newer one.
+replaces a newer one, and `pg_id`, the primary key of its row: a key can pass to another row (a queue
+deleted and re-created with its queue_id), so a delete removes the documents of the deleted row's
+`pg_id`, never whatever holds the key by then. Telemetry also carries its queue's row (`queue_pg_id`).
 """
 from __future__ import annotations
 
@@ -66,6 +68,7 @@ def _iso(value):
 def queue_doc(queue, version: int) -> dict:
     return {
         "_key": queue_key(queue.queue_id),
+        "pg_id": queue.pk,
         "queue_id": queue.queue_id,
         "status": queue.status,
         "symbol": queue.symbol,
@@ -103,6 +106,7 @@ def step_fields() -> tuple[str, ...]:
 def step_doc(step, queue_id: str, version: int) -> dict:
     return {
         "_key": step_key(queue_id, step.name),
+        "pg_id": step.pk,
         "queue_id": queue_id,
         "name": step.name,
         "position": step.position,
@@ -134,7 +138,9 @@ def step_doc(step, queue_id: str, version: int) -> dict:
 def telemetry_doc(event, queue_id: str, step_name: str | None, version: int) -> dict:
     return {
         "_key": safe_key(event.event_key),
+        "pg_id": event.pk,
         "queue_id": queue_id,
+        "queue_pg_id": event.queue_id,  # the queue's row: its documents go with it, whatever its key
         "step": step_key(queue_id, step_name) if step_name else None,
         "status": event.status,
         "producer": event.producer,

@@ -155,18 +155,29 @@ def _write_lineage(db, batch: Batch, steps: dict[str, dict], blame) -> set[str]:
     return refused
 
 
-def delete_entities(db, deleted: dict[str, list[str]], *, version: int) -> None:
-    """Remove documents of entities gone from PostgreSQL (kind -> doc keys), with a step's edges.
+def delete_entities(db, deleted: dict[str, list[tuple[str, int]]], *, version: int) -> None:
+    """Remove documents of rows gone from PostgreSQL (kind -> (doc key, primary key)), with a step's edges.
 
-    Only documents older than the batch's `version`: a key can belong to a new entity by now (a queue
-    deleted and re-created with its queue_id), whose documents this batch or a later one wrote with a
-    version at least as large — the same guard as the writes', so the order of the two does not matter."""
-    queue_keys = deleted.get(EntityKind.QUEUE, [])
-    arango.delete_keys(db, d.QUEUES, queue_keys, older_than=version)
-    arango.delete_keys(db, d.TELEMETRY, arango.keys_where(db, d.TELEMETRY, "queue_id", queue_keys), older_than=version)
-    arango.delete_keys(db, d.TELEMETRY, deleted.get(EntityKind.TELEMETRY, []), older_than=version)
-    gone_steps = deleted.get(EntityKind.STEP, [])
-    arango.delete_keys(db, d.STEPS, gone_steps, older_than=version)
+    Only the documents of the deleted rows (`pg_id`): a key can belong to a new row by now (a queue
+    deleted and re-created with its queue_id), and its documents stay whatever their version, also
+    when this delete comes back after a dead drain's lease with a version newer than theirs. A deleted
+    queue's telemetry goes by `queue_pg_id`, the queue's row as written (its key may be rewritten by
+    `safe_key`; telemetry stores the queue_id as is). Documents from before `pg_id` existed fall back to
+    the version guard (only those older than this batch)."""
+    queues = deleted.get(EntityKind.QUEUE, [])
+    if queues:
+        queue_pks, queue_keys = [pk for _, pk in queues], [key for key, _ in queues]
+        # Telemetry first: the fallback finds the queue_id as written on the queue's document.
+        arango.delete_owned(db, d.TELEMETRY, queue_pks, queue_pks, older_than=version, match="queue_pg_id",
+                            owner="queue_pg_id")
+        written_ids = set(arango.attribute_of(db, d.QUEUES, queue_keys, "queue_id")) | set(queue_keys)
+        arango.delete_owned(db, d.TELEMETRY, written_ids, queue_pks, older_than=version, match="queue_id",
+                            owner="queue_pg_id")
+        arango.delete_owned(db, d.QUEUES, queue_keys, queue_pks, older_than=version)
+    for kind, collection in ((EntityKind.TELEMETRY, d.TELEMETRY), (EntityKind.STEP, d.STEPS)):
+        gone = deleted.get(kind, [])
+        arango.delete_owned(db, collection, [key for key, _ in gone], [pk for _, pk in gone], older_than=version)
+    gone_steps = [key for key, _ in deleted.get(EntityKind.STEP, [])]
     # A step document that stayed is the new owner's, and so is its lineage, even when older (a step
     # whose reads/writes did not change is not relinked): only a removed step's edges go.
     step_keys = set(gone_steps) - set(arango.keys_where(db, d.STEPS, "_key", gone_steps))
@@ -248,7 +259,7 @@ def _claim(limit: int) -> tuple[int, list[Claimed]]:
     return found[0][-1], rows
 
 
-def _build(version: int, rows: list[Claimed]) -> tuple[Batch, dict[str, list[str]]]:
+def _build(version: int, rows: list[Claimed]) -> tuple[Batch, dict[str, list[tuple[str, int]]]]:
     from queues.models import Queue, QueueRequest, TelemetryEvent
 
     batch, deleted = Batch(version), defaultdict(list)
@@ -277,7 +288,7 @@ def _build(version: int, rows: list[Claimed]) -> tuple[Batch, dict[str, list[str
     for row in rows:
         if row.object_id not in found[row.kind]:
             if row.doc_key:
-                deleted[row.kind].append(row.doc_key)
+                deleted[row.kind].append((row.doc_key, row.object_id))
             else:  # recorded by id only and gone since: nothing to address; arango_resync removes leftovers
                 logger.warning("mirror: %s %s vanished before it was mirrored", row.kind, row.object_id)
     return batch, deleted
@@ -360,7 +371,7 @@ def _drain_batches(db, writer, batch_size: int, max_batches: int, result: DrainR
         raise
 
 
-def _write(db, batch: Batch, deleted: dict[str, list[str]]) -> dict:
+def _write(db, batch: Batch, deleted: dict[str, list[tuple[str, int]]]) -> dict:
     """The writer thread's part: HTTP only."""
     with arango.unavailable_on_network_errors():
         errors = write_batch(db, batch)
