@@ -14,7 +14,7 @@ from django.db import transaction
 from django.db.models import OuterRef
 from django.utils import timezone
 
-from jobs.announce import STEP_LAUNCH, enqueue_on_commit
+from jobs.announce import STEP_LAUNCH, STEPS_LAUNCH, enqueue_on_commit
 from jobs.services import queue_refresh_status, step_mark_stopping, step_transition
 from queues.catalogue import TARGETS
 from queues.models import DependencyKind, Queue, StepDependency, StepState
@@ -54,10 +54,14 @@ def queue_advance(queue_pk: int) -> list[int]:
         # launching → pending happens without this lock, and the status rule reads both alike.
         queue_refresh_status(queue=queue, held_states=[s.state for s in steps.values()], changes_seen=seen_changes)
 
-        for pk in to_launch:
+        if len(to_launch) > 1:
+            # Steps ready together launch together: one task claims and records them in one statement
+            # each and makes their API calls at once (jobs.launching); retries stay per step.
+            enqueue_on_commit(STEPS_LAUNCH, queue.pk, to_launch, about=queue)
+        elif to_launch:
             # The step is in hand (its queue too, through the related manager): Flower's readable
-            # arguments cost no query per launched step.
-            enqueue_on_commit(STEP_LAUNCH, pk, about=steps[pk])
+            # arguments cost no query.
+            enqueue_on_commit(STEP_LAUNCH, to_launch[0], about=steps[to_launch[0]])
     return to_launch
 
 

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 QUEUE_ADVANCE = "jobs.tasks.queue_advance_task"
 STEP_LAUNCH = "jobs.tasks.step_launch_task"
+STEPS_LAUNCH = "jobs.tasks.steps_launch_task"  # (queue pk, step pks): a queue's steps ready together
 STEP_SEND_STOP = "jobs.tasks.step_send_stop_task"
 STEP_FORCE_STOP = "jobs.tasks.step_force_stop_task"
 STEP_DISCARD = "jobs.tasks.step_discard_task"
@@ -25,7 +26,7 @@ RECONCILE = "jobs.tasks.reconcile_task"
 
 
 # What the first argument of each task is, so Flower can show `queue=…, step=…` instead of `(24,)`.
-_QUEUE_TASKS = {QUEUE_ADVANCE, QUEUE_SEND_STOP, QUEUE_FORCE_STOP}
+_QUEUE_TASKS = {QUEUE_ADVANCE, QUEUE_SEND_STOP, QUEUE_FORCE_STOP, STEPS_LAUNCH}
 _STEP_TASKS = {STEP_LAUNCH, STEP_SEND_STOP, STEP_FORCE_STOP, STEP_DISCARD}
 
 

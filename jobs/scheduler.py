@@ -58,19 +58,25 @@ def step_launch(step_pk: int) -> str:
     """
     step = _claim_attempt(step_pk)
     if step is None:
-        step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
-        if step is None or step.state != StepState.LAUNCHING:
-            return "skipped"
-        _fail_launch(step, f"gave up after {step.launch_attempts} attempts: {step.message or 'no reason recorded'}")
-        return "failed"
+        return step_launch_unclaimed(step_pk)
     try:
         handle = get_launcher().launch(step)
         return _record_launch(step, handle)
     except Exception as exc:  # timeouts, SoftTimeLimitExceeded, client errors: all spend the budget
-        countdown = _attempt_failed(step, exc)
+        countdown = step_launch_attempt_failed(step, exc)
         if countdown is None:
             return "failed"
         raise RetryLaunch(countdown, str(exc)) from exc
+
+
+def step_launch_unclaimed(step_pk: int) -> str:
+    """A launch whose claim found nothing to do: 'skipped' (not launching any more) or 'failed' (its
+    run's attempts are spent)."""
+    step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
+    if step is None or step.state != StepState.LAUNCHING:
+        return "skipped"
+    _fail_launch(step, f"gave up after {step.launch_attempts} attempts: {step.message or 'no reason recorded'}")
+    return "failed"
 
 
 # What a launch reads of a step and its queue: everything but the step's log tail and the queue's
@@ -82,6 +88,12 @@ _CLAIM_QUEUE_SKIP = {"payload", "canonical_payload", "warnings"}
 def _claim_attempt(step_pk: int) -> QueueRequest | None:
     """Count one attempt if the step is launching and its run's budget allows it, and return the
     step with its queue — one UPDATE … RETURNING, no read-then-write; None when not claimed."""
+    return claim_attempts([step_pk]).get(step_pk)
+
+
+def claim_attempts(step_pks: list[int]) -> dict[int, QueueRequest]:
+    """`_claim_attempt` for several steps in ONE statement (a queue's ready steps launched together):
+    each step is claimed or not exactly as alone; returns the claimed ones by pk, with their queue."""
     step_fields = [f for f in QueueRequest._meta.concrete_fields if f.name not in _CLAIM_STEP_SKIP]
     queue_fields = [f for f in Queue._meta.concrete_fields if f.name not in _CLAIM_QUEUE_SKIP]
     columns = [f"s.{f.column}" for f in step_fields] + [f"q.{f.column}" for f in queue_fields]
@@ -89,19 +101,24 @@ def _claim_attempt(step_pk: int) -> QueueRequest | None:
         f"UPDATE {QueueRequest._meta.db_table} AS s "
         "SET launch_attempts = s.launch_attempts + 1, next_launch_at = %s "
         f"FROM {Queue._meta.db_table} AS q "
-        "WHERE s.id = %s AND q.id = s.queue_id AND s.state = %s AND s.launch_attempts < %s "
+        "WHERE s.id = ANY(%s) AND q.id = s.queue_id AND s.state = %s AND s.launch_attempts < %s "
         f"RETURNING {', '.join(columns)}"
     )
-    params = [timezone.now() + attempt_deadline(), step_pk, StepState.LAUNCHING, settings.LAUNCH_MAX_ATTEMPTS]
+    params = [timezone.now() + attempt_deadline(), sorted(set(step_pks)), StepState.LAUNCHING,
+              settings.LAUNCH_MAX_ATTEMPTS]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    values = [_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
-    step = QueueRequest.from_db(connection.alias, [f.attname for f in step_fields], values[: len(step_fields)])
-    step.queue = Queue.from_db(connection.alias, [f.attname for f in queue_fields], values[len(step_fields):])
-    return step
+        rows = cursor.fetchall()
+    claimed, queues = {}, {}
+    for row in rows:
+        values = [_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
+        step = QueueRequest.from_db(connection.alias, [f.attname for f in step_fields], values[: len(step_fields)])
+        queue_values = values[len(step_fields):]
+        # One Queue object per queue, as the related manager would share it.
+        step.queue = queues.get(step.queue_id) or queues.setdefault(
+            step.queue_id, Queue.from_db(connection.alias, [f.attname for f in queue_fields], queue_values))
+        claimed[step.pk] = step
+    return claimed
 
 
 def _from_db(field, value):
@@ -116,17 +133,24 @@ def _record_launch(step: QueueRequest, handle: dict) -> str:
     recorded = step_transition(step, StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run,
                                mark_queue=False, launcher_handle=handle, launched_at=now, next_launch_at=None)
     if not recorded:
-        # A fast worker may already have reported `started` (launching → running), or a stop came
-        # meanwhile: record the handle all the same (the stop flow needs to know the launch happened).
-        with transaction.atomic():
-            recorded = QueueRequest.objects.filter(
-                pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
-            ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
-            if recorded:
-                step.launcher_handle, step.launched_at = handle, now
-                if QueueRequest.objects.filter(pk=step.pk, state=StepState.STOPPING).exists():
-                    # Its stop command may have gone out before the workload existed: send it again.
-                    enqueue_on_commit(STEP_SEND_STOP, step.pk, about=step)
+        return step_record_late_launch(step, handle, now)
+    logger.info("step launched", extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
+    return "launched"
+
+
+def step_record_late_launch(step: QueueRequest, handle: dict, now) -> str:
+    """The record of a launch whose step is no longer `launching` in this run: 'launched' or 'discarded'."""
+    # A fast worker may already have reported `started` (launching → running), or a stop came
+    # meanwhile: record the handle all the same (the stop flow needs to know the launch happened).
+    with transaction.atomic():
+        recorded = QueueRequest.objects.filter(
+            pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
+        ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
+        if recorded:
+            step.launcher_handle, step.launched_at = handle, now
+            if QueueRequest.objects.filter(pk=step.pk, state=StepState.STOPPING).exists():
+                # Its stop command may have gone out before the workload existed: send it again.
+                enqueue_on_commit(STEP_SEND_STOP, step.pk, about=step)
     if not recorded:
         # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
         # another run: what was just created belongs to no live step.
@@ -138,7 +162,7 @@ def _record_launch(step: QueueRequest, handle: dict) -> str:
     return "launched"
 
 
-def _attempt_failed(step: QueueRequest, error: Exception) -> float | None:
+def step_launch_attempt_failed(step: QueueRequest, error: Exception) -> float | None:
     """Fail the step when the error is permanent or the budget is spent; else the retry countdown."""
     reason = str(error) or type(error).__name__
     attempts = step.launch_attempts  # as counted by this attempt's claim

@@ -11,7 +11,7 @@ from celery import shared_task
 from celery.signals import worker_init
 from django.conf import settings
 
-from jobs import announce, scheduler, stopping
+from jobs import announce, launching, scheduler, stopping
 from jobs.launchers import LaunchError
 
 logger = logging.getLogger(__name__)
@@ -40,6 +40,13 @@ def step_launch_task(self, step_pk: int) -> str:
         return scheduler.step_launch(step_pk)
     except scheduler.RetryLaunch as retry:
         raise self.retry(countdown=retry.countdown, exc=retry)
+
+
+@shared_task(name=announce.STEPS_LAUNCH, acks_late=True, ignore_result=True)
+def steps_launch_task(queue_pk: int, step_pks: list[int]) -> dict:
+    # No retry of its own: a failed step's retry is its own step_launch_task (jobs.launching), and a
+    # lost or killed batch is resent per step by reconcile once the claims' deadlines pass.
+    return launching.steps_launch(step_pks)
 
 
 @shared_task(name=announce.STEP_DISCARD, bind=True, acks_late=True, ignore_result=True, max_retries=5)

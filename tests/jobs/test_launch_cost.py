@@ -229,10 +229,12 @@ def _independent_queue(queue_id: str, n: int):
 def test_an_advance_sends_every_launch_without_a_query_per_step(monkeypatch):
     """Case: queries per launch independent of the queue — an advance that starts 6 steps costs the one of
     1 step plus one statement per further step (its own state change; was four: a savepoint around it,
-    and the query per enqueued task for Flower's readable arguments, which now come from the steps in hand)."""
+    and the query per enqueued task for Flower's readable arguments, which now come from the objects in
+    hand); the 6 go out in one steps_launch task (jobs.launching), the single one in its step_launch."""
     sent: list[tuple] = []
-    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async",
-                        lambda args=(), kwargs=None, **options: sent.append((tuple(args), options.get("argsrepr"))))
+    for task in ("step_launch_task", "steps_launch_task"):
+        monkeypatch.setattr(f"jobs.tasks.{task}.apply_async", lambda args=(), kwargs=None, _task=task, **options:
+                            sent.append((_task, tuple(args), options.get("argsrepr"))))
     counts = {}
     for n in (1, 6):
         queue = _independent_queue(f"launch-cost-{n}", n)
@@ -242,9 +244,10 @@ def test_an_advance_sends_every_launch_without_a_query_per_step(monkeypatch):
         counts[n] = len(queries.captured_queries)
 
     assert counts[6] - counts[1] == 5, counts
-    names = dict(QueueRequest.objects.filter(queue__queue_id="launch-cost-6").values_list("pk", "name"))
-    assert sorted(argsrepr for args, argsrepr in sent if args[0] in names) == sorted(
-        f"(queue=launch-cost-6, step={name})" for name in names.values())
+    one = QueueRequest.objects.get(queue__queue_id="launch-cost-1")
+    six = QueueRequest.objects.filter(queue__queue_id="launch-cost-6").order_by("pk")
+    assert sent == [("step_launch_task", (one.pk,), f"(queue=launch-cost-1, step={one.name})"),
+                    ("steps_launch_task", (six[0].queue_id, [s.pk for s in six]), "(queue=launch-cost-6)")]
 
 
 @pytest.mark.django_db

@@ -61,7 +61,7 @@ def test_it_launches_only_the_connectors_first(queue, django_capture_on_commit_c
     states = _states(queue)
     assert states[CONN_C] == states[CONN_T] == StepState.LAUNCHING
     assert {states[k] for k in (LOADER_C, LOADER_T, GRAPH, TRAIN)} == {StepState.WAITING}
-    assert len(callbacks) == 2  # one step_launch per launched step, sent on commit
+    assert len(callbacks) == 1  # one steps_launch for the two steps ready together, sent on commit
     queue.refresh_from_db()
     assert queue.status == QueueStatus.RUNNING and queue.started_at is not None
 
