@@ -9,6 +9,9 @@ reconcile code (`scheduler.reconcile_workloads`), so there is one logic for a pa
 No change is lost:
 - a watch that ends (timeoutSeconds) or breaks (a dropped connection, an API restart) starts again
   from the last resourceVersion it delivered; the server sends every change after it;
+- a watch silent for K8S_WATCH_IDLE_SECONDS (no event, no bookmark: a quiet cluster, or a half-open
+  connection that will never deliver again) is ended and watched again from there; the watcher does
+  not count as healthy until the new watch is answered, so one that gets no answer stops the heartbeat;
 - a watch told its version is too old (410 Expired: an ERROR event or the HTTP status) lists again,
   and the new list replaces the cache (what changed meanwhile is reconciled);
 - every K8S_RELIST_SECONDS it lists again anyway (the controllers' resync, a safety net);
@@ -31,6 +34,7 @@ from django.conf import settings
 from django.db import close_old_connections, connections
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
+from urllib3.exceptions import ReadTimeoutError
 
 from jobs import k8s_heartbeat, scheduler
 from jobs.signals import workload_watch_counted
@@ -57,7 +61,7 @@ class WorkloadWatcher:
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.down: dict[str, float | None] = {JOBS: 0.0, PODS: 0.0}  # kind -> since when its watch is not open
-        self.stats = {"events": 0, "lists": 0, "watches": 0, "expired": 0, "broken": 0, "reconciled": 0}
+        self.stats = {"events": 0, "lists": 0, "watches": 0, "expired": 0, "broken": 0, "silent": 0, "reconciled": 0}
         self._threads: list[threading.Thread] = []
         self._last_beat = self._next_sweep = 0.0
 
@@ -88,18 +92,24 @@ class WorkloadWatcher:
                 self.stopping.wait(delay)
 
     def _stream(self, kind: str, version: str, timeout: int) -> str:
-        """One watch request, read to its end; returns the last resourceVersion it delivered."""
+        """One watch request, read to its end; returns the last resourceVersion it delivered.
+
+        The read timeout is K8S_WATCH_IDLE_SECONDS, per read: a half-open connection (no RST, no bytes)
+        would otherwise hold the stream, and the heartbeat, until timeoutSeconds + a margin. Bookmarks
+        cannot keep a quiet stream alive (the API promises none at any interval), so a quiet stream
+        ends too and is watched again: one request per idle period, no list."""
         fn = self.launcher.batch.list_namespaced_job if kind == JOBS else self.launcher.core.list_namespaced_pod
         try:
             resp = fn(self.launcher.namespace, label_selector=manager_selector(), watch=True,
                       resource_version=version, timeout_seconds=timeout, allow_watch_bookmarks=True,
-                      _preload_content=False, _request_timeout=(5.0, timeout + 30.0))
+                      _preload_content=False, _request_timeout=(5.0, settings.K8S_WATCH_IDLE_SECONDS))
         except ApiException as exc:
             if exc.status == 410:
                 raise _Relist() from exc
             raise
         self.stats["watches"] += 1
         self.down[kind] = None
+        ended = False
         try:
             for line in iter_resp_lines(resp):
                 event = json.loads(line)
@@ -112,9 +122,19 @@ class WorkloadWatcher:
                 if event["type"] != "BOOKMARK":
                     self.events.put(("event", kind, event))
                 if self.stopping.is_set():
-                    break
+                    return version
+            ended = True
             return version  # ended at timeoutSeconds: watched again from here at once
+        except ReadTimeoutError:
+            # Silent too long: quiet, or half-open. Not healthy until the next watch is answered.
+            self.stats["silent"] += 1
+            self.down[kind] = self.down[kind] or time.monotonic()
+            logger.info("watch of %s silent for %ss; watching again from %s", kind,
+                        settings.K8S_WATCH_IDLE_SECONDS, version)
+            return version
         finally:
+            if not ended:  # mid-stream (or half-open): the connection must not go back to the pool
+                resp.close()
             resp.release_conn()
 
     def _count(self, kind: str, outcome: str) -> None:
@@ -210,7 +230,8 @@ class WorkloadWatcher:
     def healthy(self) -> bool:
         """Synced and swept once (what depends on time is covered), and both watches open (a broken one
         reopens within its backoff; one that stays broken — the API server unreachable — stops the
-        heartbeat, and it expires)."""
+        heartbeat, and it expires). A watch that went silent counts as open again only once its next
+        request is answered."""
         return self.informer.ready and self.stats.get("sweeps", 0) > 0 and all(
             self.down[kind] is None for kind in (JOBS, PODS))
 

@@ -265,10 +265,12 @@ K8S_DELETE_ORPHANS = env_bool("K8S_DELETE_ORPHANS", False)
 K8S_MANAGER_ID = env_str("K8S_MANAGER_ID", "queue-manager")
 # The workload watcher (manage.py watch_workloads): each watch request lasts at most this long, the
 # cache is relisted this often anyway, and its heartbeat counts for this long (the beat's reconcile
-# lists the cluster itself when no heartbeat is fresh).
+# lists the cluster itself when no heartbeat is fresh); a watch silent for K8S_WATCH_IDLE_SECONDS
+# (possibly half-open) is ended and watched again.
 K8S_WATCH_TIMEOUT_SECONDS = env_int("K8S_WATCH_TIMEOUT_SECONDS", 300, minimum=1)
 K8S_RELIST_SECONDS = env_float("K8S_RELIST_SECONDS", 600.0, minimum=1.0)
 K8S_WATCH_HEALTHY_SECONDS = env_float("K8S_WATCH_HEALTHY_SECONDS", 15.0, minimum=1.0)
+K8S_WATCH_IDLE_SECONDS = env_float("K8S_WATCH_IDLE_SECONDS", 60.0, minimum=1.0)
 
 # --- Kafka (on when KAFKA_BOOTSTRAP_SERVERS is set) ---
 KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS")

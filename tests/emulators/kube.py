@@ -635,6 +635,14 @@ class KubeCluster:
         """Cut every open watch connection mid-stream (no final chunk), as a restarting server would."""
         self.store.objects.watch_log.drop_all()
 
+    def stall_watches(self, *, new: bool = False):
+        """Make every open watch connection half-open: it stays up and silent (no bytes, no FIN, no RST);
+        with `new`, watch requests made meanwhile get no answer either. `unstall_watches()` ends it."""
+        self.store.objects.watch_log.stall_all(new=new)
+
+    def unstall_watches(self):
+        self.store.objects.watch_log.unstall()
+
     def _page_served(self):
         if self._expire_after_pages:
             self._expire_after_pages -= 1

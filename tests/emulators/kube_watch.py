@@ -17,6 +17,12 @@ What a real server documents ("API concepts › Efficient detection of changes")
 - the stream closes at ``timeoutSeconds`` (default: the server's request timeout, 1800 s here);
 - ``resourceVersionMatch`` is refused for a watch, ``sendInitialEvents`` is not emulated (400).
 
+Test hooks for broken networks: ``drop_all`` cuts every stream (the peer sees the connection end);
+``stall_all`` makes them half-open — the connection stays up, nothing more is written, no FIN, no RST,
+as when a NAT or load balancer forgets a flow or the server's host vanishes — and with ``new=True``
+watches asked for meanwhile get no answer at all (not even headers). ``unstall`` ends the stall; a
+stalled stream is then cut (the flow it had is gone for good), a waiting request answered.
+
 The history lives in the store's ``ObjectIndex`` (``WatchLog``), written under the store's lock by every
 write and removal, so a watch sees each change once and in revision order.
 """
@@ -52,6 +58,9 @@ class WatchLog:
         self._horizon: dict[str, int] = {}
         self._start = revision
         self.drops = 0  # bumped by drop_all(): streams then cut their connection without a final chunk
+        self.stalls = 0  # bumped by stall_all(): the streams open then write nothing more (half-open) ...
+        self.stalled = False  # ... while this holds (unstall() clears it)
+        self.stall_new = False  # ... and new watch requests get no answer either
 
     def record(self, plural, type_, namespace, revision, before, after, encoded: bytes):
         with self.cond:
@@ -75,6 +84,23 @@ class WatchLog:
         with self.cond:
             self.drops += 1
             self.cond.notify_all()
+
+    def stall_all(self, *, new: bool = False):
+        with self.cond:
+            self.stalls += 1
+            self.stalled, self.stall_new = True, new
+            self.cond.notify_all()
+
+    def unstall(self):
+        with self.cond:
+            self.stalled = self.stall_new = False
+            self.cond.notify_all()
+
+    def wait_stalled(self, closed) -> None:
+        """Hold the calling stream while the stall lasts (or until the server closes)."""
+        with self.cond:
+            while self.stalled and not closed():
+                self.cond.wait(_WAIT_STEP)
 
     def after(self, plural, revision):
         """Events of ``plural`` past ``revision`` (raises Expired when some were already forgotten)."""
@@ -164,6 +190,14 @@ class WatchStream:
 
     def serve(self, handler):
         log = self.store.objects.watch_log
+        if log.stall_new and log.stalled:  # the request went into the void: never answered
+            log.wait_stalled(lambda: self.store.closed)
+            handler.close_connection = True
+            try:
+                handler.connection.shutdown(2)
+            except OSError:
+                pass  # the client gave up first
+            return
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Transfer-Encoding", "chunked")
@@ -171,7 +205,7 @@ class WatchStream:
         deadline = time.monotonic() + self.timeout
         next_bookmark = time.monotonic() + self.bookmark_interval
         with log.cond:
-            drops = log.drops
+            drops, stalls = log.drops, log.stalls
         try:
             if self.since is None:
                 lines, at = self._initial()
@@ -189,6 +223,10 @@ class WatchStream:
                         log.cond.wait(min(_WAIT_STEP, max(0.0, deadline - time.monotonic())))
                         events = log.after(self.plural, at) if log.drops == drops else []
                     dropped = log.drops != drops or self.store.closed
+                    stalled = log.stalled and log.stalls != stalls  # a stall begun after this stream opened
+                if stalled:  # half-open: write nothing more; the flow never comes back
+                    log.wait_stalled(lambda: self.store.closed or log.drops != drops)
+                    dropped = True
                 if dropped:  # the connection breaks: no final chunk, as when a proxy or the server dies
                     handler.close_connection = True
                     handler.connection.shutdown(2)

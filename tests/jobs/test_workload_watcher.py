@@ -230,3 +230,56 @@ def test_the_background_sweep_applies_what_no_event_announces(running_queue, con
         w.stop()
         if w._sweeper:
             w._sweeper.join(timeout=10)
+
+
+def watch_requests(emulator, plural: str) -> list[dict]:
+    return [r[2] for r in emulator.requests if r[2].get("watch") and r[1].endswith(f"/{plural}")]
+
+
+def test_a_half_open_watch_is_ended_and_resumed_from_its_last_version(running_queue, controller, emulator,
+                                                                      watch_settings):
+    """Issue #12 watcher, case "half-open connection, the server still reachable": every open watch goes
+    silent (no bytes, no FIN, no RST) while a Job changes; the watcher ends the silent streams after
+    K8S_WATCH_IDLE_SECONDS, watches again from the last resourceVersion delivered (no list), and the change
+    reaches its step. Without the bound the stream's read would wait out timeoutSeconds + 30 s."""
+    watch_settings.K8S_WATCH_IDLE_SECONDS = 1.0
+    w = WorkloadWatcher(background_sweep=False)
+    w.start()
+    try:
+        step_until(w, w.healthy)
+        listed, at, watches = len(lists(emulator)), w.informer.versions["jobs"], len(watch_requests(emulator, "jobs"))
+        emulator.stall_watches()
+        step = launched(running_queue)[0]
+        controller.mark_running(step.job_name)  # the stalled stream never delivers this
+        step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
+        assert w.stats["silent"] >= 1 and w.stats["broken"] == 0 and len(lists(emulator)) == listed
+        assert watch_requests(emulator, "jobs")[watches].get("resourceVersion") == at
+        step_until(w, w.healthy)
+    finally:
+        w.stop()
+        emulator.unstall_watches()
+
+
+def test_a_watcher_behind_a_silent_network_stops_its_heartbeat_and_the_beat_lists(running_queue, controller,
+                                                                                  emulator, watch_settings):
+    """Issue #12 watcher, case "half-open connection, the server unreachable": open watches go silent and
+    new watch requests get no answer; the watcher is no longer healthy, its heartbeat lapses while it keeps
+    running its rounds, and the beat's pass lists the cluster itself (and applies a change the watcher
+    missed). When the network is back, the watcher resumes and beats again."""
+    watch_settings.K8S_WATCH_IDLE_SECONDS = 1.0
+    w = WorkloadWatcher(background_sweep=False)
+    w.start()
+    try:
+        step_until(w, lambda: k8s_heartbeat.healthy_watcher() is not None)
+        emulator.stall_watches(new=True)
+        step = launched(running_queue)[0]
+        controller.mark_running(step.job_name)
+        step_until(w, lambda: k8s_heartbeat.healthy_watcher() is None)
+        assert not w.healthy()
+        summary = scheduler.reconcile()
+        assert "watcher" not in summary and QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING
+        emulator.unstall_watches()
+        step_until(w, lambda: k8s_heartbeat.healthy_watcher() is not None)
+    finally:
+        w.stop()
+        emulator.unstall_watches()
