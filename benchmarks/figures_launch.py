@@ -3,12 +3,15 @@
 - launch_create_to_ready_jobs: `queue_create` of the 6-step historical example with the Celery chain
   run inline (create → queue_advance → step_launch), until both steps that may start at once (the two
   connectors) have their Jobs created. Baseline: POSTing the same Job and Secret bodies bare.
-- launch_sustained: the Celery task body `step_launch` over steps ready to launch (6 independent steps
-  per queue) in WORKERS forked processes at once — the deployed worker's concurrency
-  (`celery worker --concurrency ${CELERY_CONCURRENCY:-2}`, prefork), each process with its own
-  database connection and API client, as a prefork worker's children have. Baseline: the same bodies
-  POSTed bare by as many processes, the two taking turns over slices of the steps (so a drifting load
-  on a shared machine weighs on both alike). The one-process rates are printed beside it (`one_worker`).
+- launch_sustained: the Celery task body the advance sends for steps ready together, `steps_launch`
+  (jobs/launching.py: the queue's claims in one statement, the Jobs and Secrets POSTed on threads, the
+  records in one statement; until issue #12's batch launch it was `step_launch` per step), once per
+  queue of 6 independent steps, in WORKERS forked processes at once — the deployed worker's
+  concurrency (`celery worker --concurrency ${CELERY_CONCURRENCY:-2}`, prefork), each process with its
+  own database connection and API client, as a prefork worker's children have. Baseline: the same
+  bodies POSTed bare, one after the other, by as many processes, the two taking turns over slices of
+  the queues (so a drifting load on a shared machine weighs on both alike). The one-process rates are
+  printed beside it (`one_worker`).
 
 Both baselines make the launcher's two calls with its bodies: POST the Job, then POST its Secret whose
 `ownerReferences` name the uid the API answered — through the launcher's own client class, each body
@@ -155,19 +158,24 @@ def _sustained(ctx, api_client) -> None:
                 scheduler.queue_advance(queue.pk)
             steps = list(m.QueueRequest.objects.filter(queue__queue_id__startswith=f"bench-sustained-{workers}-",
                                                        state="launching").select_related("queue").order_by("pk"))
-            objects = _bare_objects(targets.job_objects(step) for step in steps)
+            groups: dict[int, list] = {}  # what each queue's advance hands to one steps_launch task
+            for step in steps:
+                groups.setdefault(step.queue_id, []).append(step)
+            groups = list(groups.values())
             profile = _PROFILING and workers == 1
             # Product and bare take turns, slice by slice: the load of a shared machine drifts within a
             # run, and a ratio of two rounds measured minutes apart reads that drift, not the product.
             launched, queries, elapsed, bare_elapsed = 0, 0, 0.0, 0.0
             for part in range(SLICES):
-                out, count, seconds = _in_workers(workers, _launch_all, [s.pk for s in steps[part::SLICES]],
+                share = groups[part::SLICES]
+                out, count, seconds = _in_workers(workers, _launch_all, [[s.pk for s in g] for g in share],
                                                   profile and part == 0, _launcher_ready)
                 launched, queries, elapsed = launched + out.count("launched"), queries + count, elapsed + seconds
-                elapsed_bare = _in_workers(workers, _bare_all, objects[part::SLICES], False,
+                objects = _bare_objects(targets.job_objects(step) for group in share for step in group)
+                elapsed_bare = _in_workers(workers, _bare_all, objects, False,
                                            lambda: targets.launcher_api_client(ctx.kube.api_client()))[2]
                 bare_elapsed += elapsed_bare
-            rounds[workers] = (launched / elapsed, len(objects) / bare_elapsed, len(steps), queries)
+            rounds[workers] = (launched / elapsed, len(steps) / bare_elapsed, len(steps), queries)
     rate, bare_rate, launches, queries = rounds[WORKERS]
     one_rate, one_bare, _, _ = rounds[1]
     emit("launch_sustained", value=rate, unit="Jobs/s", baseline="bare create loop (same Job+Secret bodies)",
@@ -184,10 +192,11 @@ def _launcher_ready():
     return get_launcher()  # built once per process, as in a worker: not part of a launch
 
 
-def _launch_all(pks, counter, _launcher) -> list[str]:
-    scheduler = targets.scheduler()
+def _launch_all(groups, counter, _launcher) -> list[str]:
+    from jobs import launching
+
     with counter:
-        return [scheduler.step_launch(pk) for pk in pks]
+        return [outcome for pks in groups for outcome in launching.steps_launch(pks).values()]
 
 
 def _bare_all(objects, counter, client) -> list[str]:
@@ -222,7 +231,7 @@ def _in_workers(workers: int, fn, items: list, profile: bool, prepare):
         t0 = time.perf_counter()
         profiler = _Profiler(profile)
         out = profiler.runcall(fn, share, counter, prepared)
-        profiler.report("launch_sustained (step_launch, one process)")
+        profiler.report("launch_sustained (steps_launch, one process)")
         results.put((out, counter.count, t0, time.perf_counter()))
         connection.close()
 

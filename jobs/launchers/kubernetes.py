@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +39,7 @@ LIST_PAGE = 500
 LIST_RESTARTS = 3  # listings restarted after an expired continue token before giving up this pass
 LAUNCH_THREADS = 8  # steps launched at once by launch_many (each keeps its pooled connection busy)
 STOP_SELECTOR_STEPS = 50  # step names per delete-collection selector (keeps the request line short)
+_POOL_LOCK = threading.Lock()
 
 
 class KubernetesLauncher:
@@ -57,6 +60,7 @@ class KubernetesLauncher:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.attempts, self.backoff, self.max_delay, self.timeout = attempts, backoff, max_delay, timeout
+        self._pool, self._pool_pid = None, None  # launch_many's threads (_launch_pool)
 
     @classmethod
     def from_settings(cls) -> KubernetesLauncher:
@@ -193,11 +197,19 @@ class KubernetesLauncher:
             except Exception as exc:  # noqa: BLE001 — the caller handles it as that step's failed attempt
                 return exc
 
-        width = min(len(steps), LAUNCH_THREADS, self.api_client.configuration.connection_pool_maxsize or 1)
-        if width <= 1:
+        if len(steps) <= 1:
             return [one(step) for step in steps]
-        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="launch") as pool:
-            return list(pool.map(one, steps))
+        return list(self._launch_pool().map(one, steps))
+
+    def _launch_pool(self) -> ThreadPoolExecutor:
+        """The process's launch threads, made once: starting a thread per launch cost more than its
+        request on a loaded node. A forked child (a prefork worker's) makes its own."""
+        with _POOL_LOCK:
+            if self._pool is None or self._pool_pid != os.getpid():
+                width = max(1, min(LAUNCH_THREADS, self.api_client.configuration.connection_pool_maxsize or 1))
+                self._pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="launch")
+                self._pool_pid = os.getpid()
+            return self._pool
 
     def _create_credential_secret(self, step, job: dict) -> None:
         """The step run's telemetry credential, in a Secret the Job owns from its creation on, so the

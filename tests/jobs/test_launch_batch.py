@@ -267,3 +267,30 @@ def test_two_workers_launching_the_same_steps_at_once_make_one_job_each(launcher
     assert all(s.state == StepState.PENDING and s.launcher_handle["uid"] == jobs[s.job_name]["metadata"]["uid"]
                for s in steps)
     assert all(s.launch_attempts in (1, 2) for s in steps)
+
+
+def test_batches_reuse_the_processs_launch_threads(launcher, historical_queue, monkeypatch):
+    """Case: Python per launch — the threads a batch launches on are made once per process and reused
+    (starting a thread per launch cost more than its request on a loaded node); a forked child makes its
+    own (the pool belongs to the process that made it)."""
+    from jobs.launchers.kubernetes import LAUNCH_THREADS
+
+    steps = list(historical_queue.steps.select_related("queue").order_by("position"))
+    assert len(steps) == 6 <= LAUNCH_THREADS
+    together = threading.Barrier(len(steps), timeout=30)  # every launch of a batch in flight at once
+    used: list[threading.Thread] = []
+
+    def launch(step_):
+        used.append(threading.current_thread())
+        together.wait()
+        return {"uid": step_.name}
+
+    monkeypatch.setattr(launcher, "launch", launch)
+    for _ in range(3):
+        assert launcher.launch_many(steps) == [{"uid": s.name} for s in steps]
+
+    assert len(used) == 18 and len(set(used)) == 6  # a pool per batch: 18 threads
+    assert threading.current_thread() not in used
+    pool = launcher._launch_pool()
+    monkeypatch.setattr("os.getpid", lambda: -1)  # as in a forked child
+    assert launcher._launch_pool() is not pool
