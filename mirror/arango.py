@@ -319,7 +319,8 @@ def delete_keys(db, collection: str, keys, *, older_than: int | None = None) -> 
 # (null) falls back to the version guard. In AQL terms: pg_id IN ids OR (pg_id == null AND version <
 # @version), written with a list holding null and a conditional, the shape the test emulator knows too.
 _DELETE_OWNED_AQL = """
-FOR doc IN @@col FILTER doc.{match} IN @values AND doc.{owner} IN @owners AND (doc.{owner} == null ? doc.version : -1) < @version
+FOR doc IN @@col
+  FILTER doc.{match} IN @values AND doc.{owner} IN @owners AND (doc.{owner} == null ? doc.version : -1) < @version
   REMOVE doc IN @@col OPTIONS {{ignoreErrors: true, exclusive: true}}
 """
 

@@ -68,6 +68,19 @@ def test_a_guarded_delete_keeps_documents_a_newer_writer_wrote(mirror):
     assert set(mirror.docs("queues")) == {"new"}
 
 
+def test_a_delete_by_row_removes_that_rows_documents_whatever_their_version(mirror):
+    """Issue #12 mirror bug (killed drain / rewritten key): `delete_owned` removes the documents of the deleted
+    rows (`pg_id`) even when newer than the deleting batch, keeps another row's document under the same key,
+    and falls back to the version guard for documents written before `pg_id` (one query, on the server)."""
+    db = arango.connect()
+    db.collection("queues").insert_many([{"_key": "a", "pg_id": 1, "version": 9},
+                                         {"_key": "b", "pg_id": 2, "version": 1},
+                                         {"_key": "legacy-old", "version": 3},  # written before pg_id
+                                         {"_key": "legacy-new", "version": 9}])
+    assert arango.delete_owned(db, "queues", ["a", "b", "legacy-old", "legacy-new"], [1], older_than=5) == 2
+    assert set(mirror.docs("queues")) == {"b", "legacy-new"}
+
+
 def test_a_drain_still_converges_after_the_guard_moved_to_the_server(mirror, historical_payload):
     """Case: the UPSERT form writes, skips equal/older versions and reports counts like before."""
     queue_create(payload=historical_payload, queue_id="converge")
