@@ -34,49 +34,54 @@ _FLOAT_EPOCH_MAX = _EPOCH_MAX - 1  # a float just below the limit may round up t
 def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]:
     """Returns (one Event per group of plain reports, the indexes of the other events).
 
-    Per report: a dozen dict reads and type checks and one dict lookup; no object, no hash digest.
+    Per report: the checks of what differs from report to report (count, time, text, value types)
+    and one dict lookup; what its group shares (queue, producer, run, message) is checked once,
+    when the group is made: a report that finds its group has values equal to ones already vouched
+    for, and among JSON's values only a string equals a string. The run is the exception (True and
+    1.0 equal 1), so its type is checked per report. No object, no hash digest per report.
     """
     groups: dict[tuple, list] = {}
     rest: list[int] = []
     texts = [None] * len(raw_events) if texts is None else list(texts)  # filled in below for HTTP
     plainly = _plainly_storable
     scalar_types = _SCALAR_TYPES.issuperset
-    for index, raw in enumerate(raw_events):
+    index = -1
+    for raw in raw_events:
+        index += 1
         if raw.__class__ is not dict:
             rest.append(index)
             continue
         get = raw.get
         status = get("event")
-        if status is None or status == "":
-            status = get("status")
         if status != "loading" and status != "progress":
-            rest.append(index)
-            continue
+            if status is None or status == "":
+                status = get("status")
+            if status != "loading" and status != "progress":
+                rest.append(index)
+                continue
         if "error_message" in raw or "extra" in raw or "sent_at" in raw or "finished" in raw:  # even as null
             rest.append(index)
             continue
-        queue_id = get("queue_id")
-        producer = get("producer")
-        if producer is None or producer == "":
-            producer = get("telemetry_id")
         records = get("records_written")
         if records is None:
             records = get("message_count")
-        message = get("message")
-        if message is None:
-            message = ""
+        if records.__class__ is int:
+            if not 0 <= records <= BIGINT_MAX:
+                rest.append(index)
+                continue
+        elif records is not None:
+            rest.append(index)
+            continue
         timestamp = get("timestamp")
+        if timestamp.__class__ is int:
+            if not 0 <= timestamp < _EPOCH_MAX:
+                rest.append(index)
+                continue
+        elif timestamp is not None and not (timestamp.__class__ is float and 0 <= timestamp < _FLOAT_EPOCH_MAX):
+            rest.append(index)
+            continue
         run = get("run")
-        if (
-            queue_id.__class__ is not str or not 0 < len(queue_id) <= QUEUE_ID_MAX
-            or producer.__class__ is not str or not 0 < len(producer) <= PRODUCER_MAX
-            or (records is not None and (records.__class__ is not int or not 0 <= records <= BIGINT_MAX))
-            or message.__class__ is not str
-            or (timestamp is not None and not (
-                (timestamp.__class__ is int and 0 <= timestamp < _EPOCH_MAX)
-                or (timestamp.__class__ is float and 0 <= timestamp < _FLOAT_EPOCH_MAX)))
-            or (run is not None and (run.__class__ is not int or not 1 <= run <= MAX_RUN))
-        ):
+        if run is not None and run.__class__ is not int:
             rest.append(index)
             continue
         text = texts[index]
@@ -87,9 +92,19 @@ def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]
                 and scalar_types(map(type, raw.values()))) and not plainly(raw, text):
             rest.append(index)
             continue
-        key = (queue_id, producer, run, status, message)
+        producer = get("producer")
+        if producer is None or producer == "":
+            producer = get("telemetry_id")
+        message = get("message")
+        if message is None:
+            message = ""
+        # Hashable: the values are scalars (checked above), lists and objects went to normalize.
+        key = (get("queue_id"), producer, run, status, message)
         group = groups.get(key)
         if group is None:
+            if not _plain_group(key):
+                rest.append(index)
+                continue
             groups[key] = [records, [index], None]
             continue
         highest = group[0]
@@ -103,6 +118,17 @@ def split(raw_events: list, texts: list | None) -> tuple[list[Event], list[int]]
             group[0] = records
         group[1].append(index)
     return [_event(key, group, raw_events, texts) for key, group in groups.items()], rest
+
+
+def _plain_group(key: tuple) -> bool:
+    """What a group's reports share, of the shape normalize's inline reading accepts (once per group)."""
+    queue_id, producer, run, _, message = key
+    return (
+        queue_id.__class__ is str and 0 < len(queue_id) <= QUEUE_ID_MAX
+        and producer.__class__ is str and 0 < len(producer) <= PRODUCER_MAX
+        and message.__class__ is str
+        and (run is None or 1 <= run <= MAX_RUN)
+    )
 
 
 def _repeated(group: list, texts: list, text: str, index: int) -> bool:

@@ -195,6 +195,47 @@ def test_a_malformed_report_in_a_coalesced_batch_is_refused_with_the_reason_it_a
     assert loader.records_written == 2
 
 
+# What a group's reports share (queue, producer, run, message) is checked when the group is made; a
+# later report finds it by equal values. These are equal to a good report's and still malformed.
+SAME_KEY = [
+    ({"run": 1}, {"run": True}), ({"run": 1}, {"run": 1.0}),
+    ({}, {"queue_id": ["tel-coalesce-q"]}), ({}, {"producer": {"loader": 1}}), ({}, {"message": ["loading"]}),
+    ({"message": "1"}, {"message": 1}), ({}, {"event": None, "status": ["loading"]}),
+    ({}, {"timestamp": [1717200000]}),
+]
+
+
+@pytest.mark.parametrize(("shared", "fields"), SAME_KEY, ids=[",".join(f) + "=" + repr(list(f.values())) for _, f in SAME_KEY])
+def test_a_malformed_report_that_finds_its_group_by_equal_values_is_refused(queue, shared, fields):
+    """Coalescing, validation per group: a report whose queue, producer, run and message equal those
+    of a group already made (True == 1 == 1.0, an unhashable list) is still refused alone with
+    normalize's reason, and the group's reports count."""
+    loader = put(step_of(queue, LOADER), StepState.RUNNING, run=2)
+    good = [_report(loader, 1, **shared), _report(loader, 2, **shared)]
+    bad = {**_report(loader, 50, **shared), **fields}
+    text = json.dumps(bad)
+    with pytest.raises(InvalidEvent) as refused:
+        normalize(json.loads(text), text)
+    batch = [good[0], bad, good[1]]
+    texts = [json.dumps(raw) for raw in batch]
+
+    result = ingest_events([json.loads(t) for t in texts], source="kafka", texts=texts)
+
+    assert result.rejected == [(1, str(refused.value))]
+    assert result.accepted == 2
+    assert [(r.records_written, r.coalesced) for r in _rows(loader)] == [(2, 2)]
+
+
+def test_a_message_absent_empty_or_null_is_one_group(queue):
+    """Coalescing, grouping: normalize reads an absent, empty or null message as no message, so those
+    reports are one row."""
+    loader = put(step_of(queue, LOADER), StepState.RUNNING)
+    plain = _report(loader, 1)
+    result = ingest_events([plain, _report(loader, 2, message=""), _report(loader, 3, message=None)])
+    assert (result.accepted, result.rejected) == (3, [])
+    assert [(r.records_written, r.message, r.coalesced) for r in _rows(loader)] == [(3, "", 3)]
+
+
 def test_reports_of_an_earlier_run_change_nothing_and_of_a_later_run_are_refused(queue):
     """Coalescing keeps runs: an earlier run's reports are stored for the history and change nothing;
     a later run's are refused, each with the reason; the current run's count exactly."""
