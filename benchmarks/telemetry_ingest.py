@@ -12,17 +12,21 @@ Two figures: `telemetry_ingest`, plain progress reports only (the issue's figure
 coalesced per step per batch), and `telemetry_ingest_mixed`, one `started` event per LIFECYCLE_EVERY
 reports (a pod run again: a lifecycle event, stored as a row of its own through the full path), so
 the cost of what is not coalesced shows too.
+
+`BENCH_PROFILE=1` logs the consumer run's profile (its threads included: the apply thread of the
+overlap) to the progress log, top 25 by own time and top 40 by cumulative time.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 
 LIFECYCLE_EVERY = 50
 
 from benchmarks import dataset, targets
-from benchmarks.harness import celery_eager, emit
+from benchmarks.harness import celery_eager, emit, log
 
 
 def run(ctx) -> None:
@@ -96,10 +100,12 @@ def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecyc
 
     connection.close()  # a fresh connection: the consumer keeps it (CONN_MAX_AGE) and it is the one measured
     cpu, database_cpu = time.process_time(), _database_cpu()
+    profile = _Profile()
     t0 = time.monotonic()
-    consumer = targets.events_consumer_run(until=until, batch_size=batch_size, install_signals=False)
+    consumer = profile.runcall(targets.events_consumer_run, until=until, batch_size=batch_size, install_signals=False)
     done = time.monotonic()
     cpu = time.process_time() - cpu
+    profile.report(figure)
     after = _database_cpu()
     database_cpu = after[1] - database_cpu[1] if database_cpu and after and after[0] == database_cpu[0] else None
     count = reports() - before
@@ -152,3 +158,47 @@ def _raw_consume(topic: str, expected: int, batch_size: int) -> float:
     done = time.monotonic()
     consumer.close()
     return done - (first or t0)
+
+
+class _Profile:
+    """BENCH_PROFILE=1: cProfile of the consumer run and of every Python thread it starts (a profiler
+    per thread, merged in the report); otherwise a plain call, so the figures carry no profiler cost.
+    Timed by each thread's own CPU clock: with wall time, a thread waiting for the interpreter lock
+    would charge the wait to whatever function it was in."""
+
+    def __init__(self):
+        self.on = os.environ.get("BENCH_PROFILE") == "1"
+        self.profiles: list = []
+
+    def runcall(self, fn, **kwargs):
+        if not self.on:
+            return fn(**kwargs)
+        import cProfile
+        import threading
+
+        def thread_started(*_):  # a new thread's first profile event: it gets a profiler of its own
+            profile = cProfile.Profile(time.thread_time)
+            self.profiles.append(profile)
+            profile.enable()
+
+        main = cProfile.Profile(time.thread_time)
+        self.profiles.append(main)
+        threading.setprofile(thread_started)
+        try:
+            return main.runcall(fn, **kwargs)
+        finally:
+            threading.setprofile(None)
+
+    def report(self, figure: str) -> None:
+        if not self.profiles:
+            return
+        import io
+        import pstats
+
+        out = io.StringIO()
+        stats = pstats.Stats(self.profiles[0], stream=out)
+        for profile in self.profiles[1:]:
+            stats.add(profile)
+        stats.sort_stats("tottime").print_stats(25)
+        stats.sort_stats("cumulative").print_stats(40)
+        log(f"{figure} profile (consumer run, {len(self.profiles)} threads):\n{out.getvalue()}")
