@@ -181,8 +181,15 @@ def _row(instance, plan) -> dict:
     return row
 
 
+# The columns a list row shows (QueueSerializer's fields; `time_range` is made of two, `submitted_by` is
+# the user's username, `progress` is counted by the page query), the only ones a list page reads: every
+# column read is decoded into Python for each row, and the user's row is mostly a password hash and dates.
+LIST_COLUMNS = ("queue_id", "symbol", "time_range_start", "time_range_end", "status", "source", "message", "warnings",
+                "created_at", "started_at", "finished_at", "stop_requested_at", "submitted_by__username")
+
+
 class QueueSerializer(serializers.ModelSerializer):
-    """A queue in lists: no steps, but their progress."""
+    """A queue in lists: no steps, but their progress (lists read LIST_COLUMNS only)."""
 
     # No field reads the request or the context: a list builds these fields once per process.
     context_free = True

@@ -19,7 +19,8 @@ from api.pagination import QueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
-from api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset, with_progress
+from api.serializers import (LIST_COLUMNS, QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset,
+                             with_progress)
 from queues.catalogue import catalogue_as_dict
 from queues.history import Origin
 from queues.models import Queue, QueueRequest
@@ -29,7 +30,7 @@ QUEUE_ID_REGEX = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
 
 
 def list_queryset():
-    return Queue.objects.listed()
+    return Queue.objects.listed().only(*LIST_COLUMNS)
 
 
 def create_queue_response(request, *, source: str = "api") -> Response:

@@ -187,3 +187,34 @@ def test_the_filter_form_shared_by_requests_keeps_no_state_between_them(api):
         good = api.get("/api/queues/", {"status": "running", "symbol": "BTCUSDT"})
         assert good.status_code == 200
         assert {row["status"] for row in good.json()["results"]} <= {"running"}
+
+
+def _selected_columns(sql: str, table: str) -> set[str]:
+    """The columns of `table` the statement's outermost SELECT list reads."""
+    import re
+
+    select_list = sql[:sql.index(' FROM "queues_queue"')]  # the select list's own counts read the steps
+    return set(re.findall(rf'"{table}"\."(\w+)"', select_list))
+
+
+def test_a_list_page_reads_only_the_columns_the_list_shows(api, operator):
+    """Issue #12 (list p95 <= 20 ms: read only the columns the list shows): the page query read every
+    queue column (the row's `updated_at`, `changes_pending`) and the submitter's whole user row
+    (password hash, names, dates) to show a username; each column is decoded into Python per row. Now
+    the queue's shown columns (plus its id) and the user's id and username, in every form of the page;
+    the rows stay what they were (pinned above) and no column is read later row by row."""
+    _history(5, "cols")
+    Queue.objects.filter(queue_id__in=["cols-1", "cols-4"]).update(submitted_by=operator)
+    shown = {"id", "queue_id", "symbol", "time_range_start", "time_range_end", "status", "source", "message",
+             "warnings", "created_at", "started_at", "finished_at", "stop_requested_at", "submitted_by_id"}
+    for url, query in (("/api/queues/", {}), ("/api/queues/", {"status": "running"}),
+                       ("/api/queues/", {"page": 2, "page_size": 2}), ("/queues/list", {"page": 1})):
+        with CaptureQueriesContext(connection) as captured:
+            response = api.get(url, query)
+        assert response.status_code == 200, response.content
+        (page,) = [q["sql"] for q in captured.captured_queries
+                   if '"queues_queue"' in q["sql"] and "COUNT(*) AS" not in q["sql"]]
+        whole = api.get(url, {**query, "page": 1, "page_size": 50}).json()["results"]
+        assert {row["submitted_by"] for row in whole} == {"operator", None}, (url, query)
+        assert _selected_columns(page, "queues_queue") == shown, (url, query, page)
+        assert _selected_columns(page, "auth_user") == {"id", "username"}, (url, query, page)
