@@ -20,7 +20,7 @@ from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs import k8s_heartbeat
-from jobs.advance import queue_advance
+from jobs.advance import field_from_db, queue_advance
 from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
 from jobs.services import step_transition
@@ -111,7 +111,7 @@ def claim_attempts(step_pks: list[int]) -> dict[int, QueueRequest]:
         rows = cursor.fetchall()
     claimed, queues = {}, {}
     for row in rows:
-        values = [_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
+        values = [field_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
         step = QueueRequest.from_db(connection.alias, [f.attname for f in step_fields], values[: len(step_fields)])
         queue_values = values[len(step_fields):]
         # One Queue object per queue, as the related manager would share it.
@@ -119,11 +119,6 @@ def claim_attempts(step_pks: list[int]) -> dict[int, QueueRequest]:
             step.queue_id, Queue.from_db(connection.alias, [f.attname for f in queue_fields], queue_values))
         claimed[step.pk] = step
     return claimed
-
-
-def _from_db(field, value):
-    # A raw cursor returns jsonb as text; the field turns it into what the ORM would give.
-    return field.from_db_value(value, None, connection) if isinstance(value, str) and hasattr(field, "from_db_value") else value
 
 
 def _record_launch(step: QueueRequest, handle: dict) -> str:

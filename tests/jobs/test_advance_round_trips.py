@@ -24,6 +24,7 @@ def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_qu
     together), COMMIT: 7 for the example's two connectors (was 11: a read of the edges apart, a second
     lock, a read of the states, a second UPDATE)."""
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     queue = make_queue(queue_id="advance-trips")
     before = Queue.objects.get(pk=queue.pk)
     assert before.changes_pending > 0 and before.status == QueueStatus.PENDING  # what the advance acts on
@@ -49,6 +50,7 @@ def test_an_advance_with_nothing_to_do_writes_only_the_change_count(monkeypatch)
     """Case: the status the held steps give equals the stored one — no status write; the count of changes
     the advance acted on still comes off (one UPDATE), and a second advance writes nothing."""
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     queue = make_queue(queue_id="advance-idle")
     advance.queue_advance(queue.pk)
     Queue.objects.filter(pk=queue.pk).update(changes_pending=3)  # e.g. telemetry counted changes meanwhile
@@ -78,6 +80,7 @@ def test_the_status_from_the_held_states_is_the_rules_from_a_fresh_read(monkeypa
     (launches, stops, cancellations)."""
     settings.FAILURE_POLICY = policy
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.step_send_stop_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.step_force_stop_task.apply_async", lambda *args, **kwargs: None)
     queue = make_queue(queue_id=f"held-{policy.replace('_', '-')}-{name}")
@@ -92,3 +95,34 @@ def test_the_status_from_the_held_states_is_the_rules_from_a_fresh_read(monkeypa
     assert after.status == after.derive_status(stored)
     assert (after.started_at is None) == (after.status == QueueStatus.PENDING)
     assert (after.finished_at is not None) == (after.status in QueueStatus.TERMINAL)
+
+
+def test_the_advance_reads_its_steps_as_the_orm_would_without_their_logs_or_documents(monkeypatch):
+    """Case: Python per advance (create → ready) — the steps and their upstream edges come from one plain
+    statement (the ORM compiled and built the same query at ~5x its round trip) that leaves out what an
+    advance never reads (the log tail, the JSON documents: decoding them was a third of the read); every
+    other field is what the ORM gives, each step's queue is the advance's own row, the edges in upstream
+    position order, and a field left out still reads (lazily) as stored."""
+    monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
+    queue = make_queue(queue_id="advance-read")
+    graph = queue.steps.get(target="graph-builder")
+    type(graph).objects.filter(pk=graph.pk).update(logs="x" * 5000, extra={"note": "kept"})
+    locked = Queue.objects.get(pk=queue.pk)
+
+    with CaptureQueriesContext(connection) as queries:
+        steps, upstreams = advance._steps_and_upstreams(locked)
+
+    [sql] = [q["sql"] for q in queries.captured_queries]
+    for column in ("logs", "params", "extra", "launcher_handle", "collection_inputs"):
+        assert f".{column}" not in sql and f'"{column}"' not in sql, column
+    expected = list(queue.steps.order_by("position"))
+    assert list(steps) == [s.pk for s in expected]
+    read = {f.attname for f in type(graph)._meta.concrete_fields} - {"logs", "params", "extra", "launcher_handle",
+                                                                       "collection_inputs"}
+    for step in expected:
+        assert {k: getattr(steps[step.pk], k) for k in read} == {k: getattr(step, k) for k in read}
+        assert steps[step.pk].queue is locked
+        edges = step.upstream_edges.order_by("upstream__position", "upstream_id")
+        assert [(up.pk, kind) for up, kind in upstreams[step.pk]] == [(e.upstream_id, e.kind) for e in edges]
+    assert any(upstreams.values())
+    assert steps[graph.pk].extra == {"note": "kept"} and len(steps[graph.pk].logs) == 5000
