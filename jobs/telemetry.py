@@ -157,8 +157,6 @@ _STORE_COLUMNS = (
     "queue_id", "step_id", "event_key", "status", "producer", "records_written",
     "message", "payload", "source", "sent_at", "received_at", "run", "coalesced",
 )
-# How the values are written (text COPY: the server parses the payload text as jsonb itself).
-_STORE_TYPES = ("int8", "int8", "text", "text", "text", "int8", "text", "text", "text", "timestamptz", "timestamptz", "int4", "int4")
 
 
 def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, _Step | None]]:
@@ -225,18 +223,39 @@ def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, _Step | 
 
 
 def _copy(rows, queues: dict, source: str) -> None:
-    now = timezone.now()
+    # The COPY text is formatted here, a line per row: the driver's row writer dumped each value
+    # through a per-column dumper and cost several times this (issue #12). Numbers and hex keys
+    # need no escaping, statuses are STATUSES, times are ISO 8601 (UTC, aware); strings go
+    # through _copy_text. The server parses each column as it would a dumped value.
+    now = timezone.now().isoformat()
+    source = _copy_text(source)
+    lines = []
+    append = lines.append
+    for event, step in rows:
+        sent_at, records, run = event.sent_at, event.records_written, event.run
+        append("\t".join((
+            str(queues[event.queue_id]), "\\N" if step is None else str(step.id), event.key, event.status,
+            _copy_text(event.producer[:100]), "\\N" if records is None else str(records), _copy_text(event.message),
+            _copy_text(event.text), source, "\\N" if sent_at is None else sent_at.isoformat(), now,
+            "\\N" if run is None else str(run), str(event.coalesced),
+        )))
+    append("")  # the last line's newline
     table = TelemetryEvent._meta.db_table
     with connection.cursor() as cursor:
         # psycopg's COPY on the same connection, inside the caller's transaction.
         with cursor.cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
-            copy.set_types(_STORE_TYPES)  # one dumper per column instead of a lookup per value
-            for event, step in rows:
-                copy.write_row((
-                    queues[event.queue_id], step.id if step else None, event.key, event.status,
-                    event.producer[:100], event.records_written, event.message,
-                    event.text, source, event.sent_at, now, event.run, event.coalesced,
-                ))
+            copy.write("\n".join(lines))
+
+
+# COPY's text format gives a meaning to these four; everything else is taken literally.
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+def _copy_text(value: str) -> str:
+    """A string as a COPY text column (NUL cannot occur: ingestion refuses it before)."""
+    if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value  # the usual text (JSON as sent, without a backslash escape): as is
 
 
 def _store_safely(matched, queues: dict, source: str, result: IngestResult):

@@ -1,0 +1,68 @@
+"""Issue #12 (telemetry ingestion): how events are written. The rows go in with one COPY whose text
+the ingestion formats itself; what it stores must be exactly what was sent, whatever characters
+COPY's text format gives a meaning to (tab, newline, carriage return, backslash)."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pytest
+
+from jobs.telemetry import ingest_events
+from queues.models import StepState, TelemetryEvent
+from tests.jobs.helpers import put, step_of
+from tests.queues.factories import make_queue
+
+pytestmark = pytest.mark.django_db
+
+LOADER = ("loader-producer", "api_candles_5m")
+AWKWARD = "tab\there, new\nline, return\r, back\\slash, \\N, \\t, caf\u00e9 \u2603"
+
+
+@pytest.fixture
+def queue():
+    return make_queue(queue_id="tel-store-q")
+
+
+def test_text_with_copy_s_special_characters_is_stored_as_sent(queue):
+    """Storing: a lifecycle event (own row) and a pong of an unknown producer (no step, no run) whose
+    message, producer and payload hold tabs, newlines, carriage returns, backslashes and COPY's own
+    escapes are stored exactly; so are the text's raw whitespace between tokens, the times and counts."""
+    loader = put(step_of(queue, LOADER), StepState.LAUNCHING, run=3)
+    started = {"event": "started", "queue_id": queue.queue_id, "producer": loader.telemetry_id,
+               "message": AWKWARD, "records_written": 7, "timestamp": 1717200000.25, "note": AWKWARD}
+    pong = {"event": "pong", "queue_id": queue.queue_id, "producer": "odd\tone\\\n", "message": AWKWARD}
+    # As a worker may send it: whitespace (tabs, CR LF) between the tokens, kept in the stored text.
+    texts = [json.dumps(started, indent="\t", ensure_ascii=False).replace("\n", "\r\n"), json.dumps(pong)]
+
+    result = ingest_events([json.loads(t) for t in texts], source="kafka", texts=texts)
+
+    assert (result.accepted, result.rejected) == (2, [])
+    rows = {r.status: r for r in TelemetryEvent.objects.filter(queue=queue)}
+    row = rows["started"]
+    assert (row.step_id, row.producer, row.message, row.records_written) == (loader.pk, loader.telemetry_id, AWKWARD, 7)
+    assert row.payload == started and row.payload["note"] == AWKWARD
+    assert (row.run, row.coalesced, row.source) == (3, 1, "kafka")
+    assert row.sent_at == datetime.fromtimestamp(1717200000.25, tz=timezone.utc)
+    assert row.received_at is not None
+    row = rows["pong"]
+    assert (row.step_id, row.producer, row.message, row.run, row.sent_at) == (None, "odd\tone\\\n", AWKWARD, None, None)
+    assert row.payload == pong
+
+
+def test_a_coalesced_row_keeps_its_last_report_s_text_and_numbers(queue):
+    """Storing, coalesced: the row of several plain reports holds the last report's text (with its
+    backslash escapes), the highest count, the report count and the last time."""
+    loader = put(step_of(queue, LOADER), StepState.RUNNING)
+    reports = [{"event": "loading", "queue_id": queue.queue_id, "producer": loader.telemetry_id,
+                "records_written": n, "timestamp": 1717200000 + n, "message": "path C:\\data\\x"} for n in (4, 9, 6)]
+    texts = [json.dumps(raw) for raw in reports]
+    assert "\\\\" in texts[-1]  # the JSON text itself holds backslashes
+
+    result = ingest_events([json.loads(t) for t in texts], source="kafka", texts=texts)
+
+    assert (result.accepted, result.rejected) == (3, [])
+    [row] = TelemetryEvent.objects.filter(step=loader)
+    assert (row.records_written, row.coalesced, row.message) == (9, 3, "path C:\\data\\x")
+    assert row.payload == reports[-1]
+    assert row.sent_at == datetime.fromtimestamp(1717200006, tz=timezone.utc)
