@@ -104,9 +104,8 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
         events.sort(key=_position)  # applied in batch order, a coalesced event where its last report was
 
     with transaction.atomic():
-        queues = dict(Queue.objects.filter(queue_id__in={e.queue_id for e in events}).values_list("queue_id", "pk"))
         # Lock first, then read the steps: what we decide from their state cannot be stale.
-        Queue.objects.lock_many(queues.values())
+        queues = _lock_queues({e.queue_id for e in events})
         matched = _match(events, queues, result)
         new = _store_safely(matched, queues, source, result)
         result.accepted = sum(event.coalesced for event, _ in new)
@@ -159,13 +158,30 @@ _STORE_COLUMNS = (
 )
 
 
+def _lock_queues(queue_ids: set[str]) -> dict[str, int]:
+    """{queue_id: pk} of the batch's queues that exist, each locked for changes to it or its steps
+    (FOR NO KEY UPDATE, in pk order as Queue.objects.lock_many takes them: writers of several queues
+    never deadlock). One plain query: the ORM's look-up and lock cost ~1 µs per report (issue #12)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT queue_id, id FROM {Queue._meta.db_table} WHERE queue_id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
+            [list(queue_ids)],
+        )
+        return dict(cursor.fetchall())
+
+
 def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, _Step | None]]:
     """Pair each event with its step by (queue_id, producer) and its run; the rest is rejected with a reason."""
     queue_id_of = {pk: queue_id for queue_id, pk in queues.items()}
-    steps = {
-        (queue_id_of[values[1]], values[2]): _Step(values)
-        for values in QueueRequest.objects.filter(queue_id__in=queue_id_of).values_list(*_STEP_FIELDS)
-    }
+    with connection.cursor() as cursor:
+        # The steps as rows; a plain query (the ORM's values_list cost three times as much). The pks
+        # as one comma-separated text, split by the server (no per-element quoting by the driver).
+        cursor.execute(
+            f"SELECT {', '.join(_STEP_FIELDS)} FROM {QueueRequest._meta.db_table} "
+            "WHERE queue_id = ANY(string_to_array(%s, ',')::bigint[])",
+            [",".join([str(pk) for pk in queue_id_of])],
+        )
+        steps = {(queue_id_of[values[1]], values[2]): _Step(values) for values in cursor.fetchall()}
     matched = []
     rejected = result.rejected
     for event in events:

@@ -66,3 +66,39 @@ def test_a_coalesced_row_keeps_its_last_report_s_text_and_numbers(queue):
     assert (row.records_written, row.coalesced, row.message) == (9, 3, "path C:\\data\\x")
     assert row.payload == reports[-1]
     assert row.sent_at == datetime.fromtimestamp(1717200006, tz=timezone.utc)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_holds_its_queues_locked_until_it_commits():
+    """Locking: while a batch is applied, each queue it names is locked for changes (another writer's
+    FOR NO KEY UPDATE of it waits; NOWAIT is refused), and a queue it does not name is not."""
+    from django.db import OperationalError, connections
+
+    from queues.models import Queue
+    from queues.signals import telemetry_ingested
+
+    named, other = make_queue(queue_id="tel-lock-named"), make_queue(queue_id="tel-lock-other")
+    loader = put(step_of(named, LOADER), StepState.RUNNING)
+    seen: dict[str, str] = {}
+
+    def look(sender, **kwargs):  # sent inside the batch's transaction, after its rows are stored
+        elsewhere = connections.create_connection("default")
+        try:
+            for queue in (named, other):
+                try:
+                    with elsewhere.cursor() as cursor:
+                        cursor.execute(f"SELECT id FROM {Queue._meta.db_table} WHERE id = %s FOR NO KEY UPDATE NOWAIT",
+                                       [queue.pk])
+                    seen[queue.queue_id] = "free"
+                except OperationalError as exc:
+                    seen[queue.queue_id] = "locked" if "lock" in str(exc) else str(exc)
+        finally:
+            elsewhere.close()
+
+    telemetry_ingested.connect(look, dispatch_uid="test-telemetry-lock")
+    try:
+        report = {"event": "loading", "queue_id": named.queue_id, "producer": loader.telemetry_id, "records_written": 1}
+        assert ingest_events([report, {**report, "queue_id": "tel-lock-missing"}]).accepted == 1
+    finally:
+        telemetry_ingested.disconnect(dispatch_uid="test-telemetry-lock")
+    assert seen == {"tel-lock-named": "locked", "tel-lock-other": "free"}
