@@ -19,8 +19,7 @@ from api.pagination import QueuePagination
 from api.parsers import JSONParser
 from api.permissions import HasQueuePermission
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
-from api.serializers import (LIST_COLUMNS, QueueDetailSerializer, QueueSerializer, StepSerializer, queue_detail_queryset,
-                             with_progress)
+from api.serializers import QueueDetailSerializer, QueueSerializer, StepSerializer, list_rows, queue_detail_queryset
 from queues.catalogue import catalogue_as_dict
 from queues.history import Origin
 from queues.models import Queue, QueueRequest
@@ -30,7 +29,7 @@ QUEUE_ID_REGEX = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
 
 
 def list_queryset():
-    return Queue.objects.listed().only(*LIST_COLUMNS)
+    return Queue.objects.listed()
 
 
 def create_queue_response(request, *, source: str = "api") -> Response:
@@ -90,11 +89,11 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return QueueSerializer if self.action == "list" else QueueDetailSerializer
 
     def paginate_queryset(self, queryset):
-        # A cursor page counts its rows' progress in its own query. Not a numbered page: PostgreSQL
-        # evaluates the row expressions of every row an OFFSET skips; there the serializer reads the
-        # page's step counts in a second query instead.
+        # A cursor page reads its rows with their progress in its own query. Not so a numbered page's
+        # OFFSET (PostgreSQL evaluates the row expressions of every row it skips): its paginator reads
+        # the rows of the page it found (SkipByIdPaginator).
         if self.paginator is not None and not self.paginator.wants_page_number(self.request):
-            queryset = with_progress(queryset)
+            queryset = list_rows(queryset)
         return super().paginate_queryset(queryset)
 
     def create(self, request, *args, **kwargs):
