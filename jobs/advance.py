@@ -17,6 +17,7 @@ from jobs.announce import STEP_LAUNCH, STEPS_LAUNCH, enqueue_on_commit
 from jobs.services import queue_refresh_status, step_mark_stopping, step_transition
 from queues.catalogue import TARGETS
 from queues.models import DependencyKind, Queue, QueueRequest, StepDependency, StepState
+from queues.signals import step_state_changed
 
 
 def queue_advance(queue_pk: int) -> list[int]:
@@ -42,11 +43,8 @@ def queue_advance(queue_pk: int) -> list[int]:
                     step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
         elif not queue.stop_requested_at:
             _cancel_unreachable(steps.values(), upstreams)
-            for step in steps.values():
-                if step.state == StepState.WAITING and _dependencies_met(upstreams[step.pk]):
-                    if step_transition(step, StepState.LAUNCHING, from_states=[StepState.WAITING], message="",
-                                       mark_queue=False):
-                        to_launch.append(step.pk)
+            to_launch = _steps_mark_launching(
+                [s for s in steps.values() if s.state == StepState.WAITING and _dependencies_met(upstreams[s.pk])])
             _drain_consumers(steps.values())
         # The row locked above and every step read under that lock, with this advance's own changes
         # (a transition sets them on the step): no second lock, no second read of the states. Only
@@ -107,6 +105,30 @@ def _steps_sql() -> tuple[list, str]:
 def field_from_db(field, value):
     """A raw cursor's value as the ORM gives it: jsonb comes as text, which the field decodes."""
     return field.from_db_value(value, None, connection) if isinstance(value, str) and hasattr(field, "from_db_value") else value
+
+
+def _steps_mark_launching(ready: list[QueueRequest]) -> list[int]:
+    """waiting → launching for the steps ready now, in ONE statement whatever their number (was one
+    transition each), compare-and-set per step as `step_transition` does it; each changed step then
+    reaches every `step_state_changed` receiver once, as after its own transition. Under the queue's
+    lock (taken by the caller), like every change of a waiting step. Returns the pks changed, in order."""
+    if not ready:
+        return []
+    now = timezone.now()
+    values = {"state": StepState.LAUNCHING, "state_changed_at": now, "updated_at": now, "message": ""}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {QueueRequest._meta.db_table} SET state = %s, state_changed_at = %s, updated_at = %s, "
+            "message = %s WHERE id = ANY(%s) AND state = %s RETURNING id",
+            [*values.values(), [s.pk for s in ready], StepState.WAITING])
+        changed = {row[0] for row in cursor.fetchall()}
+    launched = [step for step in ready if step.pk in changed]
+    for step in launched:
+        previous = step.state
+        for key, value in values.items():
+            setattr(step, key, value)
+        step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=StepState.LAUNCHING)
+    return [step.pk for step in launched]
 
 
 def _dependencies_met(upstream_edges) -> bool:

@@ -20,9 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_queue_once(monkeypatch):
     """Case: create → first advance round trips — BEGIN, the lock, the steps with their upstream edges,
-    one UPDATE per step it launches, one UPDATE of the queue (status, started_at and the change count
-    together), COMMIT: 7 for the example's two connectors (was 11: a read of the edges apart, a second
-    lock, a read of the states, a second UPDATE)."""
+    ONE UPDATE for the steps it launches (was one per step), one UPDATE of the queue (status, started_at
+    and the change count together), COMMIT: 6 for the example's two connectors (was 11: a read of the
+    edges apart, a second lock, a read of the states, a second UPDATE; then 7)."""
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     queue = make_queue(queue_id="advance-trips")
@@ -38,7 +38,8 @@ def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_qu
     assert not [sql for sql in statements if sql.startswith('SELECT "queues_queuerequest"."state"')], statements
     assert len([sql for sql in statements if sql.startswith('UPDATE "queues_queue"')]) == 1, statements
     assert not [sql for sql in statements if sql.startswith('SELECT "queues_stepdependency"')], statements
-    assert len(statements) == 7, statements
+    assert len([sql for sql in statements if sql.replace('"', "").startswith("UPDATE queues_queuerequest")]) == 1, statements
+    assert len(statements) == 6, statements
     after = Queue.objects.get(pk=queue.pk)
     assert after.status == QueueStatus.RUNNING and after.started_at is not None and after.finished_at is None
     assert after.changes_pending == 0
@@ -126,3 +127,36 @@ def test_the_advance_reads_its_steps_as_the_orm_would_without_their_logs_or_docu
         assert [(up.pk, kind) for up, kind in upstreams[step.pk]] == [(e.upstream_id, e.kind) for e in edges]
     assert any(upstreams.values())
     assert steps[graph.pk].extra == {"note": "kept"} and len(steps[graph.pk].logs) == 5000
+
+
+def test_the_steps_an_advance_launches_change_together_and_each_is_announced_once(monkeypatch, settings):
+    """Case: what receivers see is unchanged by the one UPDATE — every launched step reaches
+    `step_state_changed` once (waiting → launching), the mirror gets an outbox row for each, the message is
+    cleared and state_changed_at set as a transition does; a step not waiting any more is left alone."""
+    from mirror.models import MirrorOutbox
+    from queues.models import QueueRequest
+    from queues.signals import step_state_changed
+
+    settings.ARANGO_ENABLED = True
+    monkeypatch.setattr("mirror.tasks.enqueue_drain", lambda: None)
+    monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
+    monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
+    types = [f"api_candles_{i}" for i in ("1m", "5m", "15m")]
+    queue = make_queue(queue_id="advance-together", requests=[{"target": "loader-producer", "type": t} for t in types])
+    steps = list(queue.steps.order_by("position"))
+    QueueRequest.objects.filter(pk=steps[0].pk).update(message="old note")
+    MirrorOutbox.objects.all().delete()
+    got = []
+    step_state_changed.connect(lambda sender, step, previous, state, **kw: got.append((step.pk, previous, state)),
+                               dispatch_uid="test-advance-together", weak=False)
+    try:
+        assert advance.queue_advance(queue.pk) == [s.pk for s in steps]
+    finally:
+        step_state_changed.disconnect(dispatch_uid="test-advance-together")
+
+    assert got == [(s.pk, StepState.WAITING, StepState.LAUNCHING) for s in steps]
+    assert sorted(MirrorOutbox.objects.filter(kind="step").values_list("object_id", flat=True)) == [s.pk for s in steps]
+    stored = list(queue.steps.order_by("position"))
+    assert all(s.state == StepState.LAUNCHING and s.message == "" and s.state_changed_at > s.created_at
+               for s in stored)
+    assert advance.queue_advance(queue.pk) == []  # nothing waiting: nothing changes
