@@ -182,16 +182,37 @@ RETURNING {", ".join(f"o.{c}" for c in _COLUMNS)}, (SELECT version FROM batch)
 # Delete the rows whose version is still the claimed one, release the others: they changed again
 # after the claim, so the change just written is no longer pending and the oldest one that is
 # happened after the claim (claimed_until - lease). Without moving created_at, an entity that
-# changes faster than a drain cycle would look older and older. One statement: the UPDATE skips
-# exactly the rows the DELETE removed, also when a concurrent change made the DELETE re-check one.
+# changes faster than a drain cycle would look older and older. The rows are locked first and
+# compared as locked, so the DELETE and the UPDATE split them exactly. `{lock}`: see _each_row_free.
 _FINISH_SQL = f"""
-WITH gone AS (
-    DELETE FROM {_TABLE} AS o USING unnest(%s::bigint[], %s::bigint[]) AS c(id, v)
-    WHERE o.id = c.id AND o.version = c.v RETURNING o.id
-)
-UPDATE {_TABLE} SET claimed_until = NULL, created_at = GREATEST(created_at, claimed_until - %s)
-WHERE id = ANY(%s) AND id NOT IN (SELECT id FROM gone)
+WITH mine AS (
+    SELECT o.id, o.version = c.v AS written FROM {_TABLE} AS o JOIN unnest(%s::bigint[], %s::bigint[]) AS c(id, v)
+    ON o.id = c.id {{lock}}
+),
+gone AS (DELETE FROM {_TABLE} WHERE id IN (SELECT id FROM mine WHERE written)),
+kept AS (UPDATE {_TABLE} SET claimed_until = NULL, created_at = GREATEST(created_at, claimed_until - %s)
+         WHERE id IN (SELECT id FROM mine WHERE NOT written))
+SELECT id FROM mine
 """
+_RELEASE_SQL = f"""
+UPDATE {_TABLE} SET claimed_until = NULL WHERE id IN (SELECT id FROM {_TABLE} WHERE id = ANY(%s) {{lock}})
+RETURNING id
+"""
+
+
+def _each_row_free(sql: str, ids: list[int], params) -> None:
+    """Run a finish/release statement over leased outbox rows without ever waiting for one row while
+    holding another: a writer's transaction locks outbox rows in its own order (its entities', one
+    statement after another), so a statement that held some rows and waited for the next one made a
+    cycle, and PostgreSQL aborted the drain or the application's transaction. Rows a writer holds
+    right now are skipped, then done one statement each, which waits holding nothing (rare: a writer
+    holds a row for the few milliseconds of its transaction). `params(ids)`: the statement's."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql.format(lock="FOR UPDATE SKIP LOCKED"), params(ids))
+        done = {row[0] for row in cursor.fetchall()}
+        for pk in ids:
+            if pk not in done:
+                cursor.execute(sql.format(lock="FOR UPDATE"), params([pk]))
 
 
 class Claimed(NamedTuple):
@@ -252,11 +273,9 @@ def _build(version: int, rows: list[Claimed]) -> tuple[Batch, dict[str, list[tup
 
 
 def _finish(rows: list[Claimed], errors: dict) -> None:
-    ok = [r for r in rows if r.pk not in errors]
-    if ok:
-        with connection.cursor() as cursor:
-            ids = [r.pk for r in ok]
-            cursor.execute(_FINISH_SQL, [ids, [r.version for r in ok], LEASE, ids])
+    claimed = {r.pk: r.version for r in rows if r.pk not in errors}
+    if claimed:
+        _each_row_free(_FINISH_SQL, list(claimed), lambda ids: [ids, [claimed[pk] for pk in ids], LEASE])
     now = timezone.now()
     for row in rows:
         if row.pk in errors:
@@ -267,7 +286,7 @@ def _finish(rows: list[Claimed], errors: dict) -> None:
 
 
 def _release(rows: list[Claimed]) -> None:
-    MirrorOutbox.objects.filter(pk__in=[r.pk for r in rows]).update(claimed_until=None)
+    _each_row_free(_RELEASE_SQL, [r.pk for r in rows], lambda ids: [ids])
 
 
 def mirror_drain(*, batch_size: int | None = None, max_batches: int | None = None) -> DrainResult:
