@@ -48,6 +48,7 @@ def run(ctx) -> None:
 def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecycle_every: int | None) -> None:
     from django.conf import settings
     from django.db import connection
+    from django.db.backends.signals import connection_created
     from django.db.models import Sum
 
     m = targets.models()
@@ -95,19 +96,34 @@ def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecyc
 
     before = reports()
 
+    # The consumer applies batches on a thread with a connection of its own, closed when it ends:
+    # its backend's CPU is sampled at every check, the last one coming after the last commit.
+    appliers: dict[int, float] = {}
+
+    def opened(sender, connection, **kwargs):
+        appliers[connection.connection.info.backend_pid] = 0.0
+
     def until():
+        for pid in list(appliers):  # the apply thread may be adding one
+            appliers[pid] = _backend_cpu(pid) or appliers[pid]
         return reports() - before >= events
 
-    connection.close()  # a fresh connection: the consumer keeps it (CONN_MAX_AGE) and it is the one measured
+    connection.close()  # a fresh connection: the consumer's checks keep it (CONN_MAX_AGE); measured with the applier's
     cpu, database_cpu = time.process_time(), _database_cpu()
+    connection_created.connect(opened, weak=False)
     profile = _Profile()
     t0 = time.monotonic()
-    consumer = profile.runcall(targets.events_consumer_run, until=until, batch_size=batch_size, install_signals=False)
+    try:
+        consumer = profile.runcall(targets.events_consumer_run, until=until, batch_size=batch_size, install_signals=False)
+    finally:
+        connection_created.disconnect(opened)
     done = time.monotonic()
     cpu = time.process_time() - cpu
     profile.report(figure)
     after = _database_cpu()
     database_cpu = after[1] - database_cpu[1] if database_cpu and after and after[0] == database_cpu[0] else None
+    if database_cpu is not None:
+        database_cpu += sum(appliers.values())
     count = reports() - before
     rows = m.TelemetryEvent.objects.filter(queue_id__in=created).count()
     ingest = done - consumer.first_message_at
@@ -129,16 +145,25 @@ def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecyc
 def _database_cpu() -> tuple[int, float] | None:
     """(pid, CPU seconds so far) of this connection's PostgreSQL backend (Linux /proc; None elsewhere).
     A different pid after the run means the connection was replaced meanwhile: not measured."""
-    import os
-
     from django.db import connection
 
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             pid = cursor.fetchone()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    seconds = _backend_cpu(pid)
+    return None if seconds is None else (pid, seconds)
+
+
+def _backend_cpu(pid: int) -> float | None:
+    """CPU seconds so far of PostgreSQL backend `pid` (Linux /proc; None elsewhere or once it is gone)."""
+    import os
+
+    try:
         fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
 

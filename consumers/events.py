@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from jobs.telemetry import ingest_events
+from jobs.telemetry import PreparedEvents, ingest_apply, ingest_prepare
 from kafkabus.config import is_own_message
 from kafkabus.deadletter import send_dead_letters
 
@@ -50,7 +50,24 @@ def _text(value: bytes) -> str | None:
         return None
 
 
+@dataclass
+class PreparedBatch:
+    """A batch read and validated (prepare_batch), waiting for its database part (apply_batch)."""
+
+    messages: list
+    outcome: BatchOutcome
+    letters: list[tuple[int, str]]
+    positions: list[int]
+    events: PreparedEvents | None
+
+
 def handle_batch(messages: list) -> BatchOutcome:
+    return apply_batch(prepare_batch(messages))
+
+
+def prepare_batch(messages: list) -> PreparedBatch:
+    """Decode, skip our own messages, validate and group: no database, no network (the consumer runs
+    it for the next batch while apply_batch writes the previous one)."""
     outcome = BatchOutcome()
     raws: list[dict] = []
     texts: list[str | None] = []
@@ -81,12 +98,20 @@ def handle_batch(messages: list) -> BatchOutcome:
             raws.append(data)
             texts.append(text)
             positions.append(position)
-    if raws:
-        # One transaction; committed when it returns. The texts are stored as received.
-        result = ingest_events(raws, source="kafka", texts=texts)
+    # The texts are stored as received.
+    events = ingest_prepare(raws, texts) if raws else None
+    return PreparedBatch(messages, outcome, letters, positions, events)
+
+
+def apply_batch(prepared: PreparedBatch) -> BatchOutcome:
+    """One transaction (committed when ingest_apply returns), then the dead letters, confirmed."""
+    outcome, letters, positions = prepared.outcome, prepared.letters, prepared.positions
+    if prepared.events is not None:
+        result = ingest_apply(prepared.events, source="kafka")
         outcome.accepted, outcome.duplicates = result.accepted, result.duplicates
         letters.extend((positions[index], reason) for index, reason in result.rejected)
     letters.sort()
+    messages = prepared.messages
     send_dead_letters([(messages[position], reason) for position, reason in letters])
     outcome.dead_letters = letters
     return outcome
@@ -96,17 +121,19 @@ def run(*, until=None, on_stall=None, batch_size: int | None = None, install_sig
     """The consume_queue_events loop (also used in-process by the benchmark)."""
     from kafkabus.consumer import BatchConsumer
 
-    def handle(messages):
-        outcome = handle_batch(messages)
+    def apply(prepared):
+        outcome = apply_batch(prepared)
         logger.debug(
-            "events batch", extra={"messages": len(messages), "accepted": outcome.accepted,
+            "events batch", extra={"messages": len(prepared.messages), "accepted": outcome.accepted,
                                    "duplicates": outcome.duplicates, "dead_letters": len(outcome.dead_letters)}
         )
 
+    # prepare/apply: the next batch is read and validated while the previous one is written (#12).
     consumer = BatchConsumer(
         name="queue-events",
         topics=[settings.QUEUE_EVENTS_TOPIC],
-        handle=handle,
+        prepare=prepare_batch,
+        apply=apply,
         batch_size=batch_size,
         config=config,
         on_stall=on_stall,

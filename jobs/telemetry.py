@@ -82,11 +82,26 @@ class IngestResult:
     changed_queues: set[int] = field(default_factory=set)
 
 
+@dataclass
+class PreparedEvents:
+    """A batch validated and grouped, not yet applied (ingest_prepare → ingest_apply)."""
+
+    events: list[Event]
+    reordered: bool  # some events were validated one by one: rejections and order need sorting
+    result: IngestResult
+
+
 def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | None = None) -> IngestResult:
     """Validate, match, store and apply a batch of events; see the module docstring.
 
     `texts`, when given, are the events' JSON texts as received (same order as `raw_events`).
     """
+    return ingest_apply(ingest_prepare(raw_events, texts), source=source)
+
+
+def ingest_prepare(raw_events: list, texts: list[str] | None = None) -> PreparedEvents:
+    """The database-free part of ingest_events (validation, coalescing): the Kafka consumer runs it
+    for the next batch while the previous one is applied. Apply a PreparedEvents at most once."""
     result = IngestResult()
     events, rest = coalesce_split(raw_events, texts)  # plain progress reports: one event per step per batch
     rejected = result.rejected
@@ -98,11 +113,17 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
             continue
         event.index = index
         events.append(event)
+    reordered = len(rest) != len(raw_events)
+    if reordered:
+        events.sort(key=_position)  # applied in batch order, a coalesced event where its last report was
+    return PreparedEvents(events, reordered, result)
+
+
+def ingest_apply(prepared: PreparedEvents, *, source: str = "http") -> IngestResult:
+    """The database part of ingest_events: one transaction, committed when this returns."""
+    events, result = prepared.events, prepared.result
     if not events:
         return result
-    if len(rest) != len(raw_events):
-        events.sort(key=_position)  # applied in batch order, a coalesced event where its last report was
-
     with transaction.atomic():
         # Lock first, then read the steps: what we decide from their state cannot be stale.
         queues = _lock_queues({e.queue_id for e in events})
@@ -130,8 +151,8 @@ def ingest_events(raw_events: list, *, source: str = "http", texts: list[str] | 
             )
         if result.changed_queues:
             _after_state_changes(result.changed_queues, queues)
-    if len(rest) != len(raw_events):
-        rejected.sort()
+    if prepared.reordered:
+        result.rejected.sort()
     return result
 
 

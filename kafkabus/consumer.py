@@ -11,15 +11,27 @@
   idempotent for a batch handled again in parts (ingestion is; commands dedupe by command_id).
 - SIGTERM/SIGINT set a flag: the current batch finishes, offsets are stored and committed, the
   consumer closes.
+- Overlap (opt-in: `prepare` + `apply` instead of `handle`; the events consumer, issue #12):
+  `prepare(messages)` is pure CPU (decode, validate, group), `apply(prepared)` is the database part.
+  While batch N is applied on an apply thread (its own Django connection), this thread reads and
+  prepares batch N+1; then it waits for N, stores N's offsets, and hands N+1 over. At most one
+  batch is in flight; offsets are still stored only after their batch committed; a retry or a
+  bisection prepares again (a prepared batch is applied at most once).
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
-  broker) and log errors without dying.
+  broker) and log errors without dying. A member with no partitions checks its topics every few
+  seconds (TOPIC_CHECK_SECONDS) and subscribes again after creating one: after tansu restarted
+  empty, the group re-formed around a topic with 0 partitions and librdkafka reported no error
+  through consume(), so a check made only on such an error left the consumer idle for good (#12).
+- The assignment is tracked from the rebalance callbacks, never asked of the client in the loop:
+  `Consumer.assignment()` waits without a timeout on librdkafka's main thread and holds the
+  interpreter lock meanwhile (the watchdog thread included).
 - Stall watchdog: after a broker restart that loses the consumer group, librdkafka (2.11 against
   tansu) was seen blocking inside consume() for good. When a consume() call has not returned for
   `stall_seconds`, `on_stall` runs in a watchdog thread; the management commands re-execute
   themselves there (a fresh client; offsets not yet committed are redelivered, ingestion is
   idempotent).
-- Lag (high watermark − committed offset, summed per topic) is logged and exported every
-  KAFKA_LAG_LOG_SECONDS.
+- Lag (high watermark − this member's position, summed per topic) is logged and exported every
+  KAFKA_LAG_LOG_SECONDS, from what the client already holds: no broker round trip in the loop.
 """
 from __future__ import annotations
 
@@ -29,15 +41,19 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from kafkabus.config import common_config, consumer_config
 from kafkabus.signals import consumer_lag_measured
 
 logger = logging.getLogger(__name__)
+
+_UNPREPARED = object()  # no prepared form at hand: handle(messages) prepares and applies
+TOPIC_CHECK_SECONDS = 5.0  # at most one topic check (a metadata request) per this many seconds
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -60,8 +76,9 @@ def dead_letter_one(message, reason: str) -> None:
     send_dead_letters([(message, reason)])
 
 
-def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> None:
-    """Create the topics that do not exist yet (1 partition locally; operators pre-create in production)."""
+def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> list[str]:
+    """Create the topics that do not exist yet (1 partition locally; operators pre-create in production).
+    Returns the topics created here."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -70,17 +87,20 @@ def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> None:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:
         logger.warning("cannot list topics: %s", exc)
-        return
+        return []
     missing = [t for t in topics if t not in existing]
     if not missing:
-        return
+        return []
+    created = []
     futures = admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1) for t in missing])
     for topic, future in futures.items():
         try:
             future.result(timeout)
             logger.info("created topic %s", topic)
+            created.append(topic)
         except Exception as exc:  # already created by someone else, or no permission: not fatal
             logger.info("topic %s not created: %s", topic, exc)
+    return created
 
 
 class BatchConsumer:
@@ -89,7 +109,9 @@ class BatchConsumer:
         *,
         name: str,
         topics: list[str],
-        handle: Callable[[list], None],
+        handle: Callable[[list], None] | None = None,
+        prepare: Callable[[list], object] | None = None,
+        apply: Callable[[object], None] | None = None,
         batch_size: int | None = None,
         poll_timeout: float = 0.5,
         group: str | None = None,
@@ -101,7 +123,14 @@ class BatchConsumer:
     ):
         self.name = name
         self.topics = topics
+        if handle is None:
+            if prepare is None or apply is None:
+                raise TypeError("BatchConsumer needs handle, or prepare and apply")
+            handle = lambda messages: apply(prepare(messages))  # noqa: E731 (retries, bisection)
         self.handle = handle
+        self.prepare, self.apply = (prepare, apply) if apply is not None else (None, None)
+        self._applier: ThreadPoolExecutor | None = None
+        self._in_flight: tuple[list, Future] | None = None
         self.reject = reject
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.poll_timeout = poll_timeout
@@ -115,6 +144,7 @@ class BatchConsumer:
         self.first_message_at: float | None = None  # monotonic time the first message arrived
         self._last_lag = 0.0
         self._last_topic_check = 0.0
+        self._assigned: frozenset[tuple[str, int]] = frozenset()  # kept by the rebalance callbacks
         self.on_stall = on_stall
         self.stall_seconds = stall_seconds or max(20.0, 3 * settings.KAFKA_SESSION_TIMEOUT_MS / 1000)
         self._consume_since: float | None = None
@@ -138,19 +168,28 @@ class BatchConsumer:
 
         ensure_topics(self.create_topics)
         self.consumer = Consumer(consumer_config(self.group, **self.config))
-        self.consumer.subscribe(self.topics)
+        self._subscribe()
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
         if self.on_stall is not None:
             threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
+        if self.apply is not None:
+            self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-apply")
         try:
             while not self.stopping.is_set() and not (until and until()):
                 self._step()
         finally:
-            self._close()
+            try:
+                self._finish_in_flight()  # a stop finishes the batch being applied and stores its offsets
+            finally:
+                self._stop_applier()
+                self._close()
 
     def _step(self) -> None:
         self._consume_since = time.monotonic()
-        messages = self.consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+        # With a batch in flight, a quiet topic must not keep its offsets (and the `until` check)
+        # waiting a whole poll: a short read, then the in-flight batch is finished.
+        timeout = self.poll_timeout if self._in_flight is None else min(self.poll_timeout, 0.05)
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
         self._consume_since = None
         good = []
         for message in messages:
@@ -159,34 +198,102 @@ class BatchConsumer:
                 good.append(message)
             else:
                 self._on_error(error)
-        if good:
-            if self.first_message_at is None:
-                self.first_message_at = time.monotonic()
+        if good and self.first_message_at is None:
+            self.first_message_at = time.monotonic()
+        if self._applier is not None:
+            self._overlap(good)
+        elif good:
             self._process(good)
+        if not self._assigned:
+            self._check_topics()
         self._maybe_report_lag()
 
-    def _process(self, messages: list) -> None:
-        backoff = 0.5
-        while True:
-            close_old_connections()  # a connection broken by a database restart is replaced
+    def _subscribe(self) -> None:
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                on_lost=self._on_revoke)
+
+    def _on_assign(self, consumer, partitions) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        logger.info("%s: assigned %s", self.name, _names(partitions))
+
+    def _on_revoke(self, consumer, partitions) -> None:
+        self._assigned -= {(tp.topic, tp.partition) for tp in partitions}
+        logger.info("%s: revoked %s", self.name, _names(partitions))
+
+    def _check_topics(self) -> None:
+        """Create missing topics (at most every TOPIC_CHECK_SECONDS); subscribe again when one of ours
+        was: librdkafka would see it only at its next metadata refresh, minutes away."""
+        now = time.monotonic()
+        if now - self._last_topic_check < TOPIC_CHECK_SECONDS:
+            return
+        self._last_topic_check = now
+        created = ensure_topics(self.create_topics, timeout=3)
+        if set(created) & set(self.topics):
+            logger.info("%s: subscribing again to %s", self.name, ",".join(self.topics))
+            self._subscribe()
+
+    def _overlap(self, messages: list) -> None:
+        """Prepare this batch while the previous one is applied, then wait for that one (storing
+        its offsets) and hand this one to the apply thread."""
+        prepared = _UNPREPARED
+        if messages:
             try:
-                self._handle_isolating(messages)
-                break
-            except Exception:  # only connectivity errors get here
-                logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
-                if self.stopping.wait(backoff):
-                    return  # exit without storing: the batch is redelivered after a restart
-                backoff = min(backoff * 2, 10.0)
+                prepared = self.prepare(messages)
+            except Exception:  # a message the pure part chokes on: the apply thread bisects to it
+                prepared = _UNPREPARED
+        self._finish_in_flight()
+        if messages and not self.stopping.is_set():  # stopping: this one is redelivered, unstored
+            self._in_flight = (messages, self._applier.submit(self._handle_retrying, messages, prepared))
+
+    def _finish_in_flight(self) -> None:
+        if self._in_flight is None:
+            return
+        messages, future = self._in_flight
+        self._in_flight = None
+        if future.result():
+            self._done(messages)
+
+    def _stop_applier(self) -> None:
+        if self._applier is None:
+            return
+        self._applier.submit(connections.close_all).result()  # the apply thread's own connection
+        self._applier.shutdown(wait=True)
+        self._applier = None
+
+    def _process(self, messages: list) -> None:
+        if self._handle_retrying(messages):
+            self._done(messages)
+
+    def _done(self, messages: list) -> None:
         self._store(messages)
         self.processed += len(messages)
         self.batches += 1
 
-    def _handle_isolating(self, messages: list) -> None:
+    def _handle_retrying(self, messages: list, prepared=_UNPREPARED) -> bool:
+        """Handle the batch, retrying it with backoff on connectivity errors; False when stopped
+        first (nothing is stored: the batch is redelivered after a restart)."""
+        backoff = 0.5
+        while True:
+            close_old_connections()  # a connection broken by a database restart is replaced
+            try:
+                self._handle_isolating(messages, prepared)
+                return True
+            except Exception:  # only connectivity errors get here
+                logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
+                if self.stopping.wait(backoff):
+                    return False
+                backoff = min(backoff * 2, 10.0)
+                prepared = _UNPREPARED  # a failed apply may have changed its prepared batch
+
+    def _handle_isolating(self, messages: list, prepared=_UNPREPARED) -> None:
         """handle(messages); if it fails for a reason other than connectivity, bisect down to the
         message that fails and reject it alone. A connectivity error propagates (whole-batch retry;
         parts already handled are handled again, idempotently)."""
         try:
-            self.handle(messages)
+            if prepared is _UNPREPARED:
+                self.handle(messages)
+            else:
+                self.apply(prepared)
             return
         except Exception as exc:
             if is_transient(exc):
@@ -208,7 +315,11 @@ class BatchConsumer:
         for message in messages:
             key = (message.topic(), message.partition())
             last[key] = max(last.get(key, -1), message.offset())
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        # Only partitions still ours: a batch applied across a rebalance leaves the revoked ones to
+        # their new owner (which redelivers; ingestion is idempotent).
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in self._assigned]
+        if not offsets:
+            return
         try:
             self.consumer.store_offsets(offsets=offsets)
         except KafkaException as exc:
@@ -223,10 +334,7 @@ class BatchConsumer:
         if code == KafkaError._PARTITION_EOF:
             return
         if code in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION):
-            now = time.monotonic()
-            if now - self._last_topic_check > 5:  # e.g. a broker that restarted empty
-                self._last_topic_check = now
-                ensure_topics(self.create_topics, timeout=3)
+            self._check_topics()  # e.g. a broker that restarted empty
             return
         logger.warning("%s: consumer error: %s", self.name, error)
 
@@ -257,17 +365,25 @@ class BatchConsumer:
 
     # -------------------------------------------------------------- lag
 
-    def lag(self, timeout: float = 5.0) -> dict[str, int]:
-        """Per topic: high watermark minus committed offset over this member's partitions."""
-        assignment = self.consumer.assignment()
-        if not assignment:
-            return {}
-        committed = self.consumer.committed(assignment, timeout=timeout)
+    def lag(self) -> dict[str, int]:
+        """Per topic, over this member's partitions: the high watermark minus this member's position
+        (what it has read; a batch being handled counts as read). Both are what the client holds: its
+        position, and the high watermark of its last fetch response (librdkafka keeps it with every
+        fetch). Never a broker round trip: committed() and an uncached watermark query cost ~0.4 s
+        per partition against tansu, up to their timeout each with the broker away, in the poll loop."""
+        from confluent_kafka import KafkaException, TopicPartition
+
         lag: dict[str, int] = {}
-        for tp in committed:
-            low, high = self.consumer.get_watermark_offsets(tp, timeout=timeout, cached=False)
-            position = tp.offset if tp.offset >= 0 else low
-            lag[tp.topic] = lag.get(tp.topic, 0) + max(high - position, 0)
+        for tp in self.consumer.position([TopicPartition(t, p) for t, p in sorted(self._assigned)]):
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True) or (None, -1)
+            except KafkaException:  # the partition is gone meanwhile
+                continue
+            if high < 0:
+                continue  # no fetch answered yet: nothing known
+            # No position: nothing was delivered since the assignment although a fetch answered, so
+            # the fetcher is at the end (until a fetch that just brought messages is consumed).
+            lag[tp.topic] = lag.get(tp.topic, 0) + (max(high - tp.offset, 0) if tp.offset >= 0 else 0)
         return lag
 
     def _maybe_report_lag(self) -> None:
@@ -283,6 +399,10 @@ class BatchConsumer:
         for topic, value in lag.items():
             logger.info("%s: lag %s=%d", self.name, topic, value, extra={"topic": topic, "lag": value})
             consumer_lag_measured.send(sender=type(self), topic=topic, lag=value)
+
+
+def _names(partitions) -> str:
+    return ",".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
 
 
 def reexec_process() -> None:
