@@ -127,7 +127,7 @@ class WorkloadWatcher:
             return version  # ended at timeoutSeconds: watched again from here at once
         except ReadTimeoutError:
             # Silent too long: quiet, or half-open. Not healthy until the next watch is answered.
-            self.stats["silent"] += 1
+            self._count(kind, "silent")
             self.down[kind] = self.down[kind] or time.monotonic()
             logger.info("watch of %s silent for %ss; watching again from %s", kind,
                         settings.K8S_WATCH_IDLE_SECONDS, version)

@@ -71,7 +71,7 @@ RECONCILE_SECONDS = Histogram(
 )
 WORKLOAD_WATCH = Counter(
     f"{PREFIX}_workload_watch",
-    "Workload watcher: watch events applied, lists, watches expired (410, listed again) or broken (resumed).",
+    "Workload watcher: watch events applied, lists, watches expired (410, listed again), broken or silent (resumed).",
     ["kind", "outcome"],
 )
 # livesum: each consumer process reports the lag of the partitions it owns; the topic's lag is the sum.
@@ -168,7 +168,7 @@ def observe_reconcile(seconds: float) -> None:
 def count_workload_watch(kind: str, outcome: str, amount: int = 1) -> None:
     WORKLOAD_WATCH.labels(kind=bounded("workload_watch", "kind", kind, {"jobs", "pods"}),
                           outcome=bounded("workload_watch", "outcome", outcome,
-                                          {"event", "list", "expired", "broken"})).inc(amount)
+                                          {"event", "list", "expired", "broken", "silent"})).inc(amount)
 
 
 def set_consumer_lag(topic: str, lag: float) -> None:
