@@ -167,6 +167,7 @@ class BatchConsumer:
         from confluent_kafka import Consumer
 
         ensure_topics(self.create_topics)
+        self._last_topic_check = time.monotonic()  # just checked: the first polls (before the join) need not
         self.consumer = Consumer(consumer_config(self.group, **self.config))
         self._subscribe()
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
