@@ -102,3 +102,20 @@ def test_a_batch_holds_its_queues_locked_until_it_commits():
     finally:
         telemetry_ingested.disconnect(dispatch_uid="test-telemetry-lock")
     assert seen == {"tel-lock-named": "locked", "tel-lock-other": "free"}
+
+
+def test_queue_ids_with_array_punctuation_are_looked_up_as_they_are(queue):
+    """Matching: the batch's queue ids go to the database as one array; ids holding its punctuation
+    (commas, quotes, braces, backslashes, NULL) are unknown queues, and a real one among them matches."""
+    loader = put(step_of(queue, LOADER), StepState.RUNNING)
+    odd = ['a,b', '"q"', "{x}", "back\\slash", "NULL", " ", "tel-store-q,tel-store-q"]
+    batch = [{"event": "loading", "queue_id": queue_id, "producer": loader.telemetry_id, "records_written": 1}
+             for queue_id in odd]
+    batch.append({"event": "loading", "queue_id": queue.queue_id, "producer": loader.telemetry_id, "records_written": 2})
+
+    result = ingest_events(batch)
+
+    assert result.rejected == [(i, f"unknown queue {queue_id!r}") for i, queue_id in enumerate(odd)]
+    assert result.accepted == 1
+    loader.refresh_from_db()
+    assert loader.records_written == 2
