@@ -11,7 +11,6 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from rest_framework.pagination import CursorPagination, PageNumberPagination
 
-from api.serializers import list_rows
 
 
 class SkipByIdPaginator(Paginator):
@@ -27,7 +26,7 @@ class SkipByIdPaginator(Paginator):
     def _get_page(self, object_list, number, paginator):
         if isinstance(object_list, QuerySet) and object_list.query.is_sliced:
             ids = object_list.values("pk")
-            object_list = list_rows(self.object_list.filter(pk__in=ids))
+            object_list = self.object_list.filter(pk__in=ids)
         return super()._get_page(object_list, number, paginator)
 
 

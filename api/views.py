@@ -29,7 +29,7 @@ QUEUE_ID_REGEX = r"[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?"
 
 
 def list_queryset():
-    return Queue.objects.listed()
+    return list_rows()
 
 
 def create_queue_response(request, *, source: str = "api") -> Response:
@@ -87,14 +87,6 @@ class QueueViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
 
     def get_serializer_class(self):
         return QueueSerializer if self.action == "list" else QueueDetailSerializer
-
-    def paginate_queryset(self, queryset):
-        # A cursor page reads its rows with their progress in its own query. Not so a numbered page's
-        # OFFSET (PostgreSQL evaluates the row expressions of every row it skips): its paginator reads
-        # the rows of the page it found (SkipByIdPaginator).
-        if self.paginator is not None and not self.paginator.wants_page_number(self.request):
-            queryset = list_rows(queryset)
-        return super().paginate_queryset(queryset)
 
     def create(self, request, *args, **kwargs):
         return create_queue_response(request)
