@@ -11,6 +11,9 @@ from benchmarks import targets
 from benchmarks.harness import count_queries, emit, sample
 
 
+_API_SAMPLES = 200
+
+
 def _client():
     from django.contrib.auth import get_user_model
     from django.test import Client
@@ -83,9 +86,12 @@ def run(ctx) -> None:
         if not ctx.wants(figure):
             continue
         by = token_client if figure.endswith("_token") else client
+        # The API pages' target is a p95: 200 requests (and as many bare reads) rather than 30, so one
+        # scheduling hiccup on a shared machine is not the figure; the admin figures keep 30.
+        samples = _API_SAMPLES if figure.startswith("api_list") else 30
         try:
-            measured = sample(_get(by, path), budget_s=ctx.budget_s)
-            base = sample(bare, at_most=50, budget_s=5)
+            measured = sample(_get(by, path), at_most=samples, budget_s=ctx.budget_s)
+            base = sample(bare, at_most=max(50, samples), budget_s=max(5, ctx.budget_s / 2))
             queries = count_queries(_get(by, path))
         except Exception as exc:  # one broken page must not hide the other figures
             emit(figure, value=None, unit="ms", baseline="bare values()+json", baseline_value=None, scale=scale,
