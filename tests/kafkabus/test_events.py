@@ -216,7 +216,11 @@ def test_it_survives_a_broker_restart(kafka_env, kafka_topics, kafka_server, que
         def second_stream_applied():
             return all(s.records_written == final[s.pk] for s in QueueRequest.objects.filter(queue=queue))
 
-        while not second_stream_applied() and time.monotonic() < deadline:
+        # Sent again until ALL of it arrived, not just each step's last report: a send made while the
+        # emptied broker had no topic yet is acknowledged and partly lost, and its tail alone (every
+        # step's last report) once satisfied the first check and stopped the sends, leaving the
+        # stream's head for ever missing ("lag 16", reports < 200; seen with and without the overlap).
+        while not (second_stream_applied() and _reports() >= 200) and time.monotonic() < deadline:
             if process.poll() is not None:
                 # librdkafka 2.11 can crash (SIGSEGV) when tansu comes back without the group; a
                 # supervisor (Kubernetes, make run) restarts the consumer, which must then go on.
@@ -228,8 +232,7 @@ def test_it_survives_a_broker_restart(kafka_env, kafka_topics, kafka_server, que
             except Exception:
                 pass
             time.sleep(3)
-        assert second_stream_applied(), log.read_text()[-3000:]
-        _wait(lambda: _reports() >= 200, 30, "the rest of the second stream (other partitions)")
+        assert second_stream_applied() and _reports() >= 200, log.read_text()[-3000:]
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
     finally:
