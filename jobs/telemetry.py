@@ -181,7 +181,7 @@ _STORE_COLUMNS = (
 
 def _lock_queues(queue_ids: set[str]) -> dict[str, int]:
     """{queue_id: pk} of the batch's queues that exist, each locked for changes to it or its steps
-    (FOR NO KEY UPDATE, in pk order as Queue.objects.lock_many takes them: writers of several queues
+    (FOR NO KEY UPDATE, as Queue.objects.lock takes one; in pk order, so writers of several queues
     never deadlock). One plain query: the ORM's look-up and lock cost ~1 µs per report (issue #12)."""
     with connection.cursor() as cursor:
         cursor.execute(

@@ -91,10 +91,6 @@ class QueueQuerySet(models.QuerySet):
         queryset = self.select_for_update(no_key=True).filter(pk=pk)
         return queryset.first() if missing_ok else queryset.get()
 
-    def lock_many(self, pks) -> None:
-        """Lock several queues in primary-key order (a consistent order across transactions)."""
-        list(self.select_for_update(no_key=True).filter(pk__in=pks).order_by("pk").values_list("pk", flat=True))
-
 
 class Queue(models.Model):
     queue_id = models.CharField(max_length=40, unique=True)
