@@ -19,9 +19,10 @@
   bisection prepares again (a prepared batch is applied at most once).
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
   broker) and log errors without dying. A member with no partitions checks its topics every few
-  seconds (TOPIC_CHECK_SECONDS) and subscribes again after creating one: after tansu restarted
-  empty, the group re-formed around a topic with 0 partitions and librdkafka reported no error
-  through consume(), so a check made only on such an error left the consumer idle for good (#12).
+  seconds (TOPIC_CHECK_SECONDS) and creates a missing one; librdkafka refreshes its topics'
+  metadata every 5 s, so the group then rebalances onto it: after tansu restarted empty, the group
+  re-formed around a topic with 0 partitions and librdkafka reported no error through consume(),
+  so a check made only on such an error left the consumer idle for good (#12).
 - The assignment is tracked from the rebalance callbacks, never asked of the client in the loop:
   `Consumer.assignment()` waits without a timeout on librdkafka's main thread and holds the
   interpreter lock meanwhile (the watchdog thread included).
@@ -54,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 _UNPREPARED = object()  # no prepared form at hand: handle(messages) prepares and applies
 TOPIC_CHECK_SECONDS = 5.0  # at most one topic check (a metadata request) per this many seconds
+# librdkafka's default (5 min) is how long a group would wait to see a topic re-created under it.
+# Subscribing again instead could wedge a join in progress on tansu (seen in the tests).
+METADATA_REFRESH = {"topic.metadata.refresh.interval.ms": 5000}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -168,7 +172,7 @@ class BatchConsumer:
 
         ensure_topics(self.create_topics)
         self._last_topic_check = time.monotonic()  # just checked: the first polls (before the join) need not
-        self.consumer = Consumer(consumer_config(self.group, **self.config))
+        self.consumer = Consumer(consumer_config(self.group, **{**METADATA_REFRESH, **self.config}))
         self._subscribe()
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
         if self.on_stall is not None:
@@ -192,13 +196,12 @@ class BatchConsumer:
         timeout = self.poll_timeout if self._in_flight is None else min(self.poll_timeout, 0.05)
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
         self._consume_since = None
-        good = []
-        for message in messages:
-            error = message.error()
-            if error is None:
-                good.append(message)
-            else:
-                self._on_error(error)
+        good = [message for message in messages if message.error() is None]
+        if len(good) != len(messages):  # rare: the errors, in order, after the fast pass
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    self._on_error(error)
         if good and self.first_message_at is None:
             self.first_message_at = time.monotonic()
         if self._applier is not None:
@@ -222,16 +225,13 @@ class BatchConsumer:
         logger.info("%s: revoked %s", self.name, _names(partitions))
 
     def _check_topics(self) -> None:
-        """Create missing topics (at most every TOPIC_CHECK_SECONDS); subscribe again when one of ours
-        was: librdkafka would see it only at its next metadata refresh, minutes away."""
+        """Create missing topics (at most every TOPIC_CHECK_SECONDS); the group sees a created one at
+        librdkafka's next metadata refresh (METADATA_REFRESH)."""
         now = time.monotonic()
         if now - self._last_topic_check < TOPIC_CHECK_SECONDS:
             return
         self._last_topic_check = now
-        created = ensure_topics(self.create_topics, timeout=3)
-        if set(created) & set(self.topics):
-            logger.info("%s: subscribing again to %s", self.name, ",".join(self.topics))
-            self._subscribe()
+        ensure_topics(self.create_topics, timeout=3)
 
     def _overlap(self, messages: list) -> None:
         """Prepare this batch while the previous one is applied, then wait for that one (storing
@@ -312,13 +312,21 @@ class BatchConsumer:
     def _store(self, messages: list) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
+        # A partition's messages come in offset order, so its last one in the batch carries its end:
+        # read from the end and stop once every partition of ours was seen (one message when there
+        # is one partition, instead of three calls and a max() per message). Only partitions still
+        # ours: a batch applied across a rebalance leaves the revoked ones to their new owner (which
+        # redelivers; ingestion is idempotent).
+        assigned = self._assigned
         last: dict[tuple[str, int], int] = {}
-        for message in messages:
+        for message in reversed(messages):
             key = (message.topic(), message.partition())
-            last[key] = max(last.get(key, -1), message.offset())
-        # Only partitions still ours: a batch applied across a rebalance leaves the revoked ones to
-        # their new owner (which redelivers; ingestion is idempotent).
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items() if (t, p) in self._assigned]
+            if key in last or key not in assigned:
+                continue
+            last[key] = message.offset()
+            if len(last) == len(assigned):
+                break
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         if not offsets:
             return
         try:

@@ -120,3 +120,31 @@ def test_a_caught_up_consumer_reports_zero_lag(kafka_topics, reported):
     deadline = time.monotonic() + GUARD
     consumer.run(until=lambda: (len(handled) == 3 and (topic, 0) in reported) or time.monotonic() > deadline)
     assert len(handled) == 3 and (topic, 0) in reported
+
+
+def test_it_stores_each_partitions_last_offset(kafka_topics):
+    """#12 (the consumer loop's cost per message): a batch's offsets are stored per partition, the
+    next offset after its last message there, for every partition the batch holds (3 partitions,
+    several keys): what the group commits is each partition's end, so nothing is delivered again."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import NewTopic
+    from django.conf import settings
+
+    topic = kafka_topics.QUEUE_EVENTS_TOPIC
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])[topic].result(20)
+    for key in ("a", "b", "c", "d", "e"):
+        produce(topic, [f"{key}{i}".encode() for i in range(7)], key=key)
+    handled = []
+    consumer = BatchConsumer(name="offsets-test", topics=[topic], handle=handled.extend, batch_size=100)
+    consumer.run(until=lambda: len(handled) == 35)
+    ends: dict[int, int] = {}
+    for message in handled:
+        ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
+    assert len(ends) > 1  # the keys spread over several partitions
+    reader = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "group.id": kafka_topics.KAFKA_CONSUMER_GROUP})
+    try:
+        committed = reader.committed([TopicPartition(topic, p) for p in ends], timeout=10)
+    finally:
+        reader.close()
+    assert {tp.partition: tp.offset for tp in committed} == ends
