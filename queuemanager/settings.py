@@ -263,6 +263,8 @@ K8S_IMAGE_TAG = env_str("K8S_IMAGE_TAG", "latest")
 ALLOWED_IMAGE_REGISTRIES = env_list("ALLOWED_IMAGE_REGISTRIES") or [K8S_IMAGE_REGISTRY]  # empty: the default
 K8S_DELETE_ORPHANS = env_bool("K8S_DELETE_ORPHANS", False)
 K8S_MANAGER_ID = env_str("K8S_MANAGER_ID", "queue-manager")
+# Steps of one batch (a queue's steps ready together) launched at once by one worker process.
+K8S_LAUNCH_CONCURRENCY = env_int("K8S_LAUNCH_CONCURRENCY", 3, minimum=1)
 # The workload watcher (manage.py watch_workloads): each watch request lasts at most this long, the
 # cache is relisted this often anyway, and its heartbeat counts for this long (the beat's reconcile
 # lists the cluster itself when no heartbeat is fresh); a watch silent for K8S_WATCH_IDLE_SECONDS

@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 LIST_PAGE = 500
 LIST_RESTARTS = 3  # listings restarted after an expired continue token before giving up this pass
-LAUNCH_THREADS = 8  # steps launched at once by launch_many (each keeps its pooled connection busy)
 STOP_SELECTOR_STEPS = 50  # step names per delete-collection selector (keeps the request line short)
 _POOL_LOCK = threading.Lock()
 
@@ -60,7 +59,7 @@ class KubernetesLauncher:
         self.batch = kubernetes.client.BatchV1Api(api_client)
         self.core = kubernetes.client.CoreV1Api(api_client)
         self.attempts, self.backoff, self.max_delay, self.timeout = attempts, backoff, max_delay, timeout
-        self._pool, self._pool_pid = None, None  # launch_many's threads (_launch_pool)
+        self._pool, self._pool_pid, self._pool_width = None, None, 0  # launch_many's threads (_launch_pool)
 
     @classmethod
     def from_settings(cls) -> KubernetesLauncher:
@@ -188,8 +187,8 @@ class KubernetesLauncher:
         }
 
     def launch_many(self, steps) -> list:
-        """`launch` of several steps at once, each on a thread (at most LAUNCH_THREADS, within the
-        client's connection pool): one step's two calls stay in order, different steps' overlap. Per
+        """`launch` of several steps at once, each on a thread (at most K8S_LAUNCH_CONCURRENCY, within
+        the client's connection pool): one step's two calls stay in order, different steps' overlap. Per
         step its handle or the exception its launch raised (one failure never stops another launch)."""
         def one(step):
             try:
@@ -203,12 +202,14 @@ class KubernetesLauncher:
 
     def _launch_pool(self) -> ThreadPoolExecutor:
         """The process's launch threads, made once: starting a thread per launch cost more than its
-        request on a loaded node. A forked child (a prefork worker's) makes its own."""
+        request on a loaded node. A forked child (a prefork worker's) makes its own. Its width is
+        K8S_LAUNCH_CONCURRENCY: more launches in flight than the API server serves at once only queue
+        up there (eight per worker made the emulator serve fewer Jobs per second than two)."""
+        width = max(1, min(settings.K8S_LAUNCH_CONCURRENCY, self.api_client.configuration.connection_pool_maxsize or 1))
         with _POOL_LOCK:
-            if self._pool is None or self._pool_pid != os.getpid():
-                width = max(1, min(LAUNCH_THREADS, self.api_client.configuration.connection_pool_maxsize or 1))
+            if self._pool is None or self._pool_pid != os.getpid() or self._pool_width != width:
                 self._pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="launch")
-                self._pool_pid = os.getpid()
+                self._pool_pid, self._pool_width = os.getpid(), width
             return self._pool
 
     def _create_credential_secret(self, step, job: dict) -> None:
