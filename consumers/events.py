@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from jobs.telemetry import PreparedEvents, ingest_apply, ingest_prepare
-from kafkabus.config import is_own_message
+from kafkabus.config import ORIGIN
 from kafkabus.deadletter import send_dead_letters
 
 logger = logging.getLogger(__name__)
@@ -42,12 +42,22 @@ def parse(value) -> tuple[dict | None, str]:
     return data, ""
 
 
-def _text(value: bytes) -> str | None:
-    """The message as text when it decodes as UTF-8 (see handle_batch for UTF-16/32 that also do)."""
+def _decode(value) -> tuple[dict | None, str | None, str]:
+    """(object, text as received or None, reason) for a message the inline path of prepare_batch
+    did not read: not UTF-8, not JSON, not an object, or JSON in another encoding.
+
+    A NUL or a BOM means UTF-16/32 (whose ASCII also decodes as UTF-8, NULs and all) or a UTF-8 BOM:
+    those are read from the bytes and stored as canonical JSON (text None), never as the mis-decoded
+    text. Neither can be in a text that json.loads read (a raw NUL is not JSON, a BOM is refused), so
+    prepare_batch looks for them only here."""
     try:
-        return value.decode("utf-8")
+        text = value.decode("utf-8")
     except (AttributeError, UnicodeDecodeError):
-        return None
+        text = None
+    if text is not None and ("\x00" in text or text.startswith("\ufeff")):
+        text = None
+    data, reason = parse(value if text is None else text)
+    return data, text, reason
 
 
 @dataclass
@@ -74,30 +84,30 @@ def prepare_batch(messages: list) -> PreparedBatch:
     positions: list[int] = []
     letters: list[tuple[int, str]] = []
     loads = json.loads
-    for position, message in enumerate(messages):
+    own = ORIGIN
+    position = -1
+    # One pass, no call per message but value(), decode and loads (issue #12): the text is decoded
+    # once (json.loads(bytes) would sniff the encoding and decode again); anything the inline path
+    # does not read as a UTF-8 JSON object is read again by _decode, for its verdict and reason.
+    for message in messages:
+        position += 1
         value = message.value()
-        text = _text(value)
-        # Decoded once: json.loads(bytes) would sniff the encoding and decode again. A NUL or a BOM
-        # means UTF-16/32 (whose ASCII also decodes as UTF-8, NULs and all) or a UTF-8 BOM: those are
-        # read from the bytes and stored as canonical JSON (text None), never as the mis-decoded text.
-        if text is not None and ("\x00" in text or text.startswith("\ufeff")):
-            text = None
-        data = None
-        if text is not None:
-            try:  # the usual message, inline; anything else is read again by parse() for its reason
-                data = loads(text)
-            except (ValueError, RecursionError):
-                pass
+        try:
+            text = value.decode()
+            data = loads(text)
+        except (AttributeError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            data = None
         if data.__class__ is not dict:
-            data, reason = parse(value if text is None else text)
-        if data is None:
-            letters.append((position, reason))
-        elif is_own_message(data):
+            data, text, reason = _decode(value)
+            if data is None:
+                letters.append((position, reason))
+                continue
+        if "origin" in data and data["origin"] == own:  # is_own_message, inline: most events have no origin
             outcome.skipped += 1
-        else:
-            raws.append(data)
-            texts.append(text)
-            positions.append(position)
+            continue
+        raws.append(data)
+        texts.append(text)
+        positions.append(position)
     # The texts are stored as received.
     events = ingest_prepare(raws, texts) if raws else None
     return PreparedBatch(messages, outcome, letters, positions, events)
