@@ -236,18 +236,19 @@ def watch_requests(emulator, plural: str) -> list[dict]:
     return [r[2] for r in emulator.requests if r[2].get("watch") and r[1].endswith(f"/{plural}")]
 
 
+def _silent_watches() -> float:
+    from tests.ops.test_metrics import value
+
+    return sum(value("streamforge_workload_watch_total", kind=kind, outcome="silent") for kind in ("jobs", "pods"))
+
+
 def test_a_half_open_watch_is_ended_and_resumed_from_its_last_version(running_queue, controller, emulator,
                                                                       watch_settings):
     """Issue #12 watcher, case "half-open connection, the server still reachable": every open watch goes
     silent (no bytes, no FIN, no RST) while a Job changes; the watcher ends the silent streams after
     K8S_WATCH_IDLE_SECONDS, watches again from the last resourceVersion delivered (no list), and the change
     reaches its step. Without the bound the stream's read would wait out timeoutSeconds + 30 s."""
-    from tests.ops.test_metrics import value
-
-    def silent_watches():
-        return sum(value("streamforge_workload_watch_total", kind=kind, outcome="silent") for kind in ("jobs", "pods"))
-
-    silent = silent_watches()
+    silent = _silent_watches()
     watch_settings.K8S_WATCH_IDLE_SECONDS = 1.0
     w = WorkloadWatcher(background_sweep=False)
     w.start()
@@ -259,7 +260,7 @@ def test_a_half_open_watch_is_ended_and_resumed_from_its_last_version(running_qu
         controller.mark_running(step.job_name)  # the stalled stream never delivers this
         step_until(w, lambda: QueueRequest.objects.get(pk=step.pk).state == StepState.RUNNING)
         assert w.stats["silent"] >= 1 and len(lists(emulator)) == listed
-        assert silent_watches() > silent  # counted for ops/metrics
+        assert _silent_watches() > silent  # counted for ops/metrics
         assert watch_requests(emulator, "jobs")[watches].get("resourceVersion") == at
         step_until(w, w.healthy)
     finally:
@@ -273,12 +274,6 @@ def test_a_watcher_behind_a_silent_network_stops_its_heartbeat_and_the_beat_list
     new watch requests get no answer; the watcher is no longer healthy, its heartbeat lapses while it keeps
     running its rounds, and the beat's pass lists the cluster itself (and applies a change the watcher
     missed). When the network is back, the watcher resumes and beats again."""
-    from tests.ops.test_metrics import value
-
-    def silent_watches():
-        return sum(value("streamforge_workload_watch_total", kind=kind, outcome="silent") for kind in ("jobs", "pods"))
-
-    silent = silent_watches()
     watch_settings.K8S_WATCH_IDLE_SECONDS = 1.0
     w = WorkloadWatcher(background_sweep=False)
     w.start()
