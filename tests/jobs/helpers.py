@@ -1,7 +1,10 @@
 """Helpers shared by the jobs tests."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from queues.models import QueueRequest
+from queues.signals import step_state_changed
 
 
 def step_of(queue, key) -> QueueRequest:
@@ -32,3 +35,18 @@ def broker_task_names_since(client, before: int) -> list[str]:
 
     new = client.lrange("celery", 0, client.llen("celery") - before - 1)
     return [json.loads(raw)["headers"]["task"] for raw in reversed(new)]
+
+
+@contextmanager
+def state_changes():
+    """(step pk, previous state, new state) of every `step_state_changed` sent while inside, in order."""
+    got: list[tuple[int, str, str]] = []
+
+    def on_change(sender, step, previous, state, **kwargs):
+        got.append((step.pk, previous, state))
+
+    step_state_changed.connect(on_change, dispatch_uid="tests.jobs.helpers.state_changes", weak=False)
+    try:
+        yield got
+    finally:
+        step_state_changed.disconnect(dispatch_uid="tests.jobs.helpers.state_changes")

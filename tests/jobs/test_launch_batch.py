@@ -21,8 +21,7 @@ from jobs import advance, launching, scheduler
 from jobs.launchers import LaunchError
 from mirror.models import MirrorOutbox
 from queues.models import QueueRequest, StepState
-from queues.signals import step_state_changed
-from tests.jobs.helpers import on_task
+from tests.jobs.helpers import on_task, state_changes
 from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -69,14 +68,8 @@ def swallowed(monkeypatch):
 
 @pytest.fixture
 def received():
-    got = []
-
-    def on_change(sender, step, previous, state, **kwargs):
-        got.append((step.pk, previous, state))
-
-    step_state_changed.connect(on_change, dispatch_uid="test-launch-batch", weak=False)
-    yield got
-    step_state_changed.disconnect(dispatch_uid="test-launch-batch")
+    with state_changes() as got:
+        yield got
 
 
 def test_an_advance_sends_one_launch_task_for_the_steps_ready_together(swallowed):

@@ -16,8 +16,7 @@ from jobs import advance, scheduler
 from jobs.announce import STEP_LAUNCH
 from mirror.models import MirrorOutbox
 from queues.models import QueueRequest, StepState
-from queues.signals import step_state_changed
-from tests.jobs.helpers import on_task
+from tests.jobs.helpers import on_task, state_changes
 from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -46,21 +45,10 @@ def launching(monkeypatch, settings):
     return step, drains
 
 
-def _received():
-    got = []
-
-    def on_change(sender, step, previous, state, **kwargs):
-        got.append((step.pk, previous, state))
-
-    step_state_changed.connect(on_change, dispatch_uid="test-launch-record", weak=False)
-    return got
-
-
 @pytest.fixture
 def received():
-    got = _received()
-    yield got
-    step_state_changed.disconnect(dispatch_uid="test-launch-record")
+    with state_changes() as got:
+        yield got
 
 
 def test_a_launch_record_with_the_mirror_on_is_one_statement_with_its_outbox_row(launching, received, settings):
