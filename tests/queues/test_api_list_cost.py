@@ -177,9 +177,9 @@ def test_every_field_of_a_list_row_is_what_drf_renders_for_it(api, zone):
 
 
 def test_the_filter_form_shared_by_requests_keeps_no_state_between_them(api):
-    """Issue #12 (filtered pages: the filter form's class was built per request): one form class serves
-    every request; an invalid value is still refused, and refusing it leaves the next request's form
-    unaffected."""
+    """Issue #12 (filtered pages: the filter form's class was built per request): the filters and their
+    form fields, made once per process, serve every request; an invalid value is still refused, and
+    refusing it leaves the next request unaffected."""
     _history(3, "form")
     for _ in range(2):
         bad = api.get("/api/queues/", {"status": "nope", "created_after": "x"})
