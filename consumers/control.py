@@ -23,10 +23,10 @@ from django.db import transaction
 from consumers.events import parse
 from consumers.signals import command_handled
 from jobs.telemetry_input import InvalidEvent, check_json, parse_time
+from kafkabus.batches import is_transient
 from kafkabus.claims import (PROCESSING, ClaimLost, command_claim, command_claim_get, command_claim_release,
                              command_outcome_record)
 from kafkabus.config import ORIGIN, is_own_message
-from kafkabus.consumer import is_transient
 from kafkabus.deadletter import send_dead_letters
 from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError

@@ -1,22 +1,12 @@
 """A small batch-consumer loop shared by both consumers.
 
-- Reads up to `batch_size` messages, hands them to `handle(messages)`, and stores their offsets
-  only after `handle` returned (it commits its database transaction first): at-least-once.
-  Stored offsets are committed by librdkafka every second, and synchronously on a clean exit.
-- `handle` raising a connectivity error (`is_transient`: database or broker unreachable) means
-  "this batch could not be processed now": the same batch is retried with backoff; nothing is
-  stored until it succeeds. Any other exception means some message in the batch cannot be
-  handled: the batch is split in halves until that message is found, which is dead-lettered with
-  the exception as its reason, and the rest is applied (issue #10 §1). Handlers must therefore be
-  idempotent for a batch handled again in parts (ingestion is; commands dedupe by command_id).
+- Reads up to `batch_size` messages, hands them to `handle(messages)` (or `prepare` + `apply`), and
+  stores their offsets only after the batch is done (its database transaction committed):
+  at-least-once. Stored offsets are committed by librdkafka every second, and synchronously on a
+  clean exit. Retries, the isolation of a message that cannot be handled, and the overlap of
+  `prepare` with the previous batch's `apply` are BatchHandler's (kafkabus/batches.py).
 - SIGTERM/SIGINT set a flag: the current batch finishes, offsets are stored and committed, the
   consumer closes.
-- Overlap (opt-in: `prepare` + `apply` instead of `handle`; the events consumer, issue #12):
-  `prepare(messages)` is pure CPU (decode, validate, group), `apply(prepared)` is the database part.
-  While batch N is applied on an apply thread (its own Django connection), this thread reads and
-  prepares batch N+1; then it waits for N, stores N's offsets, and hands N+1 over. At most one
-  batch is in flight; offsets are still stored only after their batch committed; a retry or a
-  bisection prepares again (a prepared batch is applied at most once).
 - Broker restarts: librdkafka reconnects by itself; we re-create missing topics (an emptied
   broker) and log errors without dying. A member with no partitions checks its topics every few
   seconds (TOPIC_CHECK_SECONDS) and creates a missing one; librdkafka refreshes its topics'
@@ -42,42 +32,20 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from django.conf import settings
-from django.db import close_old_connections, connections
 
+from kafkabus.batches import BatchHandler, dead_letter_one
 from kafkabus.config import common_config, consumer_config
 from kafkabus.signals import consumer_lag_measured
 
 logger = logging.getLogger(__name__)
 
-_UNPREPARED = object()  # no prepared form at hand: handle(messages) prepares and applies
 TOPIC_CHECK_SECONDS = 5.0  # at most one topic check (a metadata request) per this many seconds
 # librdkafka's default (5 min) is how long a group would wait to see a topic re-created under it.
 # Subscribing again instead could wedge a join in progress on tansu (seen in the tests).
 METADATA_REFRESH = {"topic.metadata.refresh.interval.ms": 5000}
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Lost connectivity (database or broker): worth retrying the same work later, unlike anything else."""
-    import psycopg
-    from confluent_kafka import KafkaException
-    from django.db import InterfaceError, OperationalError
-
-    from kafkabus.publisher import DeliveryError
-
-    return isinstance(exc, (
-        psycopg.OperationalError, psycopg.InterfaceError, OperationalError, InterfaceError, KafkaException, DeliveryError,
-    ))
-
-
-def dead_letter_one(message, reason: str) -> None:
-    """What BatchConsumer does by default with a message whose handling raised."""
-    from kafkabus.deadletter import send_dead_letters
-
-    send_dead_letters([(message, reason)])
 
 
 def ensure_topics(topics: list[str], *, timeout: float = 10.0) -> list[str]:
@@ -127,21 +95,14 @@ class BatchConsumer:
     ):
         self.name = name
         self.topics = topics
-        if handle is None:
-            if prepare is None or apply is None:
-                raise TypeError("BatchConsumer needs handle, or prepare and apply")
-            handle = lambda messages: apply(prepare(messages))  # noqa: E731 (retries, bisection)
-        self.handle = handle
-        self.prepare, self.apply = (prepare, apply) if apply is not None else (None, None)
-        self._applier: ThreadPoolExecutor | None = None
-        self._in_flight: tuple[list, Future] | None = None
-        self.reject = reject
+        self.stopping = threading.Event()
+        self.handler = BatchHandler(name=name, handle=handle, prepare=prepare, apply=apply, reject=reject,
+                                    stopping=self.stopping, done=self._done)
         self.batch_size = batch_size or settings.KAFKA_BATCH_SIZE
         self.poll_timeout = poll_timeout
         self.group = group or settings.KAFKA_CONSUMER_GROUP
         self.config = config or {}
         self.create_topics = create_topics if create_topics is not None else topics
-        self.stopping = threading.Event()
         self.consumer = None
         self.processed = 0
         self.batches = 0
@@ -177,23 +138,22 @@ class BatchConsumer:
         logger.info("%s: consuming %s as group %s", self.name, ",".join(self.topics), self.group)
         if self.on_stall is not None:
             threading.Thread(target=self._watchdog, name=f"{self.name}-watchdog", daemon=True).start()
-        if self.apply is not None:
-            self._applier = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-apply")
+        self.handler.start()
         try:
             while not self.stopping.is_set() and not (until and until()):
                 self._step()
         finally:
             try:
-                self._finish_in_flight()  # a stop finishes the batch being applied and stores its offsets
+                self.handler.finish()  # a stop finishes the batch being applied and stores its offsets
             finally:
-                self._stop_applier()
+                self.handler.stop()
                 self._close()
 
     def _step(self) -> None:
         self._consume_since = time.monotonic()
         # With a batch in flight, a quiet topic must not keep its offsets (and the `until` check)
         # waiting a whole poll: a short read, then the in-flight batch is finished.
-        timeout = self.poll_timeout if self._in_flight is None else min(self.poll_timeout, 0.05)
+        timeout = min(self.poll_timeout, 0.05) if self.handler.in_flight else self.poll_timeout
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
         self._consume_since = None
         good = [message for message in messages if message.error() is None]
@@ -204,10 +164,7 @@ class BatchConsumer:
                     self._on_error(error)
         if good and self.first_message_at is None:
             self.first_message_at = time.monotonic()
-        if self._applier is not None:
-            self._overlap(good)
-        elif good:
-            self._process(good)
+        self.handler.take(good)
         if not self._assigned:
             self._check_topics()
         self._maybe_report_lag()
@@ -233,81 +190,10 @@ class BatchConsumer:
         self._last_topic_check = now
         ensure_topics(self.create_topics, timeout=3)
 
-    def _overlap(self, messages: list) -> None:
-        """Prepare this batch while the previous one is applied, then wait for that one (storing
-        its offsets) and hand this one to the apply thread."""
-        prepared = _UNPREPARED
-        if messages:
-            try:
-                prepared = self.prepare(messages)
-            except Exception:  # a message the pure part chokes on: the apply thread bisects to it
-                prepared = _UNPREPARED
-        self._finish_in_flight()
-        if messages and not self.stopping.is_set():  # stopping: this one is redelivered, unstored
-            self._in_flight = (messages, self._applier.submit(self._handle_retrying, messages, prepared))
-
-    def _finish_in_flight(self) -> None:
-        if self._in_flight is None:
-            return
-        messages, future = self._in_flight
-        self._in_flight = None
-        if future.result():
-            self._done(messages)
-
-    def _stop_applier(self) -> None:
-        if self._applier is None:
-            return
-        self._applier.submit(connections.close_all).result()  # the apply thread's own connection
-        self._applier.shutdown(wait=True)
-        self._applier = None
-
-    def _process(self, messages: list) -> None:
-        if self._handle_retrying(messages):
-            self._done(messages)
-
     def _done(self, messages: list) -> None:
         self._store(messages)
         self.processed += len(messages)
         self.batches += 1
-
-    def _handle_retrying(self, messages: list, prepared=_UNPREPARED) -> bool:
-        """Handle the batch, retrying it with backoff on connectivity errors; False when stopped
-        first (nothing is stored: the batch is redelivered after a restart)."""
-        backoff = 0.5
-        while True:
-            close_old_connections()  # a connection broken by a database restart is replaced
-            try:
-                self._handle_isolating(messages, prepared)
-                return True
-            except Exception:  # only connectivity errors get here
-                logger.exception("%s: batch of %d failed; retrying in %.1fs", self.name, len(messages), backoff)
-                if self.stopping.wait(backoff):
-                    return False
-                backoff = min(backoff * 2, 10.0)
-                prepared = _UNPREPARED  # a failed apply may have changed its prepared batch
-
-    def _handle_isolating(self, messages: list, prepared=_UNPREPARED) -> None:
-        """handle(messages); if it fails for a reason other than connectivity, bisect down to the
-        message that fails and reject it alone. A connectivity error propagates (whole-batch retry;
-        parts already handled are handled again, idempotently)."""
-        try:
-            if prepared is _UNPREPARED:
-                self.handle(messages)
-            else:
-                self.apply(prepared)
-            return
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            if len(messages) == 1:
-                logger.exception("%s: a message cannot be handled; dead-lettering it", self.name)
-                self.reject(messages[0], f"internal error: {type(exc).__name__}: {exc}"[:500])
-                return
-            logger.warning("%s: batch of %d failed (%s: %s); splitting it to find the message",
-                           self.name, len(messages), type(exc).__name__, str(exc)[:200])
-        middle = len(messages) // 2
-        self._handle_isolating(messages[:middle])
-        self._handle_isolating(messages[middle:])
 
     def _store(self, messages: list) -> None:
         from confluent_kafka import KafkaException, TopicPartition
