@@ -2,9 +2,9 @@
 
 Idempotent by construction: the Job name is the step's stable `job_name`, so a duplicated launch
 task meets `409 AlreadyExists` and, if the existing Job carries this step's labels, treats it as
-"already launched". Transient API trouble (429, 5xx, `403 exceeded quota`, timeouts, refused
-connections) is retried here with a short backoff and then surfaces as a transient LaunchError for the
-caller's own retry; a TLS failure is a configuration error and fails at once (jobs/k8s_client.py).
+"already launched". Every call goes through KubernetesApi (jobs/launchers/kubernetes_api.py): transient
+API trouble is retried there and then surfaces as a transient LaunchError for the caller's own retry; a
+TLS failure is a configuration error and fails at once.
 """
 from __future__ import annotations
 
@@ -13,139 +13,36 @@ import json
 import logging
 import os
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-import kubernetes
 from django.conf import settings
 from kubernetes.client.exceptions import ApiException
 
 from jobs import k8s_client, k8s_reconcile
 from jobs.credentials import SECRET_KEY_NAME, secret_name, step_credential_issue
 from jobs.launchers.base import LaunchError, Observation
-from jobs.manifests import (
-    LABEL_MANAGED_BY,
-    LABEL_QUEUE,
-    LABEL_STEP,
-    job_manifest,
-    manager_selector,
-    step_labels,
-    step_selector,
-)
+from jobs.launchers.kubernetes_api import KubernetesApi, refused
+from jobs.manifests import LABEL_MANAGED_BY, LABEL_QUEUE, LABEL_STEP, job_manifest, step_labels, step_selector
 
 logger = logging.getLogger(__name__)
 
-LIST_PAGE = 500
-LIST_RESTARTS = 3  # listings restarted after an expired continue token before giving up this pass
 STOP_SELECTOR_STEPS = 50  # step names per delete-collection selector (keeps the request line short)
 _POOL_LOCK = threading.Lock()
 
 
-class KubernetesLauncher:
-    name = "kubernetes"
+class KubernetesLauncher(KubernetesApi):
+    """The launcher interface in terms of Jobs, their credential Secrets and pods; the API access it
+    stands on (retries, raw bodies, paged lists) is KubernetesApi's, so reconcile and the watcher list
+    through the launcher they are given."""
 
-    def __init__(
-        self,
-        api_client: kubernetes.client.ApiClient,
-        *,
-        namespace: str,
-        attempts: int = 4,
-        backoff: float = 0.5,
-        max_delay: float = 5.0,
-        timeout: tuple[float, float] = (5.0, 30.0),
-    ):
-        self.api_client = api_client
-        self.namespace = namespace
-        self.batch = kubernetes.client.BatchV1Api(api_client)
-        self.core = kubernetes.client.CoreV1Api(api_client)
-        self.attempts, self.backoff, self.max_delay, self.timeout = attempts, backoff, max_delay, timeout
-        self._pool, self._pool_pid, self._pool_width = None, None, 0  # launch_many's threads (_launch_pool)
+    name = "kubernetes"
+    _pool, _pool_pid, _pool_width = None, None, 0  # launch_many's threads, per instance (_launch_pool)
 
     @classmethod
     def from_settings(cls) -> KubernetesLauncher:
         """The client from k8s_client (the one configuration readiness uses too)."""
         return cls(k8s_client.api_client_from_settings(), namespace=settings.K8S_NAMESPACE,
                    backoff=settings.LAUNCH_RETRY_BACKOFF_SECONDS)
-
-    # ------------------------------------------------------------------ plumbing
-
-    def _request(self, fn, *args, **kwargs):
-        """Call the API, retrying transient failures; non-retryable ApiExceptions propagate as is."""
-        kwargs.setdefault("_request_timeout", self.timeout)
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 — classified below; the rest propagates unchanged
-                kind = k8s_client.classify(exc)
-                if kind == k8s_client.CONFIGURATION:
-                    raise LaunchError(k8s_client.tls_message(k8s_client.tls_failure(exc)), permanent=True) from exc
-                if kind == k8s_client.PERMANENT:
-                    raise
-                if isinstance(exc, ApiException):
-                    error = f"HTTP {exc.status} {k8s_client.status_message(exc)}"
-                    retry_after = _retry_after(exc)
-                else:
-                    error, retry_after = f"{type(exc).__name__}: {exc}", None
-            if attempt == self.attempts:
-                raise LaunchError(f"Kubernetes API unavailable after {attempt} attempts: {error}")
-            delay = min(max(self.backoff * 2 ** (attempt - 1), retry_after or 0), self.max_delay)
-            logger.info("kubernetes API call failed, retrying", extra={"error": error, "delay": delay})
-            time.sleep(delay)
-
-    def _json(self, fn, *args, **kwargs) -> dict:
-        """Raw JSON of a response: no model round trip, the same dicts for every code path."""
-        return json.loads(self._call(fn, *args, **kwargs) or b"{}")
-
-    def _call(self, fn, *args, **kwargs) -> bytes:
-        """The raw body of a response, read whole: that hands the connection back to the pool (an
-        unread response keeps it, and the next call opens a new one — a TLS handshake per launch)."""
-        return self._request(fn, *args, _preload_content=False, **kwargs).data
-
-    def _post(self, path: str, body: dict) -> bytes:
-        """Create an object from a body built here, through the client's own `call_api` (auth, TLS,
-        timeouts, ApiException mapping: the same errors as the generated create methods). Those
-        methods' parameter checks and model walk over the body cost more than the request itself."""
-        return self._call(self.api_client.call_api, path, "POST", body=k8s_client.PreparedBody(body),
-                          header_params={"Content-Type": "application/json", "Accept": "application/json"},
-                          auth_settings=["BearerToken"], _return_http_data_only=True)
-
-    def list_labelled(self, kind: str, selector: str | None = None) -> list[dict]:
-        """Every Job or Pod matching `selector` (default: all this manager labelled), following pages."""
-        return self.list_labelled_versioned(kind, selector)[0]
-
-    def list_labelled_versioned(self, kind: str, selector: str | None = None) -> tuple[list[dict], str]:
-        """`list_labelled` and the list's resourceVersion (its first page's: the snapshot the pages
-        continue), from which a watch sees every later change (jobs/k8s_watch.py)."""
-        fn = self.batch.list_namespaced_job if kind == "jobs" else self.core.list_namespaced_pod
-        items, token, restarts, version = [], None, 0, ""
-        while True:
-            kwargs = {"label_selector": selector or manager_selector(), "limit": LIST_PAGE}
-            if token:
-                kwargs["_continue"] = token
-            try:
-                page = self._json(fn, self.namespace, **kwargs)
-            except ApiException as exc:
-                if token and k8s_client.list_expired(exc) and restarts < LIST_RESTARTS:
-                    # The server compacted past our snapshot: a consistent list starts over, now.
-                    logger.info("continue token expired, listing again", extra={"kind": kind})
-                    items, token, restarts, version = [], None, restarts + 1, ""
-                    continue
-                if k8s_client.list_expired(exc):
-                    raise LaunchError(f"listing {kind}: continue token expired {restarts + 1} times") from exc
-                raise _permanent(f"listing {kind}", exc) from exc
-            items += page.get("items") or []
-            version = version or (page.get("metadata") or {}).get("resourceVersion") or ""
-            token = (page.get("metadata") or {}).get("continue")
-            if not token:
-                return items, version
-
-    def _read_job(self, name: str) -> dict | None:
-        try:
-            return self._json(self.batch.read_namespaced_job, name, self.namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _permanent(f"reading Job {name}", exc) from exc
 
     # ------------------------------------------------------------------ Launcher interface
 
@@ -168,7 +65,7 @@ class KubernetesLauncher:
             created = True
         except ApiException as exc:
             if exc.status != 409:
-                raise _permanent(f"creating Job {step.job_name}", exc) from exc
+                raise refused(f"creating Job {step.job_name}", exc) from exc
             job, created = self._adopt_existing(step), False
         try:
             self._create_credential_secret(step, job)
@@ -228,7 +125,7 @@ class KubernetesLauncher:
                        credential_secret(step, job, namespace=self.namespace))
         except ApiException as exc:
             if exc.status != 409:
-                raise _permanent(f"creating Secret {name}", exc) from exc
+                raise refused(f"creating Secret {name}", exc) from exc
             self._own_credential_secret(name, job)
 
     def _own_credential_secret(self, name: str, job: dict) -> None:
@@ -244,7 +141,7 @@ class KubernetesLauncher:
         except ApiException as exc:
             if exc.status == 404:
                 raise LaunchError(f"Secret {name} vanished while launching; retry") from exc
-            raise _permanent(f"making Job {job['metadata']['name']} the owner of Secret {name}", exc) from exc
+            raise refused(f"making Job {job['metadata']['name']} the owner of Secret {name}", exc) from exc
 
     def _remove_unstartable(self, job_name: str) -> None:
         """Delete a Job whose Secret can never be created: its pod would wait for it forever. Best
@@ -322,7 +219,7 @@ class KubernetesLauncher:
                     self._call(self.batch.delete_collection_namespaced_job, self.namespace, label_selector=selector,
                                propagation_policy="Background")
                 except ApiException as exc:
-                    raise _permanent(f"deleting the Jobs of {selector}", exc) from exc
+                    raise refused(f"deleting the Jobs of {selector}", exc) from exc
                 logger.info("jobs deleted", extra={"selector": selector, "namespace": self.namespace})
                 self._delete_leftover_pods(selector)
 
@@ -337,7 +234,7 @@ class KubernetesLauncher:
             logger.info("job deleted", extra={"job_name": name, "namespace": self.namespace})
         except ApiException as exc:
             if exc.status != 404:
-                raise _permanent(f"deleting Job {name}", exc) from exc
+                raise refused(f"deleting Job {name}", exc) from exc
         # The garbage collector removes the owned credential Secret too, a moment later; deleting it
         # here makes it go now, and covers one without an owner (left by launches that created the
         # Secret before the Job and died in between).
@@ -345,7 +242,7 @@ class KubernetesLauncher:
             self._call(self.core.delete_namespaced_secret, secret_name(name), self.namespace)
         except ApiException as exc:
             if exc.status != 404:
-                raise _permanent(f"deleting Secret {secret_name(name)}", exc) from exc
+                raise refused(f"deleting Secret {secret_name(name)}", exc) from exc
 
     def _delete_leftover_pods(self, selector: str) -> None:
         """Pods with our step labels that no Job owns any more (a Job deleted with Orphan propagation).
@@ -365,7 +262,7 @@ class KubernetesLauncher:
                 if exc.status == 403:
                     logger.warning("no permission to delete orphaned pod", extra={"pod": meta["name"]})
                 elif exc.status != 404:
-                    raise _permanent(f"deleting pod {meta['name']}", exc) from exc
+                    raise refused(f"deleting pod {meta['name']}", exc) from exc
 
     def logs(self, step, *, tail_bytes: int) -> str:
         """The tail of every pod's log of the step, oldest pod first, each headed by its name."""
@@ -388,8 +285,8 @@ class KubernetesLauncher:
                                      container=container, tail_lines=tail_lines, _preload_content=False)
         except ApiException as exc:
             if exc.status in (400, 404):  # container not started yet, or pod gone meanwhile
-                return f"(no log: {_status_message(exc)})\n"
-            raise _permanent(f"reading log of pod {pod_name}", exc) from exc
+                return f"(no log: {k8s_client.status_message(exc)})\n"
+            raise refused(f"reading log of pod {pod_name}", exc) from exc
         return _tail(response.data.decode("utf-8", errors="replace"), tail_bytes)
 
 
@@ -433,18 +330,3 @@ def _tail(text: str, tail_bytes: int) -> str:
     if len(data) <= tail_bytes:
         return text
     return data[-tail_bytes:].decode("utf-8", errors="ignore")
-
-
-def _retry_after(exc: ApiException) -> float | None:
-    try:
-        return float((exc.headers or {}).get("Retry-After"))
-    except (TypeError, ValueError):
-        return None
-
-
-_status_message = k8s_client.status_message
-
-
-def _permanent(doing: str, exc: ApiException) -> LaunchError:
-    """A non-retryable API answer (400 bad manifest, 401/403 credentials or RBAC, 404, 409, 422)."""
-    return LaunchError(f"Kubernetes refused {doing}: HTTP {exc.status} {_status_message(exc)}", permanent=True)

@@ -182,7 +182,7 @@ subjects: [{kind: ServiceAccount, name: reader}]
 def test_it_restarts_a_listing_whose_continue_token_expired(launcher, emulator, controller, historical_queue,
                                                             monkeypatch):
     """Case "an expired list `continue` token (410 Gone, reason Expired) restarts the listing in the same pass"."""
-    monkeypatch.setattr("jobs.launchers.kubernetes.LIST_PAGE", 2)
+    monkeypatch.setattr("jobs.launchers.kubernetes_api.LIST_PAGE", 2)
     steps = list(historical_queue.steps.select_related("queue").order_by("position"))[:5]
     for step in steps:
         launcher.launch(step)
