@@ -13,7 +13,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from rest_framework.views import set_rollback
 
 from queues.contract import PayloadError
-from jobs.services import QueueConflict
+from jobs.submission import QueueConflict
 
 
 def exception_handler(exc, context):

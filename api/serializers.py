@@ -1,4 +1,4 @@
-"""Serializers for reading queues, steps and edges (writes go through services.queue_create)."""
+"""Serializers for reading queues, steps and edges (writes go through jobs.submission.queue_create)."""
 from __future__ import annotations
 
 import functools

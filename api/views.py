@@ -1,4 +1,4 @@
-"""REST API views: thin wrappers that parse, check permissions and delegate to jobs.services.
+"""REST API views: thin wrappers that parse, check permissions and delegate to jobs.services (jobs.submission for a new queue).
 
 Orchestration routes (retry, per-step stop, events, logs, manifests) are added as @action
 methods on QueueViewSet; give each `required_permission=` in the decorator, e.g.
@@ -12,7 +12,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from jobs import services
+from jobs import services, submission
 from api import schema
 from api.filters import QueueFilter, QueueFilterBackend
 from api.pagination import QueuePagination
@@ -34,7 +34,7 @@ def list_queryset():
 
 def create_queue_response(request, *, source: str = "api") -> Response:
     """Create (or idempotently return) a queue; errors become 400/409 in api.errors."""
-    queue, created = services.queue_create(payload=request.data, origin=Origin.http(request, source=source))
+    queue, created = submission.queue_create(payload=request.data, origin=Origin.http(request, source=source))
     queue = queue_detail_queryset().get(pk=queue.pk)
     data = QueueDetailSerializer(queue, context={"request": request}).data
     return Response(data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)

@@ -13,21 +13,16 @@ def models():
     return models
 
 
-def _services():
-    # The layering refactor (issue #11) moves the services from queues/ to jobs/.
-    try:
-        from jobs import services
-    except ImportError:
-        from queues import services
-    return services
-
-
 def queue_create(**kwargs):
-    return _services().queue_create(**kwargs)
+    from jobs.submission import queue_create
+
+    return queue_create(**kwargs)
 
 
 def queue_stop(**kwargs):
-    return _services().queue_stop(**kwargs)
+    from jobs.services import queue_stop
+
+    return queue_stop(**kwargs)
 
 
 def template_payload(name: str) -> dict:

@@ -1,10 +1,12 @@
 """R3 — hostile messages: generated garbage interleaved with valid traffic on queue-control and queue-events.
 
-The system runs without Celery workers or beat, so no step is ever launched and the only telemetry
-is the harness's: every valid event's `records_written` and identity can be checked exactly. Both
+The system runs without Celery workers or beat, so no workload is ever launched (the submission
+marks a queue's first steps `launching`; nothing claims them) and the only telemetry is the
+harness's: every valid event's `records_written` and identity can be checked exactly. Both
 consumers must stay up (never restarted), every invalid message must be dead-lettered with a
 reason, every valid one applied once. At the end the queues are stopped through Kafka (valid
-`stop` commands), which cancels their waiting steps.
+`stop` commands), which cancels their steps — but a step the harness reported running stays
+`stopping`, its queue too: no worker sends its stop command.
 """
 from __future__ import annotations
 

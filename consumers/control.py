@@ -32,7 +32,8 @@ from kafkabus.publisher import Outgoing, encode, send_confirmed
 from queues.contract import PayloadError
 from queues.history import AuditAction, AuditResult, Origin, audit_record
 from queues.models import Queue
-from jobs.services import QueueConflict, queue_create, queue_stop, step_stop
+from jobs.services import queue_stop, step_stop
+from jobs.submission import QueueConflict, queue_create
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,8 @@
 
 Level-triggered: `queue_advance` looks at the whole queue under its lock and does what its state
 calls for, so running it twice, late, or after lost events is harmless. The scheduler's reconcile
-and the `queue_advance_task` call it; launching itself is `jobs.scheduler.step_launch`.
+and the `queue_advance_task` call it, and a queue's submission takes its first advance with
+`advance_held` (jobs.submission); launching itself is `jobs.launching` / `jobs.scheduler.step_launch`.
 """
 from __future__ import annotations
 
@@ -22,43 +23,50 @@ from queues.signals import step_state_changed
 
 def queue_advance(queue_pk: int) -> list[int]:
     """Apply DESIGN §5 to one queue; returns the pks of steps to launch (enqueued on commit)."""
-    to_launch: list[int] = []
     with transaction.atomic():
         queue = Queue.objects.lock(queue_pk, missing_ok=True)
         if queue is None:
             return []
-        # What this advance acts on. Changes counted after this (they wait for our lock) stay
-        # counted for the next advance; our own changes are not counted (we decide from them here).
-        seen_changes = queue.changes_pending
         steps, upstreams = _steps_and_upstreams(queue)
+        return advance_held(queue, steps, upstreams)
 
-        failed = [s for s in steps.values() if s.state in StepState.FAILED_STATES]
-        if failed and settings.FAILURE_POLICY == "stop_queue":
-            reason = f"Step {failed[0].name} {failed[0].state}: {failed[0].message}".strip().rstrip(":")
-            if not queue.message:
-                Queue.objects.filter(pk=queue.pk).update(message=reason)
-                queue.message = reason  # the copy stays the locked row (queue_refresh_status reads it)
-            for step in steps.values():
-                if not step.is_terminal and not step.stop_requested_at:
-                    step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
-        elif not queue.stop_requested_at:
-            _cancel_unreachable(steps.values(), upstreams)
-            to_launch = _steps_mark_launching(
-                [s for s in steps.values() if s.state == StepState.WAITING and _dependencies_met(upstreams[s.pk])])
-            _drain_consumers(steps.values())
-        # The row locked above and every step read under that lock, with this advance's own changes
-        # (a transition sets them on the step): no second lock, no second read of the states. Only
-        # launching → pending happens without this lock, and the status rule reads both alike.
-        queue_refresh_status(queue=queue, held_states=[s.state for s in steps.values()], changes_seen=seen_changes)
 
-        if len(to_launch) > 1:
-            # Steps ready together launch together: one task claims and records them in one statement
-            # each and makes their API calls at once (jobs.launching); retries stay per step.
-            enqueue_on_commit(STEPS_LAUNCH, queue.pk, to_launch, about=queue)
-        elif to_launch:
-            # The step is in hand (its queue too, through the related manager): Flower's readable
-            # arguments cost no query.
-            enqueue_on_commit(STEP_LAUNCH, to_launch[0], about=steps[to_launch[0]])
+def advance_held(queue: Queue, steps: dict, upstreams: dict[int, list]) -> list[int]:
+    """`queue_advance` for a caller that holds the queue's row locked in its transaction and every step
+    of it as of that lock: `steps` by pk in position order (each with `queue` set to that row),
+    `upstreams` each step's upstream edges as (upstream step, kind) in upstream position order. The
+    queue's creation is such a caller: it holds the steps it has just inserted (jobs.submission)."""
+    to_launch: list[int] = []
+    # What this advance acts on. Changes counted after this (they wait for our lock) stay
+    # counted for the next advance; our own changes are not counted (we decide from them here).
+    seen_changes = queue.changes_pending
+    failed = [s for s in steps.values() if s.state in StepState.FAILED_STATES]
+    if failed and settings.FAILURE_POLICY == "stop_queue":
+        reason = f"Step {failed[0].name} {failed[0].state}: {failed[0].message}".strip().rstrip(":")
+        if not queue.message:
+            Queue.objects.filter(pk=queue.pk).update(message=reason)
+            queue.message = reason  # the copy stays the locked row (queue_refresh_status reads it)
+        for step in steps.values():
+            if not step.is_terminal and not step.stop_requested_at:
+                step_mark_stopping(step=step, reason=f"Queue failed: {reason}", mark_queue=False)
+    elif not queue.stop_requested_at:
+        _cancel_unreachable(steps.values(), upstreams)
+        to_launch = _steps_mark_launching(
+            [s for s in steps.values() if s.state == StepState.WAITING and _dependencies_met(upstreams[s.pk])])
+        _drain_consumers(steps.values())
+    # The row locked above and every step read under that lock, with this advance's own changes
+    # (a transition sets them on the step): no second lock, no second read of the states. Only
+    # launching → pending happens without this lock, and the status rule reads both alike.
+    queue_refresh_status(queue=queue, held_states=[s.state for s in steps.values()], changes_seen=seen_changes)
+
+    if len(to_launch) > 1:
+        # Steps ready together launch together: one task claims and records them in one statement
+        # each and makes their API calls at once (jobs.launching); retries stay per step.
+        enqueue_on_commit(STEPS_LAUNCH, queue.pk, to_launch, about=queue)
+    elif to_launch:
+        # The step is in hand (its queue too, through the related manager): Flower's readable
+        # arguments cost no query.
+        enqueue_on_commit(STEP_LAUNCH, to_launch[0], about=steps[to_launch[0]])
     return to_launch
 
 

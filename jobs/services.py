@@ -10,7 +10,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -24,132 +24,11 @@ from jobs.announce import (
     enqueue_on_commit,
 )
 from queues import naming
-from queues.contract import PayloadError, PipelineSpec, canonical_json, parse_payload
-from queues.history import AuditAction, AuditResult, Origin, audit_record, errors_summary, step_run_record
-from queues.models import Queue, QueueRequest, QueueStatus, StepDependency, StepState
+from queues.history import AuditAction, AuditResult, Origin, audit_record, step_run_record
+from queues.models import Queue, QueueRequest, QueueStatus, StepState
 from queues.signals import queue_status_changed, step_state_changed
 
 logger = logging.getLogger(__name__)
-
-
-class QueueConflict(Exception):
-    """A queue with this queue_id exists with a different payload."""
-
-    def __init__(self, queue_id: str):
-        super().__init__(f"Queue {queue_id!r} already exists with a different payload.")
-        self.queue_id = queue_id
-
-
-def queue_create(*, payload: dict, queue_id: str | None = None, user=None, source: str = "api",
-                 origin: Origin | None = None) -> tuple[Queue, bool]:
-    """Validate and create a queue with its steps and edges; returns (queue, created).
-
-    Idempotent on a client-supplied queue_id: the same payload returns the existing queue,
-    another payload raises QueueConflict. Raises contract.PayloadError on invalid input.
-    Every outcome is audited (queues.history), the refusals too.
-    """
-    origin = origin or Origin(source=source, user=user)
-    requested = queue_id if isinstance(queue_id, str) else (payload.get("queue_id") if isinstance(payload, dict) else None)
-    requested = requested if isinstance(requested, str) else ""
-    try:
-        spec = parse_payload(payload, queue_id=queue_id, user=origin.user)
-        if spec.queue_id:
-            existing = _existing_same_payload(spec)
-            if existing is not None:
-                audit_record(origin=origin, action=AuditAction.START, result=AuditResult.DUPLICATE, queue=existing,
-                             reason="Submitted before with the same payload; nothing new created.")
-                return existing, False
-        try:
-            with transaction.atomic():
-                queue = _create_from_spec(spec, payload=payload, user=origin.user, source=origin.source)
-                audit_record(origin=origin, action=AuditAction.START, result=AuditResult.ACCEPTED, queue=queue,
-                             detail={"steps": len(spec.steps)})
-        except IntegrityError:
-            # Two submissions of the same client queue_id raced; the loser resolves like a resubmission.
-            existing = _existing_same_payload(spec) if spec.queue_id else None
-            if existing is None:
-                raise
-            audit_record(origin=origin, action=AuditAction.START, result=AuditResult.DUPLICATE, queue=existing,
-                         reason="Submitted concurrently with the same payload; nothing new created.")
-            return existing, False
-    except PayloadError as exc:
-        audit_record(origin=origin, action=AuditAction.START, result=AuditResult.REJECTED, queue_ref=requested,
-                     reason=errors_summary(exc.errors))
-        raise
-    except QueueConflict as exc:
-        audit_record(origin=origin, action=AuditAction.START, result=AuditResult.CONFLICT,
-                     queue=Queue.objects.filter(queue_id=exc.queue_id).first(), queue_ref=exc.queue_id, reason=str(exc))
-        raise
-    source = origin.source
-    logger.info("queue created", extra={"queue_id": queue.queue_id, "steps": len(spec.steps), "source": source})
-    _advance_on_commit(queue)
-    return queue, True
-
-
-def _existing_same_payload(spec: PipelineSpec) -> Queue | None:
-    existing = Queue.objects.filter(queue_id=spec.queue_id).first()
-    if existing is None:
-        return None
-    if canonical_json(existing.canonical_payload) != canonical_json(spec.canonical):
-        raise QueueConflict(spec.queue_id)
-    return existing
-
-
-def _create_from_spec(spec: PipelineSpec, *, payload: dict, user, source: str) -> Queue:
-    queue_id = spec.queue_id or naming.generate_queue_id(spec.symbol, spec.steps[0].type, spec.start)
-    queue = Queue.objects.create(
-        queue_id=queue_id,
-        symbol=spec.symbol,
-        time_range_start=spec.start,
-        time_range_end=spec.end,
-        payload=payload,
-        canonical_payload=spec.canonical,
-        warnings=spec.warnings,
-        submitted_by=user if getattr(user, "is_authenticated", False) else None,
-        source=source,
-    )
-    used_ids: set[str] = set()
-    steps = []
-    for step in spec.steps:
-        telemetry_id = naming.telemetry_producer_id(step.target, step.type)
-        if telemetry_id in used_ids:
-            telemetry_id = naming.telemetry_producer_id(step.target, f"{step.type}-{step.number}")
-        used_ids.add(telemetry_id)
-        steps.append(
-            QueueRequest(
-                queue=queue,
-                position=step.index,
-                name=step.name,
-                target=step.target,
-                type=step.type,
-                streaming=step.streaming,
-                params=step.request,
-                interval=step.interval or "",
-                image=step.image or "",
-                job_name=naming.job_name(queue_id, step.target, step.number),
-                telemetry_id=telemetry_id,
-                kafka_topic=spec.topic_for(step, queue_id) or "",
-                collection_name=step.collection_name or "",
-                collection_inputs=step.collection_inputs,
-                collection_output=step.collection_output or "",
-                model_output=step.model_output or "",
-                graph_collection=step.graph_collection or "",
-                inference_interval=step.inference_interval or "",
-                source=step.source or "",
-            )
-        )
-    created = QueueRequest.objects.bulk_create(steps)
-    StepDependency.objects.bulk_create(
-        StepDependency(
-            queue=queue,
-            upstream=created[edge.upstream],
-            downstream=created[edge.downstream],
-            kind=edge.kind,
-            reason="; ".join(edge.reasons),
-        )
-        for edge in spec.edges
-    )
-    return queue
 
 
 def queue_stop(*, queue: Queue, user=None, reason: str = "", origin: Origin | None = None) -> Queue:
@@ -186,10 +65,17 @@ def _steps_mark_stopping(*, queue: Queue, now) -> int:
     number of steps (waiting ones cancelled, launched ones `stopping`); returns how many are now
     stopping. The tasks are the caller's (one per queue). The steps are locked first (queue, then its
     steps: the one lock order), so each UPDATE changes exactly the rows read and every step still
-    gets its `step_state_changed` (metrics, mirror) as with one transition each."""
+    gets its `step_state_changed` (metrics, mirror) as with one transition each.
+
+    A `launching` step no attempt was claimed for (`launch_attempts` 0: no API call made, so no
+    workload can exist) is cancelled like a waiting one — a queue stopped right after its submission
+    ends at once. Its row stays locked until the commit, so a launch task's claim (an UPDATE of that
+    row requiring `launching`) waits for it and then claims nothing."""
     steps = list(queue.steps.select_for_update().exclude(state__in=StepState.TERMINAL))
-    waiting = [step for step in steps if step.state == StepState.WAITING]
-    launched = [step for step in steps if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING]
+    waiting = [step for step in steps if step.state == StepState.WAITING
+               or (step.state == StepState.LAUNCHING and step.launch_attempts == 0)]
+    launched = [step for step in steps if step.state in StepState.LAUNCHED and step.state != StepState.STOPPING
+                and step not in waiting]
     common = {"state_changed_at": now, "updated_at": now, "stop_requested_at": now}
     for group, to, fields in (
         (waiting, StepState.STOPPED, {"message": f"Cancelled: {queue.message}", "finished_at": now, "next_launch_at": None}),

@@ -12,7 +12,7 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
-from jobs import services
+from jobs import submission
 from queues.contract import PayloadError
 from queues.history import Origin
 from console.forms import StartQueueForm
@@ -39,7 +39,7 @@ def start_queue_view(model_admin):
             form = StartQueueForm(request.POST)
             if form.is_valid():
                 try:
-                    queue, created = services.queue_create(
+                    queue, created = submission.queue_create(
                         payload=form.cleaned_data["payload"],
                         queue_id=form.cleaned_data["queue_id"],
                         origin=Origin.http(request, source="admin"),
@@ -49,7 +49,7 @@ def start_queue_view(model_admin):
                     if "queue_id" in payload_errors:
                         form.add_error("queue_id", payload_errors["queue_id"])
                     form.add_error(None, "The payload is not valid; nothing was created. See the errors below.")
-                except services.QueueConflict as exc:
+                except submission.QueueConflict as exc:
                     form.add_error("queue_id", str(exc))
                 else:
                     if created:

@@ -14,7 +14,7 @@ from jobs.launchers import get_launcher
 from jobs.telemetry import ingest_events
 from jobs import services
 from queues.models import Queue, QueueRequest, StepState
-from tests.queues.factories import payload
+from tests.queues.factories import make_queue, payload
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -50,7 +50,7 @@ def test_it_starts_a_queue_from_a_template_and_shows_dag_and_timeline_changing_l
     assert page.locator("#sf-dag .sf-edge").count() == queue.edges.count()
     assert page.locator("#sf-timeline [data-sf-timeline-row]").count() == len(steps)
     consumer = queue.steps.get(target="arango-connector", type="api_candles_5m")
-    assert node(page, consumer).get_attribute("data-sf-state") == "waiting"
+    assert node(page, consumer).get_attribute("data-sf-state") == "launching"  # launched on submission
 
     launch(consumer)
     services.queue_refresh_status(queue=queue)
@@ -69,7 +69,7 @@ def test_it_starts_a_queue_from_a_template_and_shows_dag_and_timeline_changing_l
 
 def test_it_follows_a_log_searches_pauses_and_offers_the_download(page, settings):
     settings.JOB_LAUNCHER = "local"
-    queue, _ = services.queue_create(payload=payload(), queue_id="browser-log-q")
+    queue = make_queue(queue_id="browser-log-q", first_advance=False)
     step = queue.steps.get(position=0)
     launch(step)
     folder = get_launcher("local").state_dir(step)
@@ -89,7 +89,7 @@ def test_it_follows_a_log_searches_pauses_and_offers_the_download(page, settings
 
 
 def test_it_stops_and_retries_a_queue_from_its_page(page):
-    queue, _ = services.queue_create(payload=payload(), queue_id="browser-stop-q")
+    queue = make_queue(queue_id="browser-stop-q", first_advance=False)
     first = queue.steps.get(target="arango-connector", type="api_candles_5m")
     launch(first)
     services.queue_refresh_status(queue=queue)
@@ -108,8 +108,8 @@ def test_it_stops_and_retries_a_queue_from_its_page(page):
 
 
 def test_it_confirms_a_bulk_stop_on_a_page_listing_the_queues(page):
-    a, _ = services.queue_create(payload=payload(), queue_id="browser-bulk-a")
-    services.queue_create(payload=payload(), queue_id="browser-bulk-b")
+    a = make_queue(queue_id="browser-bulk-a", first_advance=False)
+    make_queue(queue_id="browser-bulk-b", first_advance=False)
     page.goto("/admin/queues/queue/")
     page.check(f'input.action-select[value="{a.pk}"]')
     page.select_option("select[name=action]", "stop_selected")
@@ -137,7 +137,7 @@ def test_it_lists_every_payload_error(page):
 
 @pytest.mark.parametrize("width", [1440, 800])
 def test_it_keeps_the_list_and_pages_readable_at(page, width):
-    queue, _ = services.queue_create(payload=payload(), queue_id="btcusdt-api-candles-5m-20240601-layout1")
+    queue = make_queue(queue_id="btcusdt-api-candles-5m-20240601-layout1", first_advance=False)
     step = queue.steps.get(position=0)
     launch(step)
     services.queue_refresh_status(queue=queue)

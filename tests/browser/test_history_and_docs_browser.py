@@ -10,14 +10,14 @@ from django.utils import timezone
 from jobs import services
 from queues.history import Origin
 from queues.models import StepState
-from tests.queues.factories import payload
+from tests.queues.factories import make_queue
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
 def test_it_shows_each_action_in_the_history_panel_live(page):
     """§7 the queue page's History panel: a stop from Kafka appears without a reload; the page's own stop too."""
-    queue, _ = services.queue_create(payload=payload(), queue_id="browser-history-q")
+    queue = make_queue(queue_id="browser-history-q", first_advance=False)
     first = queue.steps.get(target="arango-connector", type="api_candles_5m")
     first.transition(StepState.RUNNING, launched_at=timezone.now(), started_at=timezone.now())
     services.queue_refresh_status(queue=queue)

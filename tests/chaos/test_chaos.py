@@ -36,11 +36,18 @@ def chaos_run(postgres_server, redis_server, kafka_server, tmp_path_factory):
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _assert_all_stop_requested(result, queues: int) -> None:
+    """Every queue was stopped through Kafka: stopped, or `stopping` where a first step (launching since
+    the submission) reported running through the harness's telemetry — with no worker here, nothing sends
+    its stop command or forces its end."""
+    assert set(result.outcome) <= {"stopped", "stopping"} and sum(result.outcome.values()) == queues, result.line()
+
+
 def test_it_dead_letters_every_hostile_message_and_applies_every_valid_one(chaos_run):
     """R3: hostile messages interleaved with valid traffic on both topics; consumers stay up."""
     result = scenario_hostile.run(chaos_run)
     assert result.violations == [], result.line()
-    assert result.outcome == {"stopped": scenario_hostile.QUEUES}, result.line()
+    _assert_all_stop_requested(result, scenario_hostile.QUEUES)
 
 
 def test_it_records_each_concurrent_start_once(chaos_run):
@@ -233,7 +240,7 @@ def test_the_kube_checker_finds_a_running_step_without_a_job(kube_emulator, post
     from django.db import connection
 
     from chaos.scenario_kube import check_jobs
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload=historical_payload)
     step = queue.steps.order_by("position").first()
@@ -255,7 +262,7 @@ def test_it_survives_the_broker_going_away_mid_stream(chaos_run):
     assert len(result.faults) == 1 and result.faults[0].startswith("broker unreachable@"), result.line()
     assert result.violations == [], result.line()
     started_by_kafka = chaos_run.n(scenario_broker.FULL_STARTS, 2)
-    assert result.outcome == {"stopped": scenario_broker.QUEUES + started_by_kafka}, result.line()
+    _assert_all_stop_requested(result, scenario_broker.QUEUES + started_by_kafka)
 
 
 def test_the_broker_link_drops_every_connection_and_refuses_new_ones_until_opened():

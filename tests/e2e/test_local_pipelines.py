@@ -8,7 +8,8 @@ import json
 import pytest
 
 from queues.models import QueueStatus, StepState
-from jobs.services import queue_create, queue_stop
+from jobs.services import queue_stop
+from jobs.submission import queue_create
 from tests.e2e.conftest import group_alive, status_is, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]

@@ -69,7 +69,7 @@ def launcher(kube, k8s_settings):
 
 @pytest.fixture
 def make_queue(db):
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     def make(payload: dict):
         queue, _ = queue_create(payload=payload)

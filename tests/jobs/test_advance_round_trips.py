@@ -25,7 +25,7 @@ def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_qu
     edges apart, a second lock, a read of the states, a second UPDATE; then 7)."""
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
-    queue = make_queue(queue_id="advance-trips")
+    queue = make_queue(queue_id="advance-trips", first_advance=False)
     before = Queue.objects.get(pk=queue.pk)
     assert before.changes_pending > 0 and before.status == QueueStatus.PENDING  # what the advance acts on
 
@@ -52,7 +52,7 @@ def test_an_advance_with_nothing_to_do_writes_only_the_change_count(monkeypatch)
     the advance acted on still comes off (one UPDATE), and a second advance writes nothing."""
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
-    queue = make_queue(queue_id="advance-idle")
+    queue = make_queue(queue_id="advance-idle", first_advance=False)
     advance.queue_advance(queue.pk)
     Queue.objects.filter(pk=queue.pk).update(changes_pending=3)  # e.g. telemetry counted changes meanwhile
 
@@ -84,7 +84,7 @@ def test_the_status_from_the_held_states_is_the_rules_from_a_fresh_read(monkeypa
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.step_send_stop_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.step_force_stop_task.apply_async", lambda *args, **kwargs: None)
-    queue = make_queue(queue_id=f"held-{policy.replace('_', '-')}-{name}")
+    queue = make_queue(queue_id=f"held-{policy.replace('_', '-')}-{name}", first_advance=False)
     steps = list(queue.steps.order_by("position"))
     for index, state in states.items():
         type(steps[index]).objects.filter(pk=steps[index].pk).update(state=state)
@@ -105,7 +105,7 @@ def test_the_advance_reads_its_steps_as_the_orm_would_without_their_logs_or_docu
     other field is what the ORM gives, each step's queue is the advance's own row, the edges in upstream
     position order, and a field left out still reads (lazily) as stored."""
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
-    queue = make_queue(queue_id="advance-read")
+    queue = make_queue(queue_id="advance-read", first_advance=False)
     graph = queue.steps.get(target="graph-builder")
     type(graph).objects.filter(pk=graph.pk).update(logs="x" * 5000, extra={"note": "kept"})
     locked = Queue.objects.get(pk=queue.pk)
@@ -142,7 +142,8 @@ def test_the_steps_an_advance_launches_change_together_and_each_is_announced_onc
     monkeypatch.setattr("jobs.tasks.steps_launch_task.apply_async", lambda *args, **kwargs: None)
     monkeypatch.setattr("jobs.tasks.step_launch_task.apply_async", lambda *args, **kwargs: None)
     types = [f"api_candles_{i}" for i in ("1m", "5m", "15m")]
-    queue = make_queue(queue_id="advance-together", requests=[{"target": "loader-producer", "type": t} for t in types])
+    queue = make_queue(queue_id="advance-together", requests=[{"target": "loader-producer", "type": t} for t in types],
+                       first_advance=False)
     steps = list(queue.steps.order_by("position"))
     QueueRequest.objects.filter(pk=steps[0].pk).update(message="old note")
     MirrorOutbox.objects.all().delete()

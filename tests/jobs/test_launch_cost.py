@@ -222,7 +222,8 @@ def test_a_pending_step_whose_pod_waits_for_its_secret_is_not_failed(k8s_pipelin
 
 
 def _independent_queue(queue_id: str, n: int):
-    return make_queue(queue_id=queue_id, requests=[{"target": "loader-producer", "type": t} for t in TYPES[:n]])
+    return make_queue(queue_id=queue_id, requests=[{"target": "loader-producer", "type": t} for t in TYPES[:n]],
+                      first_advance=False)
 
 
 @pytest.mark.django_db(transaction=True)

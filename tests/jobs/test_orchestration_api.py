@@ -32,7 +32,7 @@ def telemetry_token(settings):
 
 @pytest.fixture
 def queue():
-    return make_queue(queue_id="api-q")
+    return make_queue(queue_id="api-q", first_advance=False)
 
 
 @pytest.fixture

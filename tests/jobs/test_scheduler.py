@@ -29,7 +29,7 @@ ALL = [LOADER_C, LOADER_T, CONN_C, CONN_T, GRAPH, TRAIN]
 
 @pytest.fixture
 def queue():
-    return make_queue(queue_id="sched-q")
+    return make_queue(queue_id="sched-q", first_advance=False)  # what the advance acts on
 
 
 def _s(queue, key) -> QueueRequest:

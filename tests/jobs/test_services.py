@@ -134,8 +134,36 @@ def test_it_stops_a_queue_only_once(django_capture_on_commit_callbacks):
     assert _at(queue, 2).state == X
 
 
+def test_it_cancels_a_launching_step_whose_launch_no_one_claimed_yet(django_capture_on_commit_callbacks):
+    """Case: a queue stopped right after its submission (its first steps `launching`, their launch task
+    not yet run — or lost with the broker) ends at once, as a queue of waiting steps does: no attempt was
+    claimed, so no workload can exist, and the launch task finds nothing left to launch. A step whose
+    attempt was claimed (its API calls may be in flight) is stopped through the launcher, as before."""
+    queue = make_queue(queue_id="stop-unclaimed-q")
+    unclaimed = [s for s in queue.steps.order_by("position") if s.state == L]
+    assert len(unclaimed) == 2 and {s.launch_attempts for s in unclaimed} == {0}
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.queue_stop(queue=queue)
+    queue.refresh_from_db()
+    assert queue.status == QueueStatus.STOPPED and queue.finished_at is not None
+    for step in unclaimed:
+        step.refresh_from_db()
+        assert step.state == T and step.message.startswith("Cancelled") and step.stop_requested_at is not None
+    assert len(_tasks(callbacks)) == 1  # the queue_advance: no stop command, no forced stop
+
+    claimed = make_queue(queue_id="stop-claimed-q")
+    first, second = [s for s in claimed.steps.order_by("position") if s.state == L]
+    _put(first, L, launch_attempts=1, next_launch_at=timezone.now() + timedelta(minutes=1))  # POSTs in flight
+    services.queue_stop(queue=claimed)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.state, second.state) == (X, T)
+    claimed.refresh_from_db()
+    assert claimed.status == QueueStatus.STOPPING
+
+
 def test_it_ends_a_queue_with_only_waiting_steps_as_stopped():
-    queue = make_queue(queue_id="stop-waiting-q")
+    queue = make_queue(queue_id="stop-waiting-q", first_advance=False)
     services.queue_stop(queue=queue)
     queue.refresh_from_db()
     assert queue.status == QueueStatus.STOPPED and queue.finished_at is not None
@@ -144,7 +172,7 @@ def test_it_ends_a_queue_with_only_waiting_steps_as_stopped():
 
 @pytest.mark.parametrize("status", [QueueStatus.SUCCEEDED, QueueStatus.FAILED, QueueStatus.STOPPED])
 def test_it_does_nothing_when_stopping_a_finished_queue(status, django_capture_on_commit_callbacks):
-    queue = make_queue(queue_id="done-q")
+    queue = make_queue(queue_id="done-q", first_advance=False)
     Queue.objects.filter(pk=queue.pk).update(status=status, message="as it was")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.queue_stop(queue=queue)
@@ -237,7 +265,7 @@ def test_it_has_nothing_to_retry_in_a_healthy_queue(django_capture_on_commit_cal
 
 
 def test_it_records_when_a_queue_started_and_finished():
-    queue = make_queue(queue_id="times-q")
+    queue = make_queue(queue_id="times-q", first_advance=False)
     assert services.queue_refresh_status(queue=queue) == QueueStatus.PENDING
     assert queue.started_at is None
     _put(_at(queue, 2), L)
@@ -265,7 +293,7 @@ def test_it_counts_a_queue_finish_once_when_two_writers_hold_stale_copies():
     copy, so two refreshes from copies read before the finish send one finish, not two."""
     from queues.signals import queue_status_changed
 
-    queue = make_queue(queue_id="stale-copies-q")
+    queue = make_queue(queue_id="stale-copies-q", first_advance=False)
     first, second = Queue.objects.get(pk=queue.pk), Queue.objects.get(pk=queue.pk)  # both see `pending`
     QueueRequest.objects.filter(queue=queue).update(state=S)
     finishes = []

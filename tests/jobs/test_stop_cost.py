@@ -18,7 +18,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from jobs import scheduler
-from jobs.services import queue_create, queue_stop
+from jobs.services import queue_stop
+from jobs.submission import queue_create
 from jobs.stopping import queue_force_stop, queue_send_stop
 from queues.models import QueueRequest, StepState
 from tests.helpers import wait_until

@@ -10,6 +10,7 @@ from consumers import control
 from kafkabus.models import ProcessedCommand
 from queues.models import Queue, QueueRequest, StepState
 from tests.kafkabus.conftest import events_of, produce, read_topic, run_until
+from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,11 +47,9 @@ def test_it_starts_a_queue_like_the_api_and_acknowledges(kafka_topics, api, hist
     assert from_kafka.source == "kafka"
     assert _shape(from_kafka) == _shape(from_api)
     assert from_kafka.steps.count() == len(historical_payload["requests"])
-    # The scheduler runs it: the first steps (consumers of the loader's topic) launch.
-    from jobs.scheduler import queue_advance
-
-    assert queue_advance(from_kafka.pk)
-    assert from_kafka.steps.filter(state=StepState.LAUNCHING).exists()
+    # Advanced on submission, as from the API: the first steps (consumers of the loader's topic) launch.
+    assert list(from_kafka.steps.filter(state=StepState.LAUNCHING).values_list("name", flat=True)) == list(
+        from_api.steps.filter(state=StepState.LAUNCHING).values_list("name", flat=True)) != []
 
     acks = events_of(read_topic(kafka_topics.QUEUE_EVENTS_TOPIC, expect=1))
     assert acks[0]["event"] == "ack" and acks[0]["status"] == "accepted"
@@ -79,11 +78,9 @@ def test_it_acts_once_on_a_command_redelivered_after_a_restart(kafka_topics, his
     assert Queue.objects.count() == 1
 
 
-def test_it_stops_a_queue_and_one_step(kafka_topics, historical_payload):
-    from jobs.services import queue_create
-
-    queue, _ = queue_create(payload=historical_payload, queue_id="to-stop-1", source="api")
-    other, _ = queue_create(payload=historical_payload, queue_id="to-stop-2", source="api")
+def test_it_stops_a_queue_and_one_step(kafka_topics):
+    queue = make_queue(queue_id="to-stop-1", first_advance=False)
+    other = make_queue(queue_id="to-stop-2", first_advance=False)
     step = other.steps.order_by("position").first()
     QueueRequest.objects.filter(pk=step.pk).update(state=StepState.RUNNING)
     produce(kafka_topics.QUEUE_CONTROL_TOPIC, [
@@ -108,7 +105,7 @@ def test_it_stops_a_queue_and_one_step(kafka_topics, historical_payload):
 
 def test_it_does_not_act_on_its_own_stop_commands(kafka_topics, historical_payload):
     from kafkabus.publisher import publish_stop
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload=historical_payload, queue_id="own-stop", source="api")
     step = queue.steps.order_by("position").first()

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def queue(historical_payload):
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload=historical_payload, queue_id="events-q1", source="api")
     # As if the launcher had started every step's Job.

@@ -28,7 +28,7 @@ class Message:
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32-le", "utf-8-sig", "utf-8"])
 def test_it_accepts_an_event_in_any_json_encoding(historical_payload, encoding, note):
     """Ingestion fast path (decode once): UTF-16/32 and BOM-prefixed UTF-8 events are accepted and stored."""
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload={**historical_payload, "queue_id": f"enc-{encoding}-{len(note)}"}, source="api")
     step = queue.steps.order_by("position").first()

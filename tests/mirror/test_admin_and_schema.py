@@ -3,7 +3,7 @@ import pytest
 
 from mirror import arango
 from mirror.sync import mirror_drain
-from jobs.services import queue_create
+from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -27,8 +27,8 @@ def test_it_creates_database_collections_indexes_and_graph_once(mirror):
     assert graph["name"] == "lineage"
 
 
-def test_it_shows_the_mirror_status_in_the_admin(mirror, admin_client, historical_payload):
-    queue_create(payload=historical_payload)
+def test_it_shows_the_mirror_status_in_the_admin(mirror, admin_client):
+    make_queue(first_advance=False)  # one change pending: the queue
     page = admin_client.get("/admin/mirror/mirrorstate/").content.decode()
     assert "1 pending" in page and "s ago" in page
     mirror_drain()

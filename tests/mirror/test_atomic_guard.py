@@ -4,7 +4,8 @@ import pytest
 from mirror import arango, sync
 from mirror.sync import Batch, mirror_drain, next_version
 from queues.models import Queue, StepState
-from jobs.services import queue_create, queue_refresh_status
+from jobs.services import queue_refresh_status
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

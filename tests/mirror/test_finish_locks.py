@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from django.db import connection, connections
 
-from jobs.services import queue_create
+from jobs.submission import queue_create
 from mirror import arango, outbox, sync
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain

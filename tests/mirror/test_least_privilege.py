@@ -7,7 +7,8 @@ from mirror.arango import MirrorMisconfigured
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain
 from ops import health
-from jobs.services import queue_create
+from jobs.submission import queue_create
+from tests.queues.factories import make_queue
 from tests.emulators.contract import grant_user
 
 from .helpers import assert_mirror_matches_postgres
@@ -28,20 +29,19 @@ def test_it_is_ready_with_rights_on_its_own_database_only(mirror):
     health.check_arango()
 
 
-def test_it_creates_its_database_when_the_user_may(mirror_without_database, arango_server, mirror_user,
-                                                   historical_payload):
+def test_it_creates_its_database_when_the_user_may(mirror_without_database, arango_server, mirror_user):
     """Case: the database does not exist and the user has rw on _system: the drain creates it, with access."""
     grant_user(arango_server.admin, mirror_user[0], "_system", "rw")
     health.check_arango()  # missing but creatable: ready
-    queue_create(payload=historical_payload, queue_id="creates-db")
+    make_queue(queue_id="creates-db", first_advance=False)  # one change pending: the queue
     assert mirror_drain().synced == 1
     assert arango_server.admin.has_database(mirror_without_database)
     assert "creates-db" in {doc["_key"] for doc in arango.all_documents(arango.connect(ensure=False), "queues")}
 
 
-def test_it_says_when_the_user_may_not_create_its_database(mirror_without_database, historical_payload):
+def test_it_says_when_the_user_may_not_create_its_database(mirror_without_database):
     """Case: the database does not exist and the user may not create it: said clearly, outbox kept."""
-    queue_create(payload=historical_payload, queue_id="cannot-create")
+    make_queue(queue_id="cannot-create", first_advance=False)
     with pytest.raises(MirrorMisconfigured, match="may not create it"):
         mirror_drain()
     status = mirror_status()
@@ -50,10 +50,10 @@ def test_it_says_when_the_user_may_not_create_its_database(mirror_without_databa
         health.check_arango()
 
 
-def test_it_says_when_the_user_has_no_access_to_its_database(mirror, arango_server, mirror_user, historical_payload):
+def test_it_says_when_the_user_has_no_access_to_its_database(mirror, arango_server, mirror_user):
     """Case: the database exists but the user lost its rights: a configuration error naming the grant."""
     grant_user(arango_server.admin, mirror_user[0], mirror.db.name, "none")
-    queue_create(payload=historical_payload)
+    make_queue(first_advance=False)
     with pytest.raises(MirrorMisconfigured, match="grant rw"):
         mirror_drain()
     assert mirror_status()["backlog"] == 1

@@ -4,7 +4,8 @@ import pytest
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from jobs.services import queue_create, queue_refresh_status
+from jobs.services import queue_refresh_status
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

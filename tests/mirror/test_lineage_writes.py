@@ -11,7 +11,7 @@ from mirror.models import MirrorOutbox
 from mirror.resync import mirror_resync
 from mirror.sync import mirror_drain
 from queues.models import QueueRequest
-from jobs.services import queue_create
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

@@ -7,7 +7,8 @@ from mirror.models import MirrorOutbox, MirrorState
 from mirror.sync import mirror_drain
 from mirror.tasks import mirror_drain_task
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from jobs.services import queue_create, queue_refresh_status
+from jobs.services import queue_refresh_status
+from tests.queues.factories import make_queue
 
 from .helpers import assert_mirror_matches_postgres
 
@@ -21,7 +22,7 @@ def advance(queue, to, from_states):
 
 
 def test_it_loses_nothing_when_arango_goes_down_mid_pipeline(mirror, historical_payload):
-    queue, _ = queue_create(payload=historical_payload, queue_id="hist-outage")
+    queue = make_queue(queue_id="hist-outage", first_advance=False)  # this test advances it
     advance(queue, StepState.LAUNCHING, [StepState.WAITING])
     mirror_drain()
     assert mirror.docs("queues")["hist-outage"]["status"] == "running"
@@ -52,8 +53,8 @@ def test_it_loses_nothing_when_arango_goes_down_mid_pipeline(mirror, historical_
     assert MirrorState.get().last_success_at > MirrorState.get().last_error_at
 
 
-def test_it_retries_the_task_with_backoff_while_arango_is_down(mirror, historical_payload):
-    queue_create(payload=historical_payload)
+def test_it_retries_the_task_with_backoff_while_arango_is_down(mirror):
+    make_queue(first_advance=False)  # one change pending: the queue
     mirror.go_down()
     with pytest.raises(MirrorUnavailable):
         mirror_drain_task.run()

@@ -5,7 +5,9 @@ from django.db import transaction
 from mirror import outbox
 from mirror.models import MirrorOutbox
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
-from jobs.services import queue_create, queue_refresh_status
+from jobs.services import queue_refresh_status
+from jobs.submission import queue_create
+from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -20,8 +22,8 @@ def test_it_records_nothing_while_the_mirror_is_off(settings, historical_payload
     assert not MirrorOutbox.objects.exists()
 
 
-def test_it_coalesces_repeated_changes_into_one_row_with_a_newer_version(mirror, historical_payload):
-    queue, _ = queue_create(payload=historical_payload)
+def test_it_coalesces_repeated_changes_into_one_row_with_a_newer_version(mirror):
+    queue = make_queue(first_advance=False)  # this test advances its first step
     step = queue.steps.first()
     step.transition(StepState.LAUNCHING, from_states=[StepState.WAITING])
     first = pending()[("step", step.pk)]

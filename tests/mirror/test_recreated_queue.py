@@ -6,7 +6,7 @@ of the queue, also when its queue_id is one `safe_key` rewrites."""
 import pytest
 from django.utils import timezone
 
-from jobs.services import queue_create
+from jobs.submission import queue_create
 from jobs.telemetry import ingest_events
 from mirror import arango, sync
 from mirror import documents as d

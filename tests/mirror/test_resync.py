@@ -8,7 +8,7 @@ from mirror import arango
 from mirror.models import MirrorOutbox
 from mirror.sync import mirror_drain
 from queues.models import StepState, TelemetryEvent
-from jobs.services import queue_create
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

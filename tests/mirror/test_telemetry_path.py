@@ -4,7 +4,7 @@ import pytest
 from jobs.telemetry import ingest_events
 from mirror.sync import mirror_drain
 from queues.models import StepState
-from jobs.services import queue_create
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

@@ -6,7 +6,7 @@ from mirror import arango, sync
 from mirror.models import MirrorOutbox, MirrorState
 from mirror.sync import mirror_drain
 from queues.models import QueueRequest, StepState, TelemetryEvent
-from jobs.services import queue_create
+from jobs.submission import queue_create
 
 from .helpers import assert_mirror_matches_postgres
 

@@ -95,7 +95,7 @@ def test_it_keeps_label_values_bounded():
 @pytest.mark.django_db
 def test_it_counts_steps_by_state_from_the_database(client, historical_payload):
     from queues.models import QueueRequest, StepState
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload=historical_payload)
     first = queue.steps.order_by("position").first()
@@ -106,14 +106,15 @@ def test_it_counts_steps_by_state_from_the_database(client, historical_payload):
 
     assert sample(families, "streamforge_steps", "streamforge_steps", state="running", target=first.target) == 1
     assert sample(families, "streamforge_steps", "streamforge_steps", state="waiting", target=first.target) == waiting
-    assert sample(families, "streamforge_queues", "streamforge_queues", status="pending") == 1
+    assert sample(families, "streamforge_queues", "streamforge_queues", status="running") == 1  # advanced on submission
     assert sample(families, "streamforge_state_metrics_up", "streamforge_state_metrics_up") == 1
 
 
 @pytest.mark.django_db
 def test_it_counts_queues_started_and_finished_from_signals(historical_payload, django_capture_on_commit_callbacks):
     from queues.models import StepState
-    from jobs.services import queue_create, queue_refresh_status
+    from jobs.services import queue_refresh_status
+    from jobs.submission import queue_create
 
     started = value("streamforge_queues_started_total", source="kafka")
     finished = value("streamforge_queues_finished_total", outcome="succeeded")
@@ -138,7 +139,7 @@ def test_it_observes_launch_and_stop_latency_from_step_transitions(
     historical_payload, django_capture_on_commit_callbacks
 ):
     from queues.models import StepState
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     queue, _ = queue_create(payload=historical_payload)
     step = queue.steps.order_by("position").first()

@@ -68,18 +68,18 @@ def test_it_runs_the_metrics_aggregates_once_for_a_flood_of_scrapes(client, sett
 @pytest.mark.django_db
 def test_it_reads_the_metrics_again_once_the_interval_has_passed(client, settings, clock, fresh_caches, historical_payload):
     """Issue #10 §5 (/metrics cached): the cache lasts OPS_CACHE_SECONDS, then the state is read afresh."""
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     settings.OPS_CACHE_SECONDS = 5
     before = client.get("/metrics").content
     queue_create(payload=historical_payload, user=None, source="api")
     clock[0] += 4.9
-    assert client.get("/metrics").content.count(b'streamforge_queues{status="pending"} 1.0') == 0
+    assert client.get("/metrics").content.count(b'streamforge_queues{status="running"} 1.0') == 0
     clock[0] += 0.2
     with CaptureQueriesContext(connection) as captured:
         after = client.get("/metrics").content
     assert len(aggregate_queries(captured)) == 2
-    assert b'streamforge_queues{status="pending"} 1.0' in after and after != before
+    assert b'streamforge_queues{status="running"} 1.0' in after and after != before  # advanced on submission
 
 
 @pytest.mark.django_db

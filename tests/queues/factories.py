@@ -1,6 +1,7 @@
 """Factories for queue tests: users with given permissions, and queues made through the real service."""
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import factory
@@ -30,9 +31,16 @@ def payload(name: str = "historical-pipeline", **changes) -> dict:
     return data
 
 
-def make_queue(name: str = "historical-pipeline", *, user=None, queue_id: str | None = None, source: str = "api", **changes):
-    """A queue created through services.queue_create, as the API and admin do."""
-    from jobs.services import queue_create
+def make_queue(name: str = "historical-pipeline", *, user=None, queue_id: str | None = None, source: str = "api",
+               first_advance: bool = True, **changes):
+    """A queue created through submission.queue_create, as the API and admin do: its ready steps
+    `launching`, their launch task sent. `first_advance=False`: as it was before its first advance —
+    every step waiting, the queue pending with its change counted — the state a retry leaves, for the
+    tests of what an advance (or a stop, a retry) does with it."""
+    from unittest import mock
 
-    queue, _ = queue_create(payload=payload(name, **changes), queue_id=queue_id, user=user, source=source)
+    from jobs.submission import queue_create
+
+    with mock.patch("jobs.submission.advance_held") if not first_advance else contextlib.nullcontext():
+        queue, _ = queue_create(payload=payload(name, **changes), queue_id=queue_id, user=user, source=source)
     return queue

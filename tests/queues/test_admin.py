@@ -7,7 +7,7 @@ import pytest
 from django.urls import reverse
 
 from queues.models import Queue, QueueStatus
-from jobs.services import queue_create
+from jobs.submission import queue_create
 from tests.queues.factories import UserFactory, make_queue, payload
 
 pytestmark = pytest.mark.django_db
@@ -30,7 +30,7 @@ def test_it_lists_queues_with_status_progress_and_a_start_button(client, staff_o
 
 
 def test_it_searches_and_filters_the_list(client, staff_operator):
-    make_queue(queue_id="find-me")
+    make_queue(queue_id="find-me", first_advance=False)
     make_queue("realtime-pipeline", queue_id="other-one", symbol="ETHUSDT")
     client.force_login(staff_operator)
     assert "other-one" not in client.get(LIST_URL, {"q": "find"}).content.decode()
@@ -136,8 +136,8 @@ def test_it_shows_a_conflict_on_the_queue_id_field(client, staff_operator):
 
 
 def test_it_stops_selected_queues(client, staff_operator):
-    a, b = make_queue(queue_id="stop-a"), make_queue(queue_id="stop-b")
-    keep = make_queue(queue_id="keep-running")
+    a, b = make_queue(queue_id="stop-a", first_advance=False), make_queue(queue_id="stop-b", first_advance=False)
+    keep = make_queue(queue_id="keep-running", first_advance=False)
     client.force_login(staff_operator)
     form = {"action": "stop_selected", "_selected_action": [a.pk, b.pk]}
     confirm = client.post(LIST_URL, form).content.decode()  # a confirmation page listing them; nothing stops yet
@@ -162,7 +162,7 @@ def test_it_offers_the_stop_action_only_to_those_who_may_stop(client, staff_view
 
 
 def test_it_stops_one_queue_from_its_page(client, staff_operator):
-    queue = make_queue(queue_id="one-stop")
+    queue = make_queue(queue_id="one-stop", first_advance=False)
     client.force_login(staff_operator)
     response = client.post(f"/admin/queues/queue/{queue.pk}/stop/")
     assert response.status_code == 302

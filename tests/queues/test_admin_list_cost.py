@@ -17,7 +17,7 @@ from django.urls import resolve, reverse
 from django.utils import timezone
 
 from console.admin.queue import QueueAdmin
-from jobs import services
+from jobs import services, submission
 from queues.models import Queue, QueueRequest, StepState
 from tests.queues.factories import payload
 
@@ -27,7 +27,7 @@ LIST_URL = "/admin/queues/queue/"
 
 
 def make(queue_id: str) -> Queue:
-    queue, _ = services.queue_create(payload=payload(), queue_id=queue_id)
+    queue, _ = submission.queue_create(payload=payload(), queue_id=queue_id)
     return queue
 
 

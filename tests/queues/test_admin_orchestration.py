@@ -7,14 +7,15 @@ from django.utils import timezone
 
 from jobs import services
 from queues.models import Queue, QueueRequest, QueueStatus, StepState, TelemetryEvent
-from tests.queues.factories import UserFactory, payload
+from tests.queues import factories
+from tests.queues.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
 
 def make_queue(queue_id: str) -> Queue:
-    queue, _ = services.queue_create(payload=payload(), queue_id=queue_id)
-    return queue
+    """A submitted queue before its first advance: every step waiting, for the tests to place."""
+    return factories.make_queue(queue_id=queue_id, first_advance=False)
 
 
 def step_at(queue: Queue, position: int) -> QueueRequest:

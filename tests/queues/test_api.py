@@ -73,9 +73,9 @@ def test_it_lists_newest_first_with_progress(api, operator):
 
 
 def test_it_filters_the_list(api):
-    hist = make_queue(queue_id="hist")
-    make_queue("realtime-pipeline", queue_id="rt")
-    make_queue("realtime-pipeline", queue_id="eth", symbol="ETHUSDT")
+    hist = make_queue(queue_id="hist", first_advance=False)
+    make_queue("realtime-pipeline", queue_id="rt", first_advance=False)
+    make_queue("realtime-pipeline", queue_id="eth", symbol="ETHUSDT", first_advance=False)
     Queue.objects.filter(pk=hist.pk).update(status=QueueStatus.FAILED, created_at=timezone.now() - timedelta(days=10))
 
     def ids(query):

@@ -16,7 +16,7 @@ from django.utils import timezone
 from jobs.launchers import get_launcher
 from jobs import services
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
-from tests.queues.factories import payload
+from tests.queues.factories import make_queue
 
 pytestmark = pytest.mark.django_db
 
@@ -24,8 +24,8 @@ LIST_URL = "/admin/queues/queue/"
 
 
 def make(queue_id: str, name: str = "historical-pipeline") -> Queue:
-    queue, _ = services.queue_create(payload=payload(name), queue_id=queue_id)
-    return queue
+    """A submitted queue before its first advance: every step waiting, for the tests to place."""
+    return make_queue(name, queue_id=queue_id, first_advance=False)
 
 
 def run(step: QueueRequest, **fields) -> None:

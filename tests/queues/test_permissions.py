@@ -16,7 +16,7 @@ READS = ["/api/queues/", "/api/queues/perm-q/", "/api/queues/perm-q/steps/", "/a
 
 @pytest.fixture
 def queue():
-    return make_queue(queue_id="perm-q")
+    return make_queue(queue_id="perm-q", first_advance=False)
 
 
 def _client(user=None) -> APIClient:
@@ -186,7 +186,7 @@ def test_it_reads_the_allowed_registries_from_settings(operator, settings):
 def test_it_treats_a_start_without_a_user_as_without_the_permission(historical_payload):
     """Issue #10 §5 (image override): Kafka `start` commands have no user, so no override permission."""
     from queues.contract import PayloadError
-    from jobs.services import queue_create
+    from jobs.submission import queue_create
 
     historical_payload["requests"][3]["image"] = "evil.example.com/miner:1"
     with pytest.raises(PayloadError) as raised:
