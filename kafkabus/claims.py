@@ -8,13 +8,17 @@ claimed row in the same transaction as the action, so the row says what happened
 A claim still `processing` means its owner is acting, or died (SIGKILL, OOM) or lost the database
 before it could record an outcome. The claim names its owner's database session (backend pid and
 start time): once that session is gone, the owner cannot be acting any more, so the next delivery
-takes the claim over at once — the redelivery after a consumer's death is usually the only one, and
-answering it `duplicate` would lose the command. After CLAIM_LEASE any claim may be taken over (an
+takes the claim over — the redelivery after a consumer's death is usually the only one, and
+answering it `duplicate` would lose the command. The session ends a moment after its client: the
+backend has to read the closed connection (or finish the statement it was running) and exit, so a
+delivery finding the owner's session still listed waits OWNER_EXIT_WAIT for it to end or record an
+outcome before answering `duplicate`. After CLAIM_LEASE any claim may be taken over (an
 owner stuck behind a pooler whose session we cannot see). The outcome is written only by the claim's
 current owner (the claim time is the fencing token), so a late original rolls back.
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
@@ -26,6 +30,11 @@ PROCESSING = "processing"
 # Far beyond any command's action (one short database transaction), short enough that a command
 # whose claim could not be released (database gone mid-action) is acted on after a restart.
 CLAIM_LEASE = timedelta(minutes=5)
+# A killed consumer's session left pg_stat_activity within 5 ms on a loaded 2-core host (200 tries),
+# or once the statement it was running ended (an action is one short transaction); an owner still
+# listed after this is taken as alive. A live owner usually records its outcome within it: answered.
+OWNER_EXIT_WAIT = 1.0  # seconds
+OWNER_POLL = 0.02  # seconds
 
 
 class ClaimLost(Exception):
@@ -42,7 +51,21 @@ _OWNER_GONE = "NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = (c.ack
 
 
 def command_claim(*, command_id: str, command: str) -> datetime | None:
-    """Claim `command_id`; returns the claim's token (its time) if this caller won, None otherwise."""
+    """Claim `command_id`; returns the claim's token (its time) if this caller won, None otherwise.
+
+    While the claim is `processing` under an owner whose session is still listed, tries again for up to
+    OWNER_EXIT_WAIT: each try is a transaction of its own, as PostgreSQL keeps the pg_stat_activity a
+    transaction first read until it ends."""
+    deadline = time.monotonic() + OWNER_EXIT_WAIT
+    while True:
+        token, undecided = _claim_try(command_id=command_id, command=command)
+        if token is not None or not undecided or time.monotonic() >= deadline:
+            return token
+        time.sleep(OWNER_POLL)
+
+
+def _claim_try(*, command_id: str, command: str) -> tuple[datetime | None, bool]:
+    """One try: (our token, False) if won; (None, whether the claim is still without an outcome) if not."""
     now = timezone.now()
     table = ProcessedCommand._meta.db_table
     with transaction.atomic(), connection.cursor() as cursor:
@@ -52,7 +75,7 @@ def command_claim(*, command_id: str, command: str) -> datetime | None:
             [command_id, command, PROCESSING, now],
         )
         if cursor.fetchone() is not None:
-            return now
+            return now, False
         # Taken over when its owner is gone or its lease ran out; of two deliveries doing this at once,
         # the second's UPDATE sees the first's new owner (alive) and time, and takes nothing.
         cursor.execute(
@@ -60,8 +83,12 @@ def command_claim(*, command_id: str, command: str) -> datetime | None:
             f"AND (c.received_at < %s OR {_OWNER_GONE}) RETURNING c.id",
             [now, command_id, PROCESSING, now - CLAIM_LEASE],
         )
-        taken = cursor.fetchone() is not None
-    return now if taken else None
+        if cursor.fetchone() is not None:
+            return now, False
+        # Still processing, or released since the INSERT (the next try wins it).
+        cursor.execute(f"SELECT status FROM {table} WHERE command_id = %s", [command_id])
+        row = cursor.fetchone()
+    return None, row is None or row[0] == PROCESSING
 
 
 def command_outcome_record(*, command_id: str, token: datetime, ack) -> None:

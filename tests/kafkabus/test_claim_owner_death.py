@@ -4,20 +4,24 @@ processing`, the queue was never created — the redelivery answered `duplicate`
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from consumers import control
-from kafkabus.claims import PROCESSING, command_claim
+from kafkabus.claims import PROCESSING, command_claim, command_outcome_record
 from kafkabus.models import ProcessedCommand
 from queues.models import Queue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _claim_in_another_session(command_id: str, *, then_die: bool, hold: threading.Event | None = None) -> None:
+def _claim_in_another_session(command_id: str, *, then_die: bool, hold: threading.Event | None = None,
+                              statement: str = "") -> threading.Thread:
     """What a consumer process does up to the kill: claim in a database session of its own; then it
-    dies (its session ends without recording anything) or stays alive acting until `hold` is set."""
+    dies (its session ends without recording anything) or stays alive acting until `hold` is set.
+    `statement` is one the consumer had sent when it was killed: its backend runs it to the end
+    before it reads that its client is gone, so the session outlives the consumer for that long."""
     from django.db import connection
 
     def owner():
@@ -26,8 +30,10 @@ def _claim_in_another_session(command_id: str, *, then_die: bool, hold: threadin
             if hold is not None:
                 claimed.set()
                 hold.wait(60)
+            if statement:
+                connection.connection.pgconn.send_query(statement.encode())
         finally:
-            connection.close()  # SIGKILL: the session just ends, nothing recorded
+            connection.close()  # SIGKILL: the client just goes, nothing recorded
 
     claimed = threading.Event()
     thread = threading.Thread(target=owner)
@@ -55,8 +61,22 @@ def test_a_start_claimed_by_a_consumer_that_died_is_acted_on_when_redelivered(hi
     assert again.duplicate is True and Queue.objects.filter(queue_id="q-orphan").count() == 1
 
 
+def test_a_start_whose_dead_consumer_s_session_ends_a_moment_later_is_acted_on(historical_payload):
+    """The redelivery can come before the dead consumer's session has ended (its backend finishing a
+    statement, or not yet scheduled to read the closed connection on a busy host): it must not answer
+    `duplicate` because the session was still listed for that moment (the same lost command as R1)."""
+    _claim_in_another_session("c-late", then_die=True, statement="SELECT pg_sleep(0.3)")
+
+    ack = control.handle_command({"command": "start", "command_id": "c-late", "queue_id": "q-late",
+                                  **historical_payload})
+
+    assert (ack.status, ack.duplicate) == ("accepted", False), ack
+    assert Queue.objects.filter(queue_id="q-late").count() == 1
+
+
 def test_a_claim_whose_owner_is_alive_is_not_taken_over(historical_payload):
-    """The other side: while the owner's session lives (it is acting), a redelivery answers duplicate."""
+    """The other side: while the owner's session lives (it is acting), a redelivery answers duplicate
+    (once OWNER_EXIT_WAIT has passed without the session ending or an outcome recorded)."""
     hold = threading.Event()
     owner = _claim_in_another_session("c-busy", then_die=False, hold=hold)
     try:
@@ -67,3 +87,31 @@ def test_a_claim_whose_owner_is_alive_is_not_taken_over(historical_payload):
     finally:
         hold.set()
         owner.join(60)
+
+
+def test_a_redelivery_while_the_owner_acts_answers_the_outcome_the_owner_records(historical_payload):
+    """A live owner recording its outcome while the redelivery waits for it: the redelivery answers that
+    outcome (`duplicate`), not `processing`, and does not act."""
+    from django.db import connection
+
+    claimed = threading.Event()
+
+    def owner():
+        try:
+            token = command_claim(command_id="c-acting", command="start")
+            claimed.set()
+            time.sleep(0.2)  # acting
+            command_outcome_record(command_id="c-acting", token=token, ack=control.Ack(
+                "start", "c-acting", "accepted", queue_id="q-acting", created=True))
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=owner)
+    thread.start()
+    assert claimed.wait(60)
+    ack = control.handle_command({"command": "start", "command_id": "c-acting", "queue_id": "q-acting",
+                                  **historical_payload})
+    thread.join(60)
+
+    assert (ack.status, ack.duplicate, ack.queue_id) == ("accepted", True, "q-acting"), ack
+    assert not Queue.objects.filter(queue_id="q-acting").exists()  # only the owner acts (here: records)
