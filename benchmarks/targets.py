@@ -38,7 +38,7 @@ def job_name(queue_id: str, target: str, step_number: int) -> str:
 
 
 def scheduler():
-    """queue_advance, step_launch, reconcile (the Celery tasks' bodies)."""
+    """queue_advance, reconcile (the Celery tasks' bodies)."""
     from jobs import scheduler
 
     return scheduler

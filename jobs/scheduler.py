@@ -1,4 +1,5 @@
-"""The scheduler: launching, stopping and reconcile (advancing one queue is `jobs.advance`).
+"""The scheduler: stopping, removing workloads and reconcile (advancing one queue is `jobs.advance`,
+launching a step `jobs.launching`).
 
 Everything here is level-triggered: `queue_advance` (jobs/advance.py) looks at the whole queue
 and does what its state calls for, so running it twice, late, or after lost events is harmless.
@@ -15,13 +16,13 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from jobs import k8s_heartbeat
-from jobs.advance import field_from_db, queue_advance
-from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
+from jobs.advance import queue_advance
+from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, enqueue
 from jobs.launchers import LaunchError, Observation, Phase, get_launcher
 from jobs.services import step_transition
 from jobs.signals import reconcile_finished
@@ -34,155 +35,11 @@ logger = logging.getLogger(__name__)
 RECONCILE_LOCK_ID = 0x5F0E_0001  # pg advisory lock: one reconcile pass at a time, cluster-wide
 
 
-class RetryLaunch(Exception):
-    """A launch attempt failed and the step's budget allows another one after `countdown` seconds."""
-
-    def __init__(self, countdown: float, reason: str):
-        super().__init__(reason)
-        self.countdown = countdown
-
-
 def attempt_deadline() -> timedelta:
     """How long one launch attempt may take: after it, no task can still be running it (the Celery
-    hard time limit kills it), so reconcile may send the launch again."""
+    hard time limit kills it), so reconcile may send the launch again. Each claim of an attempt
+    (jobs.launching) sets it as the step's `next_launch_at`."""
     return timedelta(seconds=max(settings.LAUNCH_STUCK_SECONDS, settings.CELERY_TASK_TIME_LIMIT))
-
-
-def step_launch(step_pk: int) -> str:
-    """Launch one step (idempotent): 'launched', 'skipped' (not launching any more) or 'failed'.
-
-    Every attempt is counted in the database before it starts (`launch_attempts`, a bounded budget
-    per run); any exception from it raises RetryLaunch while the budget lasts, else fails the step
-    with the reason. A launch that returns after the step stopped, failed or moved to another run
-    removes what it just created.
-    """
-    step = _claim_attempt(step_pk)
-    if step is None:
-        return step_launch_unclaimed(step_pk)
-    try:
-        handle = get_launcher().launch(step)
-        return _record_launch(step, handle)
-    except Exception as exc:  # timeouts, SoftTimeLimitExceeded, client errors: all spend the budget
-        countdown = step_launch_attempt_failed(step, exc)
-        if countdown is None:
-            return "failed"
-        raise RetryLaunch(countdown, str(exc)) from exc
-
-
-def step_launch_unclaimed(step_pk: int) -> str:
-    """A launch whose claim found nothing to do: 'skipped' (not launching any more) or 'failed' (its
-    run's attempts are spent)."""
-    step = QueueRequest.objects.select_related("queue").filter(pk=step_pk).first()
-    if step is None or step.state != StepState.LAUNCHING:
-        return "skipped"
-    _fail_launch(step, f"gave up after {step.launch_attempts} attempts: {step.message or 'no reason recorded'}")
-    return "failed"
-
-
-# What a launch reads of a step and its queue: everything but the step's log tail and the queue's
-# payloads (the manifest needs none of them).
-_CLAIM_STEP_SKIP = {"logs"}
-_CLAIM_QUEUE_SKIP = {"payload", "canonical_payload", "warnings"}
-
-
-def _claim_attempt(step_pk: int) -> QueueRequest | None:
-    """Count one attempt if the step is launching and its run's budget allows it, and return the
-    step with its queue — one UPDATE … RETURNING, no read-then-write; None when not claimed."""
-    return claim_attempts([step_pk]).get(step_pk)
-
-
-def claim_attempts(step_pks: list[int]) -> dict[int, QueueRequest]:
-    """`_claim_attempt` for several steps in ONE statement (a queue's ready steps launched together):
-    each step is claimed or not exactly as alone; returns the claimed ones by pk, with their queue."""
-    step_fields = [f for f in QueueRequest._meta.concrete_fields if f.name not in _CLAIM_STEP_SKIP]
-    queue_fields = [f for f in Queue._meta.concrete_fields if f.name not in _CLAIM_QUEUE_SKIP]
-    columns = [f"s.{f.column}" for f in step_fields] + [f"q.{f.column}" for f in queue_fields]
-    sql = (
-        f"UPDATE {QueueRequest._meta.db_table} AS s "
-        "SET launch_attempts = s.launch_attempts + 1, next_launch_at = %s "
-        f"FROM {Queue._meta.db_table} AS q "
-        "WHERE s.id = ANY(%s) AND q.id = s.queue_id AND s.state = %s AND s.launch_attempts < %s "
-        f"RETURNING {', '.join(columns)}"
-    )
-    params = [timezone.now() + attempt_deadline(), sorted(set(step_pks)), StepState.LAUNCHING,
-              settings.LAUNCH_MAX_ATTEMPTS]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    claimed, queues = {}, {}
-    for row in rows:
-        values = [field_from_db(f, value) for f, value in zip(step_fields + queue_fields, row)]
-        step = QueueRequest.from_db(connection.alias, [f.attname for f in step_fields], values[: len(step_fields)])
-        queue_values = values[len(step_fields):]
-        # One Queue object per queue, as the related manager would share it.
-        step.queue = queues.get(step.queue_id) or queues.setdefault(
-            step.queue_id, Queue.from_db(connection.alias, [f.attname for f in queue_fields], queue_values))
-        claimed[step.pk] = step
-    return claimed
-
-
-def _record_launch(step: QueueRequest, handle: dict) -> str:
-    """One UPDATE in the usual case: the handle and launching → pending together. No queue status
-    refresh and no advance: pending counts as launched like launching, and no edge waits for it."""
-    now = timezone.now()
-    recorded = step_transition(step, StepState.PENDING, from_states=[StepState.LAUNCHING], in_run=step.run,
-                               mark_queue=False, launcher_handle=handle, launched_at=now, next_launch_at=None)
-    if not recorded:
-        return step_record_late_launch(step, handle, now)
-    logger.info("step launched", extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
-    return "launched"
-
-
-def step_record_late_launch(step: QueueRequest, handle: dict, now) -> str:
-    """The record of a launch whose step is no longer `launching` in this run: 'launched' or 'discarded'."""
-    # A fast worker may already have reported `started` (launching → running), or a stop came
-    # meanwhile: record the handle all the same (the stop flow needs to know the launch happened).
-    with transaction.atomic():
-        recorded = QueueRequest.objects.filter(
-            pk=step.pk, run=step.run, state__in=StepState.LAUNCHED
-        ).update(launcher_handle=handle, launched_at=now, next_launch_at=None) == 1
-        if recorded:
-            step.launcher_handle, step.launched_at = handle, now
-            if QueueRequest.objects.filter(pk=step.pk, state=StepState.STOPPING).exists():
-                # Its stop command may have gone out before the workload existed: send it again.
-                enqueue_on_commit(STEP_SEND_STOP, step.pk, about=step)
-    if not recorded:
-        # The step ended (e.g. a stop ended it while no workload could be seen yet) or is in
-        # another run: what was just created belongs to no live step.
-        logger.warning("launch returned after the step moved on; removing its workload",
-                       extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
-        step_discard(step.pk, job_name=step.job_name, step=step)
-        return "discarded"
-    logger.info("step launched", extra={"queue_id": step.queue.queue_id, "step": step.name, "job": step.job_name})
-    return "launched"
-
-
-def step_launch_attempt_failed(step: QueueRequest, error: Exception) -> float | None:
-    """Fail the step when the error is permanent or the budget is spent; else the retry countdown."""
-    reason = str(error) or type(error).__name__
-    attempts = step.launch_attempts  # as counted by this attempt's claim
-    if isinstance(error, LaunchError) and error.permanent:
-        _fail_launch(step, f"permanent error: {reason}")
-        return None
-    if attempts >= settings.LAUNCH_MAX_ATTEMPTS:
-        _fail_launch(step, f"gave up after {attempts} attempts: {reason}")
-        return None
-    countdown = settings.LAUNCH_RETRY_BACKOFF_SECONDS * 2 ** (attempts - 1)
-    # Reconcile re-sends the launch only once this has passed, so it never starts a second chain
-    # beside this one while it backs off.
-    QueueRequest.objects.filter(pk=step.pk, run=step.run, state=StepState.LAUNCHING).update(
-        message=f"Launch attempt {attempts} of {settings.LAUNCH_MAX_ATTEMPTS} failed: {reason}",
-        next_launch_at=timezone.now() + timedelta(seconds=countdown) + attempt_deadline(),
-    )
-    logger.warning("step launch attempt failed", extra={"queue_id": step.queue.queue_id, "step": step.name,
-                                                         "attempt": attempts, "error": reason})
-    return countdown
-
-
-def _fail_launch(step: QueueRequest, reason: str) -> None:
-    if step_transition(step, StepState.FAILED, from_states=[StepState.LAUNCHING], in_run=step.run, message=f"Launch failed ({reason})"):
-        logger.warning("step launch failed", extra={"queue_id": step.queue.queue_id, "step": step.name, "error": reason})
-        enqueue(QUEUE_ADVANCE, step.queue_id, about=step.queue)
 
 
 def step_discard(step_pk: int, *, job_name: str, step: QueueRequest | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Celery tasks: thin, take ids, re-read rows, call the scheduler function of the same name.
+"""Celery tasks: thin, take ids, re-read rows, call the function of the same name (jobs.scheduler,
+jobs.launching, jobs.stopping).
 
 Each task is `<function>_task`, registered under the explicit name `jobs.tasks.<function>_task`
 (see `jobs/announce.py`, which sends them by that name). All are safe to run twice.
@@ -37,8 +38,8 @@ def step_launch_task(self, step_pk: int) -> str:
     # The budget lives in the database (launch_attempts), not in this chain's retry count: a chain
     # re-sent by reconcile continues the same budget instead of starting a new one.
     try:
-        return scheduler.step_launch(step_pk)
-    except scheduler.RetryLaunch as retry:
+        return launching.step_launch(step_pk)
+    except launching.RetryLaunch as retry:
         raise self.retry(countdown=retry.countdown, exc=retry)
 
 

@@ -63,6 +63,7 @@ def test_it_fails_the_step_with_the_tls_reason_instead_of_retrying(
     """Case "fail clearly (the step fails with a clear reason, not retried forever)"."""
     from jobs import scheduler
     from jobs.launchers import _build as build_launcher
+    from jobs.launching import step_launch
 
     from_settings(tls_cluster)
     settings.JOB_LAUNCHER, settings.KAFKA_ENABLED = "kubernetes", False
@@ -70,7 +71,7 @@ def test_it_fails_the_step_with_the_tls_reason_instead_of_retrying(
     try:
         scheduler.queue_advance(historical_queue.pk)
         launching = QueueRequest.objects.filter(queue=historical_queue, state=StepState.LAUNCHING).first()
-        assert scheduler.step_launch(launching.pk) == "failed"
+        assert step_launch(launching.pk) == "failed"
     finally:
         build_launcher.cache_clear()
     launching.refresh_from_db()

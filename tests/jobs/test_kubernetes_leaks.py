@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import scheduler
+from jobs import launching, scheduler
 from jobs.telemetry import ingest_events
 from queues.models import QueueRequest, StepState
 from jobs.services import step_stop
@@ -54,7 +54,7 @@ def test_it_deletes_a_job_created_after_a_stop_ended_its_step(k8s_pipeline, hist
         assert QueueRequest.objects.get(pk=step_.pk).state == StepState.STOPPED
 
     _launch_with(monkeypatch, during)
-    scheduler.step_launch(connector.pk)
+    launching.step_launch(connector.pk)
 
     assert connector.job_name not in cluster_jobs_of(controller, queue)
     assert QueueRequest.objects.get(pk=connector.pk).state == StepState.STOPPED
@@ -75,7 +75,7 @@ def test_it_stops_a_step_whose_launch_was_in_flight_without_leftovers(
         assert QueueRequest.objects.get(pk=step_.pk).state == StepState.STOPPING
 
     _launch_with(monkeypatch, during)
-    scheduler.step_launch(connector.pk)
+    launching.step_launch(connector.pk)
     assert connector.job_name in cluster_jobs_of(controller, queue)
 
     settings.STOP_GRACE_SECONDS = 0

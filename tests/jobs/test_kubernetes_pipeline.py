@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from jobs import scheduler
+from jobs import launching, scheduler
 from jobs.launchers import _build as build_launcher
 from jobs.telemetry import ingest_events
 from queues.models import Queue, QueueRequest, QueueStatus, StepState
@@ -34,7 +34,7 @@ def tick(queue: Queue) -> dict[str, str]:
     """One reconcile pass, then the launches and stop commands it enqueued (run eagerly here)."""
     scheduler.reconcile()
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.LAUNCHING).values_list("pk", flat=True):
-        assert scheduler.step_launch(pk) == "launched"
+        assert launching.step_launch(pk) == "launched"
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.STOPPING).values_list("pk", flat=True):
         scheduler.step_send_stop(pk)
     return states(queue)
@@ -43,7 +43,7 @@ def tick(queue: Queue) -> dict[str, str]:
 def start(queue: Queue) -> dict[str, str]:
     scheduler.queue_advance(queue.pk)
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.LAUNCHING).values_list("pk", flat=True):
-        scheduler.step_launch(pk)
+        launching.step_launch(pk)
     return states(queue)
 
 

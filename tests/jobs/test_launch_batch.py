@@ -244,7 +244,7 @@ def test_two_workers_launching_the_same_steps_at_once_make_one_job_each(launcher
             connection.close()
 
     threads = [threading.Thread(target=worker, args=(lambda: launching.steps_launch(pks),)),
-               threading.Thread(target=worker, args=(lambda: {pk: scheduler.step_launch(pk) for pk in pks},))]
+               threading.Thread(target=worker, args=(lambda: {pk: launching.step_launch(pk) for pk in pks},))]
     for thread in threads:
         thread.start()
     for thread in threads:

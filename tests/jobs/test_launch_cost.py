@@ -14,7 +14,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import advance, scheduler
+from jobs import advance, launching, scheduler
 from jobs.announce import STEP_LAUNCH
 from jobs.launchers import LaunchError
 from queues.models import QueueRequest, StepState
@@ -129,18 +129,18 @@ def test_a_launch_out_of_attempts_between_job_and_secret_leaves_nothing(k8s_pipe
     on_task(monkeypatch, "step_discard_task", lambda pk, job_name: scheduler.step_discard(pk, job_name=job_name))
     on_task(monkeypatch, "queue_advance_task", lambda pk: None)
     advance.queue_advance(historical_queue.pk)
-    launching = historical_queue.steps.filter(state=StepState.LAUNCHING).order_by("position").first()
+    step = historical_queue.steps.filter(state=StepState.LAUNCHING).order_by("position").first()
     emulator.fail_next("POST", r"/secrets$", 503, times=10)
 
     from django.test import TestCase
 
     with TestCase.captureOnCommitCallbacks(execute=True):
-        assert scheduler.step_launch(launching.pk) == "failed"
+        assert launching.step_launch(step.pk) == "failed"
 
-    launching.refresh_from_db()
-    assert launching.state == StepState.FAILED
-    wait_until(lambda: _job(kube, launching.job_name) is None, message="the failed step's Job is discarded")
-    assert _secret(kube, launching) is None
+    step.refresh_from_db()
+    assert step.state == StepState.FAILED
+    wait_until(lambda: _job(kube, step.job_name) is None, message="the failed step's Job is discarded")
+    assert _secret(kube, step) is None
 
 
 # --- a pod waiting for its Secret --------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_a_pending_step_whose_pod_waits_for_its_secret_is_not_failed(k8s_pipelin
     launcher = scheduler.get_launcher()
     launcher.launch = kubelet_first
     try:
-        assert scheduler.step_launch(connector.pk) == "launched"
+        assert launching.step_launch(connector.pk) == "launched"
     finally:
         del launcher.launch
 
@@ -271,7 +271,7 @@ def test_a_launch_costs_the_same_queries_whatever_the_queue_size(settings, monke
         advance.queue_advance(queue.pk)
         pks = list(queue.steps.filter(state=StepState.LAUNCHING).values_list("pk", flat=True))
         with CaptureQueriesContext(connection) as queries:
-            assert [scheduler.step_launch(pk) for pk in pks] == ["launched"] * n
+            assert [launching.step_launch(pk) for pk in pks] == ["launched"] * n
         counts[n] = len(queries.captured_queries) / n
 
     assert counts[1] == counts[6] == 2, counts  # the claim (UPDATE … RETURNING) and the record (UPDATE)

@@ -14,6 +14,7 @@ from django.test.utils import CaptureQueriesContext
 
 from jobs import advance, scheduler
 from jobs.announce import STEP_LAUNCH
+from jobs.launching import step_launch
 from mirror.models import MirrorOutbox
 from queues.models import QueueRequest, StepState
 from tests.jobs.helpers import on_task, state_changes
@@ -59,7 +60,7 @@ def test_a_launch_record_with_the_mirror_on_is_one_statement_with_its_outbox_row
     step, drains = launching
 
     with CaptureQueriesContext(connection) as queries:
-        assert scheduler.step_launch(step.pk) == "launched"
+        assert step_launch(step.pk) == "launched"
 
     statements = [q["sql"] for q in queries.captured_queries]
     assert len(statements) == 2, statements  # the claim (UPDATE … RETURNING) and the record
@@ -78,7 +79,7 @@ def test_a_launch_record_with_the_mirror_off_is_one_statement(launching, receive
     step, _ = launching
 
     with CaptureQueriesContext(connection) as queries:
-        assert scheduler.step_launch(step.pk) == "launched"
+        assert step_launch(step.pk) == "launched"
 
     assert len(queries.captured_queries) == 2, [q["sql"] for q in queries.captured_queries]
     assert QueueRequest.objects.get(pk=step.pk).state == StepState.PENDING

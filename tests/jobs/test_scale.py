@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import advance, k8s_reconcile, scheduler
+from jobs import advance, k8s_reconcile, launching, scheduler
 from jobs.launchers import Observation, Phase
 from queues.models import Queue, QueueRequest, StepState
 from tests.queues.factories import make_queue
@@ -162,7 +162,7 @@ def test_a_launch_is_a_claim_and_one_record_update(launcher, settings):
     step = _s(queue, CONN_C)
 
     with CaptureQueriesContext(connection) as queries:
-        assert scheduler.step_launch(step.pk) == "launched"
+        assert launching.step_launch(step.pk) == "launched"
 
     writes = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
     assert len(writes) == 2, writes  # the claim (UPDATE … RETURNING) and the record (UPDATE)

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import scheduler
+from jobs import launching, scheduler
 from jobs.launchers import LaunchError, Observation, Phase
 from queues.models import DependencyKind, Queue, QueueRequest, QueueStatus, StepState
 from tests.queues.factories import make_queue
@@ -438,7 +438,7 @@ def test_it_does_not_end_a_stopping_step_while_its_launch_is_in_flight(queue, fa
     step = _put(queue, CONN_C, StepState.LAUNCHING)
     fake.during = _stop_and_reconcile(queue, CONN_C)
 
-    assert scheduler.step_launch(step.pk) == "launched"
+    assert launching.step_launch(step.pk) == "launched"
 
     step.refresh_from_db()
     assert step.state == StepState.STOPPING  # not ended while the launch was creating the workload
@@ -459,7 +459,7 @@ def test_it_removes_what_a_launch_created_after_the_step_ended(queue, fake, sett
         assert _s(queue, CONN_C).state == StepState.STOPPED
 
     fake.during = during
-    scheduler.step_launch(step.pk)
+    launching.step_launch(step.pk)
 
     assert fake.created == [step.job_name] and fake.discarded == [step.job_name]
     step.refresh_from_db()
@@ -481,7 +481,7 @@ def test_it_removes_what_a_late_launch_created_for_an_earlier_run(queue, fake):
         assert _s(queue, CONN_C).state == StepState.LAUNCHING and _s(queue, CONN_C).run == 2
 
     fake.during = during
-    scheduler.step_launch(step.pk)
+    launching.step_launch(step.pk)
 
     assert fake.discarded == [first_job]  # run 1's workload only
     second = _s(queue, CONN_C)
@@ -495,7 +495,7 @@ def test_it_writes_the_queue_status_from_the_locked_row_after_a_launch(queue, fa
     step = _put(queue, CONN_C, StepState.LAUNCHING)
     fake.during = lambda step_: queue_stop(queue=Queue.objects.get(pk=queue.pk))
 
-    scheduler.step_launch(step.pk)
+    launching.step_launch(step.pk)
 
     queue.refresh_from_db()
     assert _s(queue, CONN_C).state == StepState.STOPPING
@@ -549,7 +549,7 @@ def test_it_does_not_resend_a_launch_that_is_backing_off(queue, fake, settings, 
     step = _put(queue, CONN_C, StepState.LAUNCHING, state_changed_at=_ago(120))
     fake.error = LaunchError("HTTP 503")
     with pytest.raises(Exception):  # the task retries it after the backoff
-        scheduler.step_launch(step.pk)
+        launching.step_launch(step.pk)
 
     assert scheduler.reconcile()["relaunched"] == 0
     assert sent == []
@@ -596,7 +596,7 @@ def test_it_kills_a_local_process_started_after_a_stop_ended_its_step(queue, tmp
         on_task(monkeypatch, task, lambda *args: None)
     step = _put(queue, CONN_C, StepState.LAUNCHING)
 
-    scheduler.step_launch(step.pk)
+    launching.step_launch(step.pk)
 
     process = _read_json(launcher.state_dir(step) / "process.json")
     assert process is not None  # the launch did start it

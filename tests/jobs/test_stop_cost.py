@@ -17,7 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from jobs import scheduler
+from jobs import launching, scheduler
 from jobs.services import queue_stop
 from jobs.submission import queue_create
 from jobs.stopping import queue_force_stop, queue_send_stop
@@ -38,7 +38,7 @@ def _running_queue(queue_id: str, steps: int, controller):
                             queue_id=queue_id)
     scheduler.queue_advance(queue.pk)
     for pk in QueueRequest.objects.filter(queue=queue, state=StepState.LAUNCHING).values_list("pk", flat=True):
-        assert scheduler.step_launch(pk) == "launched"
+        assert launching.step_launch(pk) == "launched"
     for name in cluster_jobs_of(controller, queue):
         controller.mark_running(name)
     QueueRequest.objects.filter(queue=queue).update(state=StepState.RUNNING)

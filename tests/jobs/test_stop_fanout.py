@@ -21,7 +21,7 @@ from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from jobs import scheduler
+from jobs import launching, scheduler
 from jobs.announce import QUEUE_FORCE_STOP, QUEUE_SEND_STOP, STEP_FORCE_STOP, STEP_SEND_STOP
 from jobs.services import queue_retry, queue_stop, step_transition
 from jobs.stopping import queue_force_stop, queue_send_stop
@@ -133,7 +133,7 @@ def test_the_queue_forced_stop_never_deletes_a_job_of_a_step_not_being_stopped(
     scheduler.queue_advance(queue.pk)
     obeyed.refresh_from_db()
     assert obeyed.run == 2 and obeyed.state == StepState.LAUNCHING
-    assert scheduler.step_launch(obeyed.pk) == "launched"
+    assert launching.step_launch(obeyed.pk) == "launched"
     retried_job = obeyed.job_name
     assert retried_job in cluster_jobs_of(controller, queue)
 

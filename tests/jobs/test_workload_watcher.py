@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from jobs import k8s_heartbeat, scheduler
+from jobs import k8s_heartbeat, launching, scheduler
 from jobs.k8s_informer import CachedObserver, Informer
 from jobs.k8s_watch import WorkloadWatcher
 from jobs.launchers import _build as build_launcher
@@ -44,7 +44,7 @@ def running_queue(watch_settings, historical_queue, controller):
     """A queue whose ready steps are launched (pending, their Jobs created)."""
     scheduler.queue_advance(historical_queue.pk)
     for pk in historical_queue.steps.filter(state=StepState.LAUNCHING).values_list("pk", flat=True):
-        assert scheduler.step_launch(pk) == "launched"
+        assert launching.step_launch(pk) == "launched"
     assert historical_queue.steps.filter(state=StepState.PENDING).exists()
     return historical_queue
 
