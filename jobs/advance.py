@@ -3,7 +3,7 @@
 Level-triggered: `queue_advance` looks at the whole queue under its lock and does what its state
 calls for, so running it twice, late, or after lost events is harmless. The scheduler's reconcile
 and the `queue_advance_task` call it, and a queue's submission takes its first advance with
-`advance_held` (jobs.submission); launching itself is `jobs.launching` / `jobs.scheduler.step_launch`.
+`advance_held` (jobs.submission); launching itself is `jobs.launching` (`steps_launch`, `step_launch`).
 """
 from __future__ import annotations
 
