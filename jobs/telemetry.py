@@ -2,10 +2,11 @@
 
 One entry point, `ingest_events()`, used by the HTTP endpoint and the Kafka consumer alike. A
 batch is written in one transaction: plain progress reports are coalesced per step per batch into
-one event (jobs.telemetry_coalesce), events are stored (deduplicated by a content hash), progress
-is applied with one UPDATE for the whole batch, state changes go through compare-and-set
-transitions. Applying the same event twice changes nothing (records_written only grows, a
-transition that already happened does not happen again), so at-least-once delivery is safe.
+one event (jobs.telemetry_coalesce), events are stored (deduplicated by a content hash:
+jobs.telemetry_store), progress is applied with one UPDATE for the whole batch, state changes go
+through compare-and-set transitions. Applying the same event twice changes nothing (records_written
+only grows, a transition that already happened does not happen again), so at-least-once delivery
+is safe.
 
 Runs: a retried step keeps its telemetry_id, so an event belongs to the run it names (`run`, sent
 by workers from STEP_RUN) or, without one, to the step's run current when it arrives. The run is
@@ -16,12 +17,10 @@ Validation (one bad event is refused alone, naming the field) lives in jobs.tele
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-import psycopg
-from django.db import DataError, connection, transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from jobs.announce import QUEUE_ADVANCE, enqueue_on_commit
@@ -29,10 +28,9 @@ from jobs.services import step_transition
 from jobs.signals import telemetry_counted
 from jobs.telemetry_coalesce import split as coalesce_split
 from jobs.telemetry_input import STATUSES, Event, InvalidEvent, canonical, event_key, normalize  # noqa: F401 (API)
+from jobs.telemetry_store import store_events
 from queues.models import Queue, QueueRequest, StepState, TelemetryEvent
 from queues.signals import telemetry_ingested
-
-logger = logging.getLogger(__name__)
 
 PROGRESS_STATUSES = ("started", "loading", "progress")
 INTERRUPTED_MESSAGE = "The worker reported `interrupted` without a stop request from the manager."
@@ -128,7 +126,9 @@ def ingest_apply(prepared: PreparedEvents, *, source: str = "http") -> IngestRes
         # Lock first, then read the steps: what we decide from their state cannot be stale.
         queues = _lock_queues({e.queue_id for e in events})
         matched = _match(events, queues, result)
-        new = _store_safely(matched, queues, source, result)
+        new, refused = store_events(matched, queues, source)
+        for event, reason in refused:
+            _reject(result.rejected, event, reason)
         result.accepted = sum(event.coalesced for event, _ in new)
         result.duplicates = sum(_reports(event) for event, _ in matched) - result.accepted
         current = [(event, step) for event, step in new if step is not None and not event.stale]
@@ -171,12 +171,6 @@ def _reject(rejected: list, event: Event, reason: str) -> None:
         rejected.append((event.index, reason))
     else:
         rejected.extend((index, reason) for index in event.indexes)
-
-
-_STORE_COLUMNS = (
-    "queue_id", "step_id", "event_key", "status", "producer", "records_written",
-    "message", "payload", "source", "sent_at", "received_at", "run", "coalesced",
-)
 
 
 def _lock_queues(queue_ids: set[str]) -> dict[str, int]:
@@ -224,93 +218,6 @@ def _match(events, queues: dict, result: IngestResult) -> list[tuple[Event, _Ste
         event.key = event_key(event.text if event.hashed is None else event.hashed, event.run)
         matched.append((event, step))
     return matched
-
-
-def _store_new(matched, queues: dict, source: str) -> list[tuple[Event, _Step | None]]:
-    """Store the events not seen before and return those (the ones to apply).
-
-    Optimistic: in the steady state no event of a batch was stored before, so the batch goes in with
-    one COPY (the fastest way into PostgreSQL) and the unique index on event_key is the only check.
-    A batch delivered again (a consumer restart, a rebalance) fails that COPY on its first known key;
-    then the known keys are looked up at once and only the others are copied. No other writer can
-    insert the same key meanwhile: an event's key covers its queue_id, and the caller holds that
-    queue's lock.
-    """
-    unique: dict[str, tuple[Event, _Step | None]] = {}
-    for event, step in matched:
-        unique.setdefault(event.key, (event, step))
-    if not unique:
-        return []
-    try:
-        with transaction.atomic():  # a savepoint: the failed COPY is undone, the batch goes on
-            _copy(unique.values(), queues, source)
-        return list(unique.values())
-    except psycopg.errors.UniqueViolation:
-        pass
-    with connection.cursor() as cursor:
-        # The keys are hex digests: one space-separated text is split by the server, instead of a
-        # text[] parameter that the driver quotes element by element (a regex per key).
-        table = TelemetryEvent._meta.db_table
-        cursor.execute(f"SELECT event_key FROM {table} WHERE event_key = ANY(string_to_array(%s, ' '))", [" ".join(unique)])
-        for (key,) in cursor.fetchall():
-            del unique[key]
-    if unique:
-        _copy(unique.values(), queues, source)
-    return list(unique.values())
-
-
-def _copy(rows, queues: dict, source: str) -> None:
-    # The COPY text is formatted here, a line per row: the driver's row writer dumped each value
-    # through a per-column dumper and cost several times this (issue #12). Numbers and hex keys
-    # need no escaping, statuses are STATUSES, times are ISO 8601 (UTC, aware); strings go
-    # through _copy_text. The server parses each column as it would a dumped value.
-    now = timezone.now().isoformat()
-    source = _copy_text(source)
-    lines = []
-    append = lines.append
-    for event, step in rows:
-        sent_at, records, run = event.sent_at, event.records_written, event.run
-        append("\t".join((
-            str(queues[event.queue_id]), "\\N" if step is None else str(step.id), event.key, event.status,
-            _copy_text(event.producer[:100]), "\\N" if records is None else str(records), _copy_text(event.message),
-            _copy_text(event.text), source, "\\N" if sent_at is None else sent_at.isoformat(), now,
-            "\\N" if run is None else str(run), str(event.coalesced),
-        )))
-    append("")  # the last line's newline
-    table = TelemetryEvent._meta.db_table
-    with connection.cursor() as cursor:
-        # psycopg's COPY on the same connection, inside the caller's transaction.
-        with cursor.cursor.copy(f"COPY {table} ({', '.join(_STORE_COLUMNS)}) FROM STDIN") as copy:
-            copy.write("\n".join(lines))
-
-
-# COPY's text format gives a meaning to these four; everything else is taken literally.
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
-
-
-def _copy_text(value: str) -> str:
-    """A string as a COPY text column (NUL cannot occur: ingestion refuses it before)."""
-    if "\\" in value or "\n" in value or "\r" in value or "\t" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value  # the usual text (JSON as sent, without a backslash escape): as is
-
-
-def _store_safely(matched, queues: dict, source: str, result: IngestResult):
-    """_store_new for the batch; if the database refuses some event (e.g. a string jsonb cannot
-    hold), store them one by one and reject only the bad ones, so no input can block a consumer."""
-    try:
-        with transaction.atomic():
-            return _store_new(matched, queues, source)
-    except (DataError, psycopg.DataError):
-        logger.warning("a telemetry batch could not be stored whole; storing its events one by one")
-    new = []
-    for event, step in matched:
-        try:
-            with transaction.atomic():
-                new.extend(_store_new([(event, step)], queues, source))
-        except (DataError, psycopg.DataError) as exc:
-            _reject(result.rejected, event, f"cannot be stored: {str(exc).splitlines()[0]}")
-    return new
 
 
 def _apply_progress(new) -> None:

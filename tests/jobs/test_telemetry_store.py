@@ -119,3 +119,37 @@ def test_queue_ids_with_array_punctuation_are_looked_up_as_they_are(queue):
     assert result.accepted == 1
     loader.refresh_from_db()
     assert loader.records_written == 2
+
+
+def test_an_event_the_database_refuses_is_rejected_alone_at_each_of_its_positions(queue, monkeypatch):
+    """Storing, refused: when the database refuses the batch's COPY, its events are stored one by one;
+    the one it refuses is rejected at every position it stands for (a coalesced event: each of its
+    reports) with the database's reason, and the rest are stored and applied."""
+    import psycopg
+
+    from jobs import telemetry_store
+
+    loader = put(step_of(queue, LOADER), StepState.RUNNING)
+    real = telemetry_store._copy
+
+    def copy(rows, queues, source):
+        rows = list(rows)
+        if any(event.message == "poison" for event, _ in rows):
+            raise psycopg.errors.DataError("invalid input for jsonb\nDETAIL: the poison")
+        return real(rows, queues, source)
+
+    monkeypatch.setattr(telemetry_store, "_copy", copy)
+    report = {"event": "loading", "queue_id": queue.queue_id, "producer": loader.telemetry_id}
+    batch = [{**report, "records_written": 5, "message": "poison"}, {**report, "records_written": 3},
+             {**report, "records_written": 6, "message": "poison"},
+             {"event": "pong", "queue_id": queue.queue_id, "producer": "someone-else"}]
+
+    result = ingest_events(batch)
+
+    reason = "cannot be stored: invalid input for jsonb"
+    assert result.rejected == [(0, reason), (2, reason)]
+    assert result.accepted == 2
+    assert sorted(TelemetryEvent.objects.filter(queue=queue).values_list("status", "records_written")) == [
+        ("loading", 3), ("pong", None)]
+    loader.refresh_from_db()
+    assert loader.records_written == 3
