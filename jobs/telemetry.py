@@ -130,7 +130,9 @@ def ingest_apply(prepared: PreparedEvents, *, source: str = "http") -> IngestRes
         for event, reason in refused:
             _reject(result.rejected, event, reason)
         result.accepted = sum(event.coalesced for event, _ in new)
-        result.duplicates = sum(_reports(event) for event, _ in matched) - result.accepted
+        # What is neither stored nor refused was stored before (a redelivery, a replay).
+        result.duplicates = (sum(_reports(event) for event, _ in matched) - result.accepted
+                             - sum(_reports(event) for event, _ in refused))
         current = [(event, step) for event, step in new if step is not None and not event.stale]
         _apply_progress(current)
         running = StepState.RUNNING

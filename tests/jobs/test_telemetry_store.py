@@ -149,6 +149,7 @@ def test_an_event_the_database_refuses_is_rejected_alone_at_each_of_its_position
     reason = "cannot be stored: invalid input for jsonb"
     assert result.rejected == [(0, reason), (2, reason)]
     assert result.accepted == 2
+    assert result.duplicates == 0  # every report is accepted or rejected once, none counted twice
     assert sorted(TelemetryEvent.objects.filter(queue=queue).values_list("status", "records_written")) == [
         ("loading", 3), ("pong", None)]
     loader.refresh_from_db()
