@@ -28,9 +28,12 @@ class QueueView:
 
     @classmethod
     def load(cls, queue: Queue) -> QueueView:
+        # Through the queue's managers: each step and edge knows its queue without a query of its own.
         steps = list(queue.steps.order_by("position"))
-        edges = list(StepDependency.objects.filter(queue=queue).order_by("pk"))
+        edges = list(queue.edges.order_by("pk"))
         by_id = {step.pk: step for step in steps}
+        for edge in edges:  # and its two steps: the edges table and its `str` read them
+            edge.upstream, edge.downstream = by_id[edge.upstream_id], by_id[edge.downstream_id]
         index = {step.pk: i for i, step in enumerate(steps)}
         # Listed in the order they run (upstreams first), not in payload order.
         graph_edges = [Edge(index[e.upstream_id], index[e.downstream_id], e.kind, []) for e in edges]
@@ -38,15 +41,16 @@ class QueueView:
         fractions = step_fractions(steps, edges)
         info = {step.pk: {"fraction": fractions.get(step.pk), "waiting_for": []} for step in steps}
         for edge in edges:
-            upstream, downstream = by_id[edge.upstream_id], by_id[edge.downstream_id]
-            if not edge_met(edge, upstream, downstream):
-                info[downstream.pk]["waiting_for"].append((upstream.name, _wording(edge.kind)))
+            if not edge_met(edge, edge.upstream, edge.downstream):
+                info[edge.downstream_id]["waiting_for"].append((edge.upstream.name, _wording(edge.kind)))
         return cls(queue, steps, edges, info, QueueCounts.of(step.state for step in steps))
 
     def message(self) -> str:
-        """The queue's message, else why it ended: the last failed or stopped step's message."""
-        if self.queue.message:
-            return self.queue.message
+        """The queue's message, else why it ended."""
+        return self.queue.message or self.last_failure()
+
+    def last_failure(self) -> str:
+        """The last failed or stopped step's message, with the step's name ("" when none has one)."""
         ended = [s for s in self.steps if s.state in (*StepState.FAILED_STATES, StepState.STOPPED) and s.message]
         if not ended:
             return ""
@@ -99,7 +103,6 @@ def queue_can_retry(queue: Queue, steps) -> bool:
 def queue_live(queue: Queue) -> dict:
     """What the queue page needs to update itself: raw fields, the cells the page rendered, nodes, edges, bars."""
     view = QueueView.load(queue)
-    by_id = {step.pk: step for step in view.steps}
     audit = history.queue_audit(queue)
     return {
         "queue_id": queue.queue_id,
@@ -122,7 +125,7 @@ def queue_live(queue: Queue) -> dict:
                 "downstream": edge.downstream_id,
                 "kind": edge.kind,
                 "reason": edge.reason,
-                "met": edge_met(edge, by_id[edge.upstream_id], by_id[edge.downstream_id]),
+                "met": edge_met(edge, edge.upstream, edge.downstream),
             }
             for edge in view.edges
         ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
-from django.db.models import Case, When
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import NoReverseMatch, path, reverse
@@ -16,7 +16,7 @@ from jobs import services
 from console.admin import bulk, controls, display, history, listing, live
 from console.admin.start import start_queue_view
 from queues.history import Origin
-from queues.models import Queue, QueueRequest, StepDependency, StepState
+from queues.models import Queue, QueueRequest, StepDependency
 from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 
 
@@ -30,29 +30,35 @@ class ReadOnlyInline(display.ReadOnlyAdmin, admin.TabularInline):
         return request.user.has_perm(VIEW_QUEUE)
 
 
+class PageRows(BaseInlineFormSet):
+    """An inline's rows from the queue page's one read (QueueAdmin.page_view), not from a query of its own."""
+
+    def get_queryset(self):
+        return self.rows(self.instance.console_view)
+
+
+class StepRows(PageRows):
+    @staticmethod
+    def rows(view: live.QueueView) -> list[QueueRequest]:
+        return view.steps  # in the order they run
+
+
+class EdgeRows(PageRows):
+    @staticmethod
+    def rows(view: live.QueueView) -> list[StepDependency]:
+        # StepDependency's ordering, as the query gave it: by the downstream, then the upstream step.
+        return sorted(view.edges, key=lambda edge: (edge.downstream.position, edge.upstream.position))
+
+
 class StepInline(ReadOnlyInline):
     model = QueueRequest
+    formset = StepRows
     verbose_name_plural = "steps (in the order they run)"
     fields = ["number", "step", "state_cell", "progress_cell", "message_cell", "times_cell", "job_name", "stop_button"]
     readonly_fields = fields
 
-    def _view(self, queue_pk: int) -> live.QueueView:
-        # One computation per page (inline instances live for one request): two queries, not one per row.
-        cached = getattr(self, "_queue_view", None)
-        if cached is None or cached.queue.pk != queue_pk:
-            cached = self._queue_view = live.QueueView.load(Queue.objects.get(pk=queue_pk))
-        return cached
-
-    def get_queryset(self, request):
-        queryset = super().get_queryset(request)
-        object_id = request.resolver_match.kwargs.get("object_id") if request.resolver_match else None
-        if not str(object_id or "").isdigit() or not Queue.objects.filter(pk=object_id).exists():
-            return queryset.order_by("position")
-        order = [step.pk for step in self._view(int(object_id)).steps]
-        return queryset.order_by(Case(*(When(pk=pk, then=i) for i, pk in enumerate(order)), default=len(order)), "position")
-
     def _cell(self, step: QueueRequest, name: str):
-        return display.step_cell(step, name, self._view(step.queue_id).info.get(step.pk))
+        return display.step_cell(step, name, step.queue.console_view.info.get(step.pk))
 
     @admin.display(description="#")
     def number(self, step: QueueRequest) -> int:
@@ -109,11 +115,9 @@ class EdgeInline(ReadOnlyInline):
     fk_name = "queue"
     verbose_name = "dependency"
     verbose_name_plural = "dependencies (the downstream step waits for the upstream step)"
+    formset = EdgeRows
     fields = ["downstream_name", "waits_for", "upstream_name", "reason", "met"]
     readonly_fields = fields
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).select_related("upstream", "downstream")
 
     @admin.display(description="downstream step")
     def downstream_name(self, edge: StepDependency) -> str:
@@ -196,14 +200,8 @@ class QueueAdmin(admin.ModelAdmin):
     def status_badge(self, queue: Queue):
         return format_html('<span data-sf-queue-cell="status">{}</span>', display.badge(queue.status))
 
-    def _figures(self, queue: Queue) -> None:
-        # The list attaches them per page (listing.py); the queue page computes them for its one queue.
-        if not hasattr(queue, "step_counts"):
-            listing.attach_step_figures([queue])
-
     @admin.display(description="steps")
     def step_progress(self, queue: Queue):
-        self._figures(queue)
         return format_html('<span data-sf-queue-cell="progress">{}</span>', display.queue_progress(queue.step_counts))
 
     @admin.display(description="duration")
@@ -213,13 +211,11 @@ class QueueAdmin(admin.ModelAdmin):
 
     @admin.display(description="last message")
     def last_message(self, queue: Queue):
-        self._figures(queue)
         text = queue.message or queue.last_failure
         return format_html('<span class="sf-list-message" title="{}">{}</span>', text, text or "—")
 
     @admin.display(description="message")
     def queue_message(self, queue: Queue):
-        self._figures(queue)
         return format_html('<span data-sf-queue-cell="message">{}</span>', queue.message or queue.last_failure or "—")
 
     @admin.display(description="started at")
@@ -292,12 +288,31 @@ class QueueAdmin(admin.ModelAdmin):
         extra = {"can_start": self.has_start_permission(request)}
         return super().changelist_view(request, {**extra, **(extra_context or {})})
 
+    def page_view(self, request, object_id) -> live.QueueView | None:
+        """The queue with its steps and edges, read once for its page: the fields, the buttons and both
+        inlines draw from it (issue #12: each read them again, 18 queries where 5 do)."""
+        queue = self.get_queryset(request).filter(pk=object_id).first() if str(object_id).isdigit() else None
+        if queue is None:
+            return None
+        view = queue.console_view = live.QueueView.load(queue)
+        # What the list attaches per page (listing.attach_step_figures), from the steps read here.
+        queue.step_counts, queue.last_failure = view.counts, view.last_failure()
+        request.console_queue = queue
+        return view
+
+    def get_object(self, request, object_id, from_field=None):
+        queue = getattr(request, "console_queue", None)
+        if from_field is None and queue is not None and str(queue.pk) == str(object_id):
+            return queue
+        return super().get_object(request, object_id, from_field)
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        queue = Queue.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        view = self.page_view(request, object_id)
+        queue = view.queue if view else None
         extra = {
             "can_stop": self.has_stop_permission(request),
             "can_retry": self.has_retry_permission(request),
-            "has_retryable_steps": bool(queue and queue.steps.filter(state__in=StepState.RETRYABLE).exists()),
+            "has_retryable_steps": bool(view and live.queue_can_retry(queue, view.steps)),
             "live_url": reverse("admin:queues_queue_live", args=[object_id]) if queue else None,
             "manifests_url": _manifests_url(queue),
             "TIME_ZONE": timezone.get_current_timezone_name(),

@@ -257,6 +257,26 @@ def test_it_estimates_only_the_unfiltered_count_of_a_large_history(client, staff
     assert "2 queues" in _list_queries(client, {"symbol": "BTCUSDT"})[0]  # exact: with the one added since
 
 
+def test_it_reads_each_table_of_a_queue_page_once(client, staff_operator):
+    """Issue #12: the fields, buttons, graph data and both inlines share one read of the queue, its steps
+    and its edges (the page was 18 queries, most reading the same rows again, one per step for its name)."""
+    queue = make_queue(queue_id="read-once")
+    client.force_login(staff_operator)
+    url = reverse("admin:queues_queue_change", args=[queue.pk])
+    _page_queries(client, url)
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(url).status_code == 200
+    tables = [q["sql"].split(" FROM ", 1)[1].split()[0].strip('"') for q in captured]
+    # The session's user and its two permission reads (user and group), then the page's own four.
+    assert sorted(tables) == sorted([
+        "auth_user", "auth_permission", "auth_permission",
+        "queues_queue", "queues_queuerequest", "queues_stepdependency", "queues_auditentry",
+    ])
+
+
 def test_it_shows_a_queue_page_in_queries_independent_of_the_history(client, staff_operator):
     """Issue #12 (admin queue page: a bounded number of queries, independent of history)."""
     queue = make_queue(queue_id="the-page")
@@ -277,3 +297,4 @@ def _page_queries(client, url) -> int:
     with CaptureQueriesContext(connection) as captured:
         assert client.get(url).status_code == 200
     return len(captured)
+
