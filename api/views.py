@@ -50,7 +50,8 @@ CREATE_SCHEMA = dict(
     request=schema.PipelinePayloadDoc,
     examples=schema.PAYLOAD_EXAMPLES,
     responses={
-        201: OpenApiResponse(QueueDetailSerializer, description="Created; steps are `waiting`."),
+        201: OpenApiResponse(QueueDetailSerializer, description="Created and advanced: the steps that wait on "
+                                                                "nothing are `launching`, the rest `waiting`."),
         200: OpenApiResponse(QueueDetailSerializer, description="The same queue_id and payload were submitted before."),
         400: schema.FIELD_ERRORS_RESPONSE,
         409: schema.CONFLICT_RESPONSE,
