@@ -5,8 +5,7 @@ builds a readonly-field helper per cell (its label and help text looked up again
 renders each row's two hidden inputs through three widget templates: about a millisecond per row, most
 of the queue page's time (issue #12). Here the columns are taken once from the first row, each cell is
 the same helper's `contents()` for the row's form, and the rows read character for character as the
-template draws them (tests/queues/test_console.py compares the two). The management forms' hidden
-inputs are written the same way.
+template draws them (tests/queues/test_console.py compares the two).
 
 Anything the plan does not cover (errors, add or delete rights, change or site links, editable fields)
 returns None and the page falls back to Django's template.
@@ -55,14 +54,6 @@ def tbody_rows(inline_admin_formset) -> str | None:
             fk=_hidden(admin_form.fk_field().field) if admin_form.fk_field() else "",
         ))  # fmt: skip
     return "".join(rows)
-
-
-def management_form(formset) -> str:
-    """The formset's management form: as Django's form template draws a form of hidden fields alone."""
-    form = formset.management_form
-    if form.errors or not all(field.is_hidden for field in form):
-        return str(form)
-    return "".join(_hidden(field) for field in form)
 
 
 def _cell(column, form) -> str:

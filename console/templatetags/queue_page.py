@@ -1,5 +1,4 @@
-"""`{% queue_inline_rows inline_admin_formset as rows %}` and `{% queue_management_form formset %}`: the queue
-page's inline rows and management forms (console/admin/inline_rows.py)."""
+"""`{% queue_inline_rows inline_admin_formset as rows %}`: the queue page's inline rows (console/admin/inline_rows.py)."""
 from __future__ import annotations
 
 from django import template
@@ -14,8 +13,3 @@ register = template.Library()
 def queue_inline_rows(inline_admin_formset):
     rows = inline_rows.tbody_rows(inline_admin_formset)
     return None if rows is None else mark_safe(rows)
-
-
-@register.simple_tag
-def queue_management_form(formset):
-    return mark_safe(inline_rows.management_form(formset))
