@@ -6,7 +6,6 @@
 - display.py: badges and progress bars shared by both; progress.py: what the bars and counts mean.
 - live.py: the queue page's live JSON (cells, DAG nodes and edges, timeline); logs.py: the step log endpoint.
 - listing.py: per-page figures of the list; bulk.py: bulk stop/retry behind a confirmation page.
-- inline_rows.py: the queue page's step and edge rows, drawn as Django's tabular inline would, per column.
 - history.py: the audit trail (History panel, admin History page, Audit entries) and a step's earlier runs.
 """
 from django.contrib import admin

@@ -21,7 +21,6 @@ from queues.permissions import START_QUEUE, STOP_QUEUE, VIEW_QUEUE
 
 
 class ReadOnlyInline(display.ReadOnlyAdmin, admin.TabularInline):
-    template = "admin/queues/queue/tabular.html"  # Django's, its rows drawn once per column (inline_rows.py)
     extra = 0
     can_delete = False
     show_change_link = False

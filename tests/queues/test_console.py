@@ -236,32 +236,3 @@ def test_it_marks_where_the_payload_json_is_broken(client, staff_operator):
     assert "line 3, column 16" in html
     assert '<pre class="sf-json-error" id="sf-json-error">  &quot;requests&quot;: [<mark>o</mark>ops]</pre>' in html
     assert f"var errorAt = {text.index('oops')};" in html
-
-
-def test_it_draws_the_step_and_edge_tables_exactly_as_django_would(client, staff_operator, monkeypatch):
-    """Issue #12: the queue page's inline rows are drawn once per column plan (console/admin/inline_rows.py);
-    they must read character for character as Django's edit_inline/tabular.html draws them."""
-    from console.admin import inline_rows
-    from console.admin.queue import ReadOnlyInline
-
-    drawn = []
-    tbody_rows = inline_rows.tbody_rows
-    monkeypatch.setattr(inline_rows, "tbody_rows", lambda formset: drawn.append(tbody_rows(formset)) or drawn[-1])
-    queue = make("drawn-q")
-    steps = list(queue.steps.order_by("position"))
-    run(steps[0])
-    QueueRequest.objects.filter(pk=steps[1].pk).update(state=StepState.FAILED, message='<b>"odd" & worse</b>\nline two')
-    client.force_login(staff_operator)
-    url = reverse("admin:queues_queue_change", args=[queue.pk])
-
-    def page() -> str:
-        html = client.get(url).content.decode()
-        html = re.sub(r'name="csrfmiddlewaretoken" value="[^"]*"', "", html)
-        return re.sub(r"\b(\d+h )?(\d+m )?\d+s\b", "<duration>", html)  # running steps' durations tick
-
-    ours = page()
-    assert len(drawn) == 2 and None not in drawn  # both tables drawn by the plan, not by the fallback
-    monkeypatch.setattr(ReadOnlyInline, "template", "admin/edit_inline/tabular.html")
-    djangos = page()
-    assert ours == djangos
-    assert 'id="steps-1"' in ours and "&lt;b&gt;&quot;odd&quot; &amp; worse&lt;/b&gt;" in ours
