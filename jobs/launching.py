@@ -41,8 +41,8 @@ from jobs.advance import field_from_db
 from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
 from jobs.launchers import LaunchError
 from jobs.services import step_transition
-from queues.models import Queue, QueueRequest, StepState
-from queues.signals import step_state_changed, step_state_writing
+from queues.models import Queue, QueueRequest, StepState, state_writing_records
+from queues.signals import step_state_changed
 
 logger = logging.getLogger(__name__)
 
@@ -259,13 +259,8 @@ def steps_record_launches(launched: list[tuple[QueueRequest, dict]]) -> set[int]
     ]
     params = [StepState.PENDING, now, now, now, [s.pk for s, _ in launched], [s.run for s, _ in launched],
               [json.dumps(handle, cls=encoder) for _, handle in launched], StepState.LAUNCHING]
-    for step, _handle in launched:
-        for _receiver, record in step_state_writing.send(sender=QueueRequest, step=step, state=StepState.PENDING):
-            if record:
-                # The receiver's statement reads `changed(id)`: here, this step's row if it changed.
-                parts.append(f"record_{len(parts)} AS (WITH changed AS (SELECT id FROM changed_all WHERE id = %s) "
-                             f"{record[0]})")
-                params.extend([step.pk, *record[1]])
+    records, record_params = state_writing_records([step for step, _ in launched], StepState.PENDING, "changed_all")
+    parts, params = parts + records, params + record_params
     with connection.cursor() as cursor:
         cursor.execute(f"WITH {', '.join(parts)} SELECT id FROM changed_all", params)
         recorded = {row[0] for row in cursor.fetchall()}

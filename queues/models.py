@@ -335,6 +335,23 @@ def _update_with_records(step: QueueRequest, to: str, match: dict, values: dict)
         return cursor.fetchone()[0] == 1
 
 
+def state_writing_records(steps, state: str, changed: str, start: int = 1) -> tuple[list[str], list]:
+    """The `step_state_writing` receivers' records for each of `steps` going to `state`, as parts
+    (with their parameters) of a `WITH` whose CTE `changed` returns the ids of the rows its UPDATE
+    changed: each record reads `changed(id)` narrowed to its own step, so it is written exactly when
+    that step's row changed — both or neither, in the change's own statement. `start` numbers the parts."""
+    from queues.signals import step_state_writing
+
+    parts, params = [], []
+    for step in steps:
+        for _receiver, record in step_state_writing.send(sender=QueueRequest, step=step, state=state):
+            if record:
+                parts.append(f"record_{start + len(parts)} AS (WITH changed AS (SELECT id FROM {changed} WHERE id = %s) "
+                             f"{record[0]})")
+                params.extend([step.pk, *record[1]])
+    return parts, params
+
+
 def _as_list(value) -> list[str]:
     return list(value) if isinstance(value, list) else [value] if value else []
 

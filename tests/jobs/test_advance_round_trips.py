@@ -38,7 +38,8 @@ def test_the_first_advance_of_the_example_locks_and_reads_once_and_writes_the_qu
     assert not [sql for sql in statements if sql.startswith('SELECT "queues_queuerequest"."state"')], statements
     assert len([sql for sql in statements if sql.startswith('UPDATE "queues_queue"')]) == 1, statements
     assert not [sql for sql in statements if sql.startswith('SELECT "queues_stepdependency"')], statements
-    assert len([sql for sql in statements if sql.replace('"', "").startswith("UPDATE queues_queuerequest")]) == 1, statements
+    assert len([sql for sql in statements if sql.replace('"', "").startswith(
+        ("UPDATE queues_queuerequest", "WITH changed_all AS (UPDATE queues_queuerequest"))]) == 1, statements
     assert len(statements) == 6, statements
     after = Queue.objects.get(pk=queue.pk)
     assert after.status == QueueStatus.RUNNING and after.started_at is not None and after.finished_at is None
@@ -151,12 +152,17 @@ def test_the_steps_an_advance_launches_change_together_and_each_is_announced_onc
     step_state_changed.connect(lambda sender, step, previous, state, **kw: got.append((step.pk, previous, state)),
                                dispatch_uid="test-advance-together", weak=False)
     try:
-        assert advance.queue_advance(queue.pk) == [s.pk for s in steps]
+        with CaptureQueriesContext(connection) as queries:
+            assert advance.queue_advance(queue.pk) == [s.pk for s in steps]
     finally:
         step_state_changed.disconnect(dispatch_uid="test-advance-together")
 
     assert got == [(s.pk, StepState.WAITING, StepState.LAUNCHING) for s in steps]
     assert sorted(MirrorOutbox.objects.filter(kind="step").values_list("object_id", flat=True)) == [s.pk for s in steps]
+    # The steps' outbox rows come with their UPDATE (its data-modifying WITH), not one statement per step:
+    # the one INSERT left is the queue's row (its status changed).
+    statements = [q["sql"] for q in queries.captured_queries]
+    assert len([sql for sql in statements if sql.lstrip().startswith("INSERT")]) == 1, statements
     stored = list(queue.steps.order_by("position"))
     assert all(s.state == StepState.LAUNCHING and s.message == "" and s.state_changed_at > s.created_at
                for s in stored)

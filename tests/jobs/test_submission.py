@@ -62,8 +62,9 @@ def test_a_submitted_queue_has_its_first_steps_launching_and_their_launch_sent(s
 
 def test_a_submission_writes_the_queue_and_its_first_advance_in_one_transaction(sent):
     """Case: create → ready round trips — the resubmission check, BEGIN, the queue, its steps, its edges,
-    the audit entry, ONE UPDATE for the steps it launches, ONE UPDATE of the queue, COMMIT: no lock and no
-    read of the steps it holds (a `queue_advance` task took BEGIN, the lock, the read, COMMIT more)."""
+    the audit entry, ONE UPDATE for the steps it launches (a WITH: what receivers record comes with it),
+    ONE UPDATE of the queue, COMMIT: no lock and no read of the steps it holds (a `queue_advance` task
+    took BEGIN, the lock, the read, COMMIT more)."""
     with CaptureQueriesContext(connection) as queries:
         queue, _ = queue_create(payload=payload(), queue_id="submitted-trips")
 
@@ -72,7 +73,7 @@ def test_a_submission_writes_the_queue_and_its_first_advance_in_one_transaction(
     assert not [sql for sql in statements if "FROM queues_queuerequest" in sql.replace('"', "")
                 and sql.startswith("SELECT")], statements
     assert [sql.split()[0] for sql in statements] == [
-        "SELECT", "BEGIN", "INSERT", "INSERT", "INSERT", "INSERT", "UPDATE", "UPDATE", "COMMIT"], statements
+        "SELECT", "BEGIN", "INSERT", "INSERT", "INSERT", "INSERT", "WITH", "UPDATE", "COMMIT"], statements
     assert len(sent) == 1
 
 
