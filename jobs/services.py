@@ -25,7 +25,7 @@ from jobs.announce import (
 )
 from queues import naming
 from queues.history import AuditAction, AuditResult, Origin, audit_record, step_run_record
-from queues.models import Queue, QueueRequest, QueueStatus, StepState
+from queues.models import Queue, QueueRequest, QueueStatus, StepState, update_with_records
 from queues.signals import queue_status_changed, step_state_changed
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def _steps_mark_stopping(*, queue: Queue, now) -> int:
     number of steps (waiting ones cancelled, launched ones `stopping`); returns how many are now
     stopping. The tasks are the caller's (one per queue). The steps are locked first (queue, then its
     steps: the one lock order), so each UPDATE changes exactly the rows read and every step still
-    gets its `step_state_changed` (metrics, mirror) as with one transition each.
+    gets its `step_state_changed` (metrics) as with one transition each, its `step_state_writing`
+    records (the mirror's outbox row) written by the UPDATE itself.
 
     A `launching` step no attempt was claimed for (`launch_attempts` 0: no API call made, so no
     workload can exist) is cancelled like a waiting one — a queue stopped right after its submission
@@ -84,12 +85,15 @@ def _steps_mark_stopping(*, queue: Queue, now) -> int:
         if not group:
             continue
         values = {"state": to, **common, **fields}
-        QueueRequest.objects.filter(pk__in=[step.pk for step in group]).update(**values)
+        # What receivers record (the mirror's outbox rows) comes with the UPDATE: one statement per group.
+        changed = update_with_records(group, to, {"pk__in": [step.pk for step in group]}, values)
         for step in group:
-            previous = step.state
-            for key, value in values.items():
-                setattr(step, key, value)
-            step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=to)
+            if step.pk in changed:  # every one: the rows are locked
+                previous = step.state
+                for key, value in values.items():
+                    setattr(step, key, value)
+                step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=to,
+                                        written_with_change=True)
     return len(launched)
 
 

@@ -313,26 +313,27 @@ class QueueRequest(models.Model):
 
 
 def _update_with_records(step: QueueRequest, to: str, match: dict, values: dict) -> bool:
-    """The compare-and-set UPDATE of `transition` as one statement, with the records the
-    `step_state_writing` receivers return written by the same statement from the row it changed
-    (a data-modifying CTE: both or neither; none when no row matched)."""
+    """The compare-and-set UPDATE of `transition` as one statement, with what its receivers record."""
+    return update_with_records([step], to, match, values) == {step.pk}
+
+
+def update_with_records(steps, to: str, match: dict, values: dict) -> set[int]:
+    """The UPDATE of the steps rows matching `match` (the caller's `steps`, going to state `to`) as one
+    statement, with the records the `step_state_writing` receivers return for each of `steps` written
+    by the same statement from the row it changed (a data-modifying CTE: both or neither; none for a
+    step whose row did not match). Returns the pks changed; the caller sends `step_state_changed`."""
     from django.db import connection
     from django.db.models.sql import UpdateQuery
-
-    from queues.signals import step_state_writing
 
     query = QueueRequest.objects.filter(**match).query.chain(UpdateQuery)
     query.add_update_values(values)
     update, params = query.get_compiler(connection.alias).as_sql()
     pk = connection.ops.quote_name(QueueRequest._meta.pk.column)
-    parts, params = [f"changed AS ({update} RETURNING {pk} AS id)"], list(params)
-    for _receiver, record in step_state_writing.send(sender=QueueRequest, step=step, state=to):
-        if record:
-            parts.append(f"record_{len(parts)} AS ({record[0]})")
-            params.extend(record[1])
+    records, record_params = state_writing_records(steps, to, "changed_all")
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} SELECT count(*) FROM changed", params)
-        return cursor.fetchone()[0] == 1
+        cursor.execute(f"WITH {', '.join([f'changed_all AS ({update} RETURNING {pk} AS id)', *records])} "
+                       "SELECT id FROM changed_all", [*params, *record_params])
+        return {row[0] for row in cursor.fetchall()}
 
 
 def state_writing_records(steps, state: str, changed: str, start: int = 1) -> tuple[list[str], list]:

@@ -322,3 +322,31 @@ def test_it_counts_a_finished_queue_in_the_metrics_only_on_commit(django_capture
     for callback in callbacks:
         callback()
     assert _finished_count("succeeded") == before + 1
+
+
+def test_a_stop_with_the_mirror_on_writes_each_steps_record_with_its_update(settings, monkeypatch):
+    """Case: the mirror's outbox rows of the steps a stop changes come with the UPDATE that changes them
+    (one statement per group, whatever the number of steps; was one upsert more per step), and every
+    changed step has its row."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from mirror.models import MirrorOutbox
+
+    settings.ARANGO_ENABLED = True
+    monkeypatch.setattr("mirror.tasks.enqueue_drain", lambda: None)
+    types = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")]
+
+    def stop_statements(queue_id: str, n: int) -> int:
+        queue = make_queue(queue_id=queue_id, requests=[{"target": "loader-producer", "type": t} for t in types[:n]],
+                           first_advance=False)
+        steps = list(queue.steps.order_by("position"))
+        QueueRequest.objects.filter(pk__in=[s.pk for s in steps[1:]]).update(state=R)  # one waiting, the rest running
+        MirrorOutbox.objects.all().delete()
+        with CaptureQueriesContext(connection) as queries:
+            services.queue_stop(queue=queue)
+        assert sorted(MirrorOutbox.objects.filter(kind="step").values_list("object_id", flat=True)) == [s.pk for s in steps]
+        assert dict(queue.steps.values_list("pk", "state")) == {s.pk: T if s is steps[0] else X for s in steps}
+        return len(queries)
+
+    assert stop_statements("stop-mirror-2", 2) == stop_statements("stop-mirror-5", 5)
