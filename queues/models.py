@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.utils import timezone
 
 
@@ -280,25 +280,15 @@ class QueueRequest(models.Model):
         match = {"pk": self.pk, "state__in": allowed, **({"run": in_run} if in_run is not None else {})}
         from queues.signals import step_state_changed
 
-        if not transaction.get_connection().in_atomic_block:
-            # No caller's transaction (a launch's record): the change and what its receivers record go
-            # in one statement in autocommit — one round trip, where BEGIN, UPDATE, record, COMMIT were four.
-            changed = _update_with_records(self, to, match, values)
-            if changed:
-                for key, value in values.items():
-                    setattr(self, key, value)
-                step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to,
-                                        written_with_change=True)
-            return changed
-        # In the caller's transaction, with what its receivers record (e.g. the mirror's outbox). No
-        # savepoint: nothing catches an error here and goes on, and a savepoint is two more round trips
-        # per transition (advance: one per step).
-        with transaction.atomic(savepoint=False):
-            changed = QueueRequest.objects.filter(**match).update(**values) == 1
-            if changed:
-                for key, value in values.items():
-                    setattr(self, key, value)
-                step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to)
+        # The change and what its receivers record (the mirror's outbox row) in one statement: in
+        # autocommit (a launch's record) one round trip where BEGIN, UPDATE, record, COMMIT were four; in
+        # a caller's transaction one where UPDATE, record were two (an advance: per step it cancels).
+        changed = _update_with_records(self, to, match, values)
+        if changed:
+            for key, value in values.items():
+                setattr(self, key, value)
+            step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to,
+                                    written_with_change=True)
         return changed
 
     def reads(self) -> list[str]:

@@ -350,3 +350,22 @@ def test_a_stop_with_the_mirror_on_writes_each_steps_record_with_its_update(sett
         return len(queries)
 
     assert stop_statements("stop-mirror-2", 2) == stop_statements("stop-mirror-5", 5)
+
+
+def test_a_transition_in_a_transaction_writes_its_record_in_its_own_statement(settings, monkeypatch):
+    """Case: with the mirror on, a step's change inside a caller's transaction (an advance cancelling a step,
+    telemetry ending one) is one statement with its outbox row (was the UPDATE, then an upsert)."""
+    from django.db import connection, transaction
+    from django.test.utils import CaptureQueriesContext
+
+    from mirror.models import MirrorOutbox
+
+    settings.ARANGO_ENABLED = True
+    monkeypatch.setattr("mirror.tasks.enqueue_drain", lambda: None)
+    step = _at(make_queue(queue_id="one-statement-q", first_advance=False), 0)
+    MirrorOutbox.objects.all().delete()
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        assert step.transition(T, from_states=[W], message="Cancelled: test")
+        assert not step.transition(T, from_states=[W])  # nothing matched: nothing recorded
+    assert [q["sql"].split()[0] for q in queries.captured_queries] == ["WITH", "WITH"]
+    assert list(MirrorOutbox.objects.values_list("kind", "object_id")) == [("step", step.pk)]
