@@ -17,8 +17,15 @@ from django.utils import timezone
 from jobs.announce import STEP_LAUNCH, STEPS_LAUNCH, enqueue_on_commit
 from jobs.services import queue_refresh_status, step_mark_stopping, step_transition
 from queues.catalogue import TARGETS
-from queues.models import DependencyKind, Queue, QueueRequest, StepDependency, StepState, state_writing_records
-from queues.signals import step_state_changed
+from queues.models import (
+    DependencyKind,
+    Queue,
+    QueueRequest,
+    StepDependency,
+    StepState,
+    execute_with_records,
+    steps_changed,
+)
 
 
 def queue_advance(queue_pk: int) -> list[int]:
@@ -126,22 +133,12 @@ def _steps_mark_launching(ready: list[QueueRequest]) -> list[int]:
         return []
     now = timezone.now()
     values = {"state": StepState.LAUNCHING, "state_changed_at": now, "updated_at": now, "message": ""}
-    records, record_params = state_writing_records(ready, StepState.LAUNCHING, "changed_all")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"WITH changed_all AS (UPDATE {QueueRequest._meta.db_table} SET state = %s, state_changed_at = %s, "
-            "updated_at = %s, message = %s WHERE id = ANY(%s) AND state = %s RETURNING id)"
-            + "".join(f", {part}" for part in records) + " SELECT id FROM changed_all",
-            [*values.values(), [s.pk for s in ready], StepState.WAITING, *record_params])
-        changed = {row[0] for row in cursor.fetchall()}
-    launched = [step for step in ready if step.pk in changed]
-    for step in launched:
-        previous = step.state
-        for key, value in values.items():
-            setattr(step, key, value)
-        step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=StepState.LAUNCHING,
-                                written_with_change=True)
-    return [step.pk for step in launched]
+    changed = execute_with_records(
+        f"UPDATE {QueueRequest._meta.db_table} SET state = %s, state_changed_at = %s, updated_at = %s, message = %s "
+        "WHERE id = ANY(%s) AND state = %s RETURNING id",
+        [*values.values(), [s.pk for s in ready], StepState.WAITING], ready, StepState.LAUNCHING)
+    steps_changed(ready, changed, StepState.LAUNCHING, values)
+    return [step.pk for step in ready if step.pk in changed]
 
 
 def _dependencies_met(upstream_edges) -> bool:

@@ -41,8 +41,7 @@ from jobs.advance import field_from_db
 from jobs.announce import QUEUE_ADVANCE, STEP_LAUNCH, STEP_SEND_STOP, enqueue, enqueue_on_commit
 from jobs.launchers import LaunchError
 from jobs.services import step_transition
-from queues.models import Queue, QueueRequest, StepState, state_writing_records
-from queues.signals import step_state_changed
+from queues.models import Queue, QueueRequest, StepState, execute_with_records, steps_changed
 
 logger = logging.getLogger(__name__)
 
@@ -251,24 +250,14 @@ def steps_record_launches(launched: list[tuple[QueueRequest, dict]]) -> set[int]
     table, encoder = QueueRequest._meta.db_table, QueueRequest._meta.get_field("launcher_handle").encoder
     values = {"state": StepState.PENDING, "state_changed_at": now, "updated_at": now, "launched_at": now,
               "next_launch_at": None}
-    parts = [
-        f"changed_all AS (UPDATE {table} AS s SET state = %s, state_changed_at = %s, updated_at = %s, "
-        "launched_at = %s, next_launch_at = NULL, launcher_handle = v.handle::jsonb "
+    recorded = execute_with_records(
+        f"UPDATE {table} AS s SET state = %s, state_changed_at = %s, updated_at = %s, launched_at = %s, "
+        "next_launch_at = NULL, launcher_handle = v.handle::jsonb "
         "FROM unnest(%s::bigint[], %s::integer[], %s::text[]) AS v(id, run, handle) "
-        "WHERE s.id = v.id AND s.state = %s AND s.run = v.run RETURNING s.id)"
-    ]
-    params = [StepState.PENDING, now, now, now, [s.pk for s, _ in launched], [s.run for s, _ in launched],
-              [json.dumps(handle, cls=encoder) for _, handle in launched], StepState.LAUNCHING]
-    records, record_params = state_writing_records([step for step, _ in launched], StepState.PENDING, "changed_all")
-    parts, params = parts + records, params + record_params
-    with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} SELECT id FROM changed_all", params)
-        recorded = {row[0] for row in cursor.fetchall()}
+        "WHERE s.id = v.id AND s.state = %s AND s.run = v.run RETURNING s.id",
+        [StepState.PENDING, now, now, now, [s.pk for s, _ in launched], [s.run for s, _ in launched],
+         [json.dumps(handle, cls=encoder) for _, handle in launched], StepState.LAUNCHING],
+        [step for step, _ in launched], StepState.PENDING)
     for step, handle in launched:
-        if step.pk in recorded:
-            previous = step.state
-            for key, value in {**values, "launcher_handle": handle}.items():
-                setattr(step, key, value)
-            step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=StepState.PENDING,
-                                    written_with_change=True)
+        steps_changed([step], recorded, StepState.PENDING, {**values, "launcher_handle": handle})
     return recorded

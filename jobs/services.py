@@ -25,8 +25,8 @@ from jobs.announce import (
 )
 from queues import naming
 from queues.history import AuditAction, AuditResult, Origin, audit_record, step_run_record
-from queues.models import Queue, QueueRequest, QueueStatus, StepState, update_with_records
-from queues.signals import queue_status_changed, step_state_changed
+from queues.models import Queue, QueueRequest, QueueStatus, StepState, steps_changed, update_with_records
+from queues.signals import queue_status_changed
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +87,7 @@ def _steps_mark_stopping(*, queue: Queue, now) -> int:
         values = {"state": to, **common, **fields}
         # What receivers record (the mirror's outbox rows) comes with the UPDATE: one statement per group.
         changed = update_with_records(group, to, {"pk__in": [step.pk for step in group]}, values)
-        for step in group:
-            if step.pk in changed:  # every one: the rows are locked
-                previous = step.state
-                for key, value in values.items():
-                    setattr(step, key, value)
-                step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=to,
-                                        written_with_change=True)
+        steps_changed(group, changed, to, values)  # every one: the rows are locked
     return len(launched)
 
 

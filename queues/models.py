@@ -276,20 +276,13 @@ class QueueRequest(models.Model):
         if to in StepState.TERMINAL:
             values.setdefault("finished_at", now)
             values.setdefault("next_launch_at", None)
-        previous = self.state
         match = {"pk": self.pk, "state__in": allowed, **({"run": in_run} if in_run is not None else {})}
-        from queues.signals import step_state_changed
-
         # The change and what its receivers record (the mirror's outbox row) in one statement: in
         # autocommit (a launch's record) one round trip where BEGIN, UPDATE, record, COMMIT were four; in
         # a caller's transaction one where UPDATE, record were two (an advance: per step it cancels).
-        changed = _update_with_records(self, to, match, values)
-        if changed:
-            for key, value in values.items():
-                setattr(self, key, value)
-            step_state_changed.send(sender=QueueRequest, step=self, previous=previous, state=to,
-                                    written_with_change=True)
-        return changed
+        changed = update_with_records([self], to, match, values)
+        steps_changed([self], changed, to, values)
+        return self.pk in changed
 
     def reads(self) -> list[str]:
         from queues.catalogue import TARGETS
@@ -302,16 +295,8 @@ class QueueRequest(models.Model):
         return [c for f in TARGETS[self.target].writes for c in _as_list(getattr(self, f))]
 
 
-def _update_with_records(step: QueueRequest, to: str, match: dict, values: dict) -> bool:
-    """The compare-and-set UPDATE of `transition` as one statement, with what its receivers record."""
-    return update_with_records([step], to, match, values) == {step.pk}
-
-
 def update_with_records(steps, to: str, match: dict, values: dict) -> set[int]:
-    """The UPDATE of the steps rows matching `match` (the caller's `steps`, going to state `to`) as one
-    statement, with the records the `step_state_writing` receivers return for each of `steps` written
-    by the same statement from the row it changed (a data-modifying CTE: both or neither; none for a
-    step whose row did not match). Returns the pks changed; the caller sends `step_state_changed`."""
+    """`execute_with_records` of the ORM's UPDATE of the rows matching `match` with `values`."""
     from django.db import connection
     from django.db.models.sql import UpdateQuery
 
@@ -319,28 +304,42 @@ def update_with_records(steps, to: str, match: dict, values: dict) -> set[int]:
     query.add_update_values(values)
     update, params = query.get_compiler(connection.alias).as_sql()
     pk = connection.ops.quote_name(QueueRequest._meta.pk.column)
-    records, record_params = state_writing_records(steps, to, "changed_all")
+    return execute_with_records(f"{update} RETURNING {pk}", params, steps, to)
+
+
+def execute_with_records(update: str, params: list, steps, to: str) -> set[int]:
+    """Run `update` (an UPDATE of step rows … RETURNING their `id`, for the caller's `steps` going to state
+    `to`) as one statement with the records the `step_state_writing` receivers return for each of
+    `steps`, each written from its own step's row if it changed (a data-modifying CTE: both or
+    neither). Returns the pks changed; `steps_changed` then announces them."""
+    from django.db import connection
+
+    from queues.signals import step_state_writing
+
+    parts, params = [f"changed_all AS ({update})"], list(params)
+    for step in steps:
+        for _receiver, record in step_state_writing.send(sender=QueueRequest, step=step, state=to):
+            if record:  # the receiver's statement reads `changed(id)`: here, this step's row if it changed
+                parts.append(f"record_{len(parts)} AS (WITH changed AS (SELECT id FROM changed_all WHERE id = %s) "
+                             f"{record[0]})")
+                params.extend([step.pk, *record[1]])
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join([f'changed_all AS ({update} RETURNING {pk} AS id)', *records])} "
-                       "SELECT id FROM changed_all", [*params, *record_params])
+        cursor.execute(f"WITH {', '.join(parts)} SELECT id FROM changed_all", params)
         return {row[0] for row in cursor.fetchall()}
 
 
-def state_writing_records(steps, state: str, changed: str, start: int = 1) -> tuple[list[str], list]:
-    """The `step_state_writing` receivers' records for each of `steps` going to `state`, as parts
-    (with their parameters) of a `WITH` whose CTE `changed` returns the ids of the rows its UPDATE
-    changed: each record reads `changed(id)` narrowed to its own step, so it is written exactly when
-    that step's row changed — both or neither, in the change's own statement. `start` numbers the parts."""
-    from queues.signals import step_state_writing
+def steps_changed(steps, changed: set[int], to: str, values: dict) -> None:
+    """For each of `steps` whose row `execute_with_records` changed: its fields as written, then
+    `step_state_changed` once (its records were written with the change)."""
+    from queues.signals import step_state_changed
 
-    parts, params = [], []
     for step in steps:
-        for _receiver, record in step_state_writing.send(sender=QueueRequest, step=step, state=state):
-            if record:
-                parts.append(f"record_{start + len(parts)} AS (WITH changed AS (SELECT id FROM {changed} WHERE id = %s) "
-                             f"{record[0]})")
-                params.extend([step.pk, *record[1]])
-    return parts, params
+        if step.pk in changed:
+            previous = step.state
+            for key, value in values.items():
+                setattr(step, key, value)
+            step_state_changed.send(sender=QueueRequest, step=step, previous=previous, state=to,
+                                    written_with_change=True)
 
 
 def _as_list(value) -> list[str]:
