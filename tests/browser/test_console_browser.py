@@ -59,7 +59,13 @@ def test_it_starts_a_queue_from_a_template_and_shows_dag_and_timeline_changing_l
     edge = queue.edges.filter(upstream=consumer).first()
     page.wait_for_selector(f'#sf-dag [data-sf-dag-edge="{consumer.pk}-{edge.downstream_id}"][data-sf-met="yes"]', state="attached")
     page.wait_for_selector(f'[data-sf-step="{consumer.pk}"][data-sf-cell="state"] >> text=running')
-    page.wait_for_selector('[data-sf-queue-cell="progress"] >> text=1 running')
+    page.wait_for_selector('[data-sf-queue-cell="progress"] >> text=2 running')  # both first steps were launched
+
+    other = queue.steps.exclude(pk=consumer.pk).get(state=StepState.LAUNCHING)
+    launch(other)
+    report(other, status="finished")
+    page.wait_for_selector(f'[data-sf-step="{other.pk}"][data-sf-cell="state"] >> text=succeeded')
+    page.wait_for_selector(f'[data-sf-queue-cell="progress"] >> text=1/{len(steps)} succeeded')  # counts change live
 
     href = node(page, consumer).get_attribute("href")
     node(page, consumer).click()
