@@ -66,6 +66,12 @@ def _merge(old, patch, keep_null, merge_objects, top=True):
     return out
 
 
+
+class _Server(ThreadingHTTPServer):
+    # arangod's listen backlog (--tcp.backlog-size, 64 by default), not socketserver's 5: clients that
+    # connect at once (a request per connection here) must not have their handshakes dropped.
+    request_queue_size = 64
+
 class _Collection:
     def __init__(self, cid, name, ctype):
         self.id, self.name, self.type = cid, name, ctype
@@ -127,7 +133,7 @@ class ArangoEmulator:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server = _Server(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)

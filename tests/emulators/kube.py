@@ -499,6 +499,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog the API server has (Go's net.Listen takes the system's somaxconn), not
+    # socketserver's 5: a client opening a few connections at once (a worker's launch threads) must
+    # not have its handshakes dropped and retried a second later.
+    request_queue_size = socket.SOMAXCONN
     block_on_close = False  # idle keep-alive connections must not block shutdown
 
     def handle_error(self, request, client_address):
