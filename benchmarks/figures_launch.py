@@ -11,7 +11,8 @@
   own database connection and API client, as a prefork worker's children have. Baseline: the same
   bodies POSTed bare, one after the other, by as many processes, the two taking turns over slices of
   the queues (so a drifting load on a shared machine weighs on both alike). The one-process rates are
-  printed beside it (`one_worker`).
+  printed beside it (`one_worker`), and the CPU milliseconds per Job that the worker processes and the
+  emulator spent on each side (`workers_cpu_ms_per_job`, `emulator_cpu_ms_per_job`: product vs bare).
 
 Both baselines make the launcher's two calls with its bodies: POST the Job, then POST its Secret whose
 `ownerReferences` name the uid the API answered — through the launcher's own client class, each body
@@ -29,7 +30,7 @@ import os
 import time
 
 from benchmarks import targets
-from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples, celery_eager, emit, log
+from benchmarks.harness import QueryCounter, BARE_NAMESPACE, NAMESPACE, Samples, celery_eager, emit, log, process_cpu
 
 INDEPENDENT = [f"api_candles_{i}" for i in ("1m", "5m", "15m", "1h", "4h")] + ["api_trades"]
 WORKERS = int(os.environ.get("CELERY_CONCURRENCY") or 2)
@@ -168,24 +169,40 @@ def _sustained(ctx, api_client) -> None:
             # Product and bare take turns, slice by slice: the load of a shared machine drifts within a
             # run, and a ratio of two rounds measured minutes apart reads that drift, not the product.
             launched, queries, elapsed, bare_elapsed = 0, 0, 0.0, 0.0
+            cpu = {"product": [0.0, 0.0], "bare": [0.0, 0.0]}  # [workers' CPU s, emulator's CPU s]
             for part in range(SLICES):
                 share = groups[part::SLICES]
-                out, count, seconds = _in_workers(workers, _launch_all, [[s.pk for s in g] for g in share],
-                                                  profile and part == 0, _launcher_ready)
+                emulator = process_cpu(ctx.kube.process.pid)
+                out, count, seconds, spent = _in_workers(workers, _launch_all, [[s.pk for s in g] for g in share],
+                                                         profile and part == 0, _launcher_ready)
+                _add_cpu(cpu["product"], spent, emulator, process_cpu(ctx.kube.process.pid))
                 launched, queries, elapsed = launched + out.count("launched"), queries + count, elapsed + seconds
                 objects = _bare_objects(targets.job_objects(step) for group in share for step in group)
-                elapsed_bare = _in_workers(workers, _bare_all, objects, False,
-                                           lambda: targets.launcher_api_client(ctx.kube.api_client()))[2]
+                emulator = process_cpu(ctx.kube.process.pid)
+                elapsed_bare, spent = _in_workers(workers, _bare_all, objects, False,
+                                                  lambda: targets.launcher_api_client(ctx.kube.api_client()))[2:]
+                _add_cpu(cpu["bare"], spent, emulator, process_cpu(ctx.kube.process.pid))
                 bare_elapsed += elapsed_bare
-            rounds[workers] = (launched / elapsed, len(steps) / bare_elapsed, len(steps), queries)
-    rate, bare_rate, launches, queries = rounds[WORKERS]
-    one_rate, one_bare, _, _ = rounds[1]
+            rounds[workers] = (launched / elapsed, len(steps) / bare_elapsed, len(steps), queries,
+                               {side: [round(1000 * c / len(steps), 3) for c in pair] for side, pair in cpu.items()})
+    rate, bare_rate, launches, queries, cpu = rounds[WORKERS]
+    one_rate, one_bare = rounds[1][:2]
     emit("launch_sustained", value=rate, unit="Jobs/s", baseline="bare create loop (same Job+Secret bodies)",
          baseline_value=bare_rate, scale=f"{launches} steps, {WORKERS} worker processes",
          target=">= 200 Jobs/s and >= 0.7x baseline", meets=rate >= 200 and rate >= 0.7 * bare_rate,
          launched=launches, workers=WORKERS, queries_per_launch=round(queries / max(launches, 1), 2),
          one_worker=f"{one_rate:.1f} vs {one_bare:.1f} Jobs/s ({one_rate / one_bare:.2f}x)",
+         # Where a launch's time goes beside the bare loop's: CPU ms per Job of the worker processes
+         # (claims, records, manifests, threads, HTTP) and of the emulator serving them.
+         workers_cpu_ms_per_job=f"{cpu['product'][0]} vs {cpu['bare'][0]}",
+         emulator_cpu_ms_per_job=f"{cpu['product'][1]} vs {cpu['bare'][1]}",
          jobs_in_cluster=ctx.kube.count("jobs", NAMESPACE))
+
+
+def _add_cpu(total: list[float], workers: float, emulator_before: float | None, emulator_after: float | None):
+    total[0] += workers
+    if emulator_before is not None and emulator_after is not None:
+        total[1] += emulator_after - emulator_before
 
 
 def _launcher_ready():
@@ -211,7 +228,8 @@ def _bare_all(objects, counter, client) -> list[str]:
 
 def _in_workers(workers: int, fn, items: list, profile: bool, prepare):
     """Run fn(share, QueryCounter, prepare()) in `workers` forked processes at once, each on every
-    workers-th item; returns (all results, queries, seconds from the first start to the last end). Each
+    workers-th item; returns (all results, queries, seconds from the first start to the last end, the
+    processes' CPU seconds meanwhile). Each
     process opens its own database connection and API client after the fork, before the clock starts
     (a prefork worker's children do too, once)."""
     import multiprocessing
@@ -230,11 +248,12 @@ def _in_workers(workers: int, fn, items: list, profile: bool, prepare):
         prepared = prepare()
         counter = QueryCounter()
         barrier.wait()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         profiler = _Profiler(profile)
         out = profiler.runcall(fn, share, counter, prepared)
         profiler.report("launch_sustained (steps_launch, one process)")
-        results.put((out, counter.count, t0, time.perf_counter()))
+        t1, cpu1 = time.perf_counter(), time.process_time()  # the profiler's cost counts when profiling
+        results.put((out, counter.count, t0, t1, cpu1 - cpu0))
         connection.close()
 
     processes = [context.Process(target=child, args=(items[i::workers],)) for i in range(workers)]
@@ -244,4 +263,5 @@ def _in_workers(workers: int, fn, items: list, profile: bool, prepare):
     for process in processes:
         process.join()
     out = [r for answer in answers for r in answer[0]]
-    return out, sum(a[1] for a in answers), max(a[3] for a in answers) - min(a[2] for a in answers)
+    return (out, sum(a[1] for a in answers), max(a[3] for a in answers) - min(a[2] for a in answers),
+            sum(a[4] for a in answers))

@@ -126,6 +126,16 @@ def count_queries(fn) -> int:
     return counter.count
 
 
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds so far of process `pid` — a PostgreSQL backend, an emulator (Linux /proc; None
+    elsewhere or once it is gone)."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------- emulators
 
 class EmulatorProcess:

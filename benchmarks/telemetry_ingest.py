@@ -26,7 +26,7 @@ import uuid
 LIFECYCLE_EVERY = 50
 
 from benchmarks import dataset, targets
-from benchmarks.harness import celery_eager, emit, log
+from benchmarks.harness import celery_eager, emit, log, process_cpu
 
 
 def run(ctx) -> None:
@@ -105,7 +105,7 @@ def _run(ctx, figure: str, *, events: int, queues: int, batch_size: int, lifecyc
 
     def until():
         for pid in list(appliers):  # the apply thread may be adding one
-            appliers[pid] = _backend_cpu(pid) or appliers[pid]
+            appliers[pid] = process_cpu(pid) or appliers[pid]
         return reports() - before >= events
 
     connection.close()  # a fresh connection: the consumer's checks keep it (CONN_MAX_AGE); measured with the applier's
@@ -153,19 +153,8 @@ def _database_cpu() -> tuple[int, float] | None:
             pid = cursor.fetchone()[0]
     except (OSError, ValueError, IndexError):
         return None
-    seconds = _backend_cpu(pid)
+    seconds = process_cpu(pid)
     return None if seconds is None else (pid, seconds)
-
-
-def _backend_cpu(pid: int) -> float | None:
-    """CPU seconds so far of PostgreSQL backend `pid` (Linux /proc; None elsewhere or once it is gone)."""
-    import os
-
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _raw_consume(topic: str, expected: int, batch_size: int) -> float:
