@@ -100,8 +100,8 @@ class KubernetesLauncher(KubernetesApi):
     def _launch_pool(self) -> ThreadPoolExecutor:
         """The process's launch threads, made once: starting a thread per launch cost more than its
         request on a loaded node. A forked child (a prefork worker's) makes its own. Its width is
-        K8S_LAUNCH_CONCURRENCY: more launches in flight than the API server serves at once only queue
-        up there (eight per worker made the emulator serve fewer Jobs per second than two)."""
+        K8S_LAUNCH_CONCURRENCY: the API server limits the requests it serves at once (a client beyond
+        them waits or meets 429), and each thread costs the worker CPU for every hand-over of the GIL."""
         width = max(1, min(settings.K8S_LAUNCH_CONCURRENCY, self.api_client.configuration.connection_pool_maxsize or 1))
         with _POOL_LOCK:
             if self._pool is None or self._pool_pid != os.getpid() or self._pool_width != width:

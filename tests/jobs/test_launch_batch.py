@@ -291,10 +291,9 @@ def test_batches_reuse_the_processs_launch_threads(launcher, historical_queue, m
 
 def test_a_batch_launches_at_most_K8S_LAUNCH_CONCURRENCY_steps_at_once(launcher, historical_queue, monkeypatch,
                                                                        k8s_settings):
-    """Case: launch concurrency is bounded by K8S_LAUNCH_CONCURRENCY — two worker processes with eight
-    launches in flight each made the emulator's API serve fewer Jobs per second than two at a time
-    (make bench launch_sustained: 0.39-0.45x the bare loop with 8, 0.71-0.80x with 2-4), so how many a
-    batch sends at once is a setting (a real API server may take more); every step is still launched."""
+    """Case: launch concurrency is bounded by K8S_LAUNCH_CONCURRENCY — how many requests an API server
+    serves at once is its own (and each launch thread costs the worker CPU), so how many a batch sends at
+    once is a setting; every step is still launched."""
     k8s_settings.K8S_LAUNCH_CONCURRENCY = 2
     steps = list(historical_queue.steps.select_related("queue").order_by("position"))
     lock, flying, most = threading.Lock(), [0], [0]
