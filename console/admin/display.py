@@ -108,7 +108,8 @@ def bar(parts, title: str):
 
 
 def queue_progress(counts: QueueCounts):
-    """E.g. "7 running · 0 failed · 2/9 succeeded": running streaming steps read as healthy, not as 0 %."""
+    """E.g. "7 running · 0 failed · 2/9 succeeded" (then "· N stopped", "· N waiting" when there are
+    any): running streaming steps read as healthy, not as 0 %."""
     total = counts.total or 1
     parts = [
         ("sf-succeeded", round(100 * counts.succeeded / total, 2)),
@@ -120,8 +121,9 @@ def queue_progress(counts: QueueCounts):
              f"{counts.failed} failed, {counts.stopped} stopped of {counts.total}")
     failed = format_html('<span class="{}">{} failed</span>', "sf-text-failed" if counts.failed else "", counts.failed)
     return format_html(
-        '<span class="sf-progress">{} <span class="sf-progress-text">{} running · {} · {}/{} succeeded{}</span></span>',
+        '<span class="sf-progress">{} <span class="sf-progress-text">{} running · {} · {}/{} succeeded{}{}</span></span>',
         bar([p for p in parts if p[1]], title), counts.running, failed, counts.succeeded, counts.total,
+        f" · {counts.stopped} stopped" if counts.stopped else "",
         f" · {counts.waiting} waiting" if counts.waiting else "",
     )  # fmt: skip
 

@@ -52,6 +52,28 @@ def test_it_counts_running_streaming_steps_as_healthy(client, staff_operator):
     assert f"{total} running · " in html
 
 
+def test_it_says_how_many_steps_stopped_where_nothing_else_does(client, staff_operator):
+    """A stopped realtime queue read "0 running · 0 failed · 0/7 succeeded" under a full orange bar: the
+    text said nothing of the seven stopped steps (the bar's tooltip did). Stopped and waiting steps are
+    named in the text, in the list and the page alike, once there are any."""
+    queue = make("stopped-counts", "realtime-pipeline")
+    steps = list(queue.steps.all())
+    for step in steps:
+        run(step)
+        step.transition(StepState.STOPPED)
+    services.queue_refresh_status(queue=queue)
+    total = len(steps)
+    client.force_login(staff_operator)
+    progress = live(client, queue)["cells"]["progress"]
+    assert f"0/{total} succeeded · {total} stopped" in progress
+    assert f"{total} stopped" in client.get(LIST_URL).content.decode()
+
+    running = make("no-stopped-counts", "realtime-pipeline")
+    run(running.steps.first())
+    text = re.search(r'class="sf-progress-text">(.*?)</span></span>', live(client, running)["cells"]["progress"])
+    assert text and "running" in text.group(1) and "stopped" not in text.group(1)
+
+
 def test_it_lists_steps_in_run_order_with_edges_and_what_a_waiting_step_waits_for(client, staff_operator):
     """Issue #15: steps were in payload order; a waiting step did not say what it waits for; no graph data."""
     queue = make("order-q")
