@@ -85,12 +85,15 @@ def send_confirmed(messages: list[Outgoing], *, timeout: float | None = None) ->
 
 
 def stop_command(step) -> dict:
-    """The stop command of DESIGN §6 for one step, marked so our own consumer skips it."""
+    """The stop command of DESIGN §6 for one step, marked so our own consumer skips it. `run` is the
+    step run it is for (the STEP_RUN its worker was given): a retried step's worker must not obey a
+    stop its previous run was sent, which it may read when its position on the topic is older."""
     return {
         "command": "stop",
         "queue_id": step.queue.queue_id,
         "target": step.target,
         "telemetry_id": step.telemetry_id,
+        "run": step.run,
         "command_id": f"{COMMAND_ID_PREFIX}stop-{uuid.uuid4().hex}",
         "origin": ORIGIN,
         "timestamp": time.time(),

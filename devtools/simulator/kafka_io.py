@@ -3,7 +3,7 @@
 Runs inside a step process, like a real worker: no Django, only the step's environment (DESIGN §7):
 KAFKA_BOOTSTRAP_SERVERS, KAFKA_USER/KAFKA_PASSWORD (SASL_SSL + SCRAM-SHA-512 when set), KAFKA_CA_PATH
 or CA_PATH, QUEUE_EVENTS_TOPIC (alias TELEMETRY_TOPIC), QUEUE_CONTROL_TOPIC (alias CONTROL_TOPIC),
-KAFKA_TOPIC, QUEUE_ID, TELEMETRY_PRODUCER_ID, TARGET.
+KAFKA_TOPIC, QUEUE_ID, TELEMETRY_PRODUCER_ID, TARGET, STEP_RUN.
 
 `kafka_io(env)` returns `(sink, data)`:
 - sink.send(event) produces telemetry keyed by queue_id; sink.stop_requested() says whether a `stop`
@@ -50,9 +50,10 @@ def client_config(env: dict, client_id: str) -> dict:
     )
 
 
-def is_stop_for(command, *, queue_id: str, telemetry_id: str, target: str) -> bool:
+def is_stop_for(command, *, queue_id: str, telemetry_id: str, target: str, run: int | None = None) -> bool:
     """A `stop` the manager sent to this step: same queue, and its telemetry id, or its target, or
-    neither (whole queue).
+    neither (whole queue); and this step run, when the command names one (`run`) — a retried step's
+    worker ignores the stop its previous run was sent (same queue, same telemetry id).
 
     Only the manager's own commands (`origin`) count: an operator's `stop` on the same topic is
     addressed to the manager, which records the stop first and then tells each step. A step that
@@ -64,6 +65,8 @@ def is_stop_for(command, *, queue_id: str, telemetry_id: str, target: str) -> bo
     if command.get("origin") != MANAGER_ORIGIN:
         return False
     if command.get("queue_id") != queue_id:
+        return False
+    if run is not None and command.get("run") is not None and command["run"] != run:
         return False
     if command.get("telemetry_id"):
         return command["telemetry_id"] == telemetry_id
@@ -79,6 +82,7 @@ class KafkaSink:
         self.queue_id = env["QUEUE_ID"]
         self.telemetry_id = env["TELEMETRY_PRODUCER_ID"]
         self.target = env.get("TARGET") or self.telemetry_id.split("__", 1)[0]
+        self.run = int(env["STEP_RUN"]) if env.get("STEP_RUN", "").isdigit() else None
         self.events_topic = env.get("QUEUE_EVENTS_TOPIC") or env.get("TELEMETRY_TOPIC") or "queue-events"
         self.control_topic = env.get("QUEUE_CONTROL_TOPIC") or env.get("CONTROL_TOPIC") or "queue-control"
         config = client_config(env, self.telemetry_id)
@@ -138,7 +142,8 @@ class KafkaSink:
                 command = json.loads(message.value())
             except (TypeError, ValueError):
                 continue
-            if is_stop_for(command, queue_id=self.queue_id, telemetry_id=self.telemetry_id, target=self.target):
+            if is_stop_for(command, queue_id=self.queue_id, telemetry_id=self.telemetry_id, target=self.target,
+                           run=self.run):
                 self.stop_command = command
                 log(f"stop command {command.get('command_id') or '(no command_id)'} received on {self.control_topic}")
                 return True
