@@ -1,6 +1,7 @@
 """The queue page's live state, polled as JSON: the queue, its steps (cells, DAG nodes, timeline bars) and edges.
 
-Built from two queries (steps, edges) whatever the queue's size; the page renders the same cells on load.
+Built from two queries (steps, edges) whatever the queue's size, and a third for the ended runs of its
+retried steps when it has any; the page renders the same cells on load.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from django.utils.html import conditional_escape
 from console.admin import display, history
 from console.admin.progress import QueueCounts, step_fractions
 from queues.graph import Edge, topological_order
+from queues.history import StepRun
 from queues.models import DependencyKind, Queue, QueueRequest, StepDependency, StepState
 
 
@@ -23,7 +25,7 @@ class QueueView:
     queue: Queue
     steps: list[QueueRequest]
     edges: list[StepDependency]
-    info: dict[int, dict]  # per step id: fraction, waiting_for
+    info: dict[int, dict]  # per step id: fraction, waiting_for, past_runs
     counts: QueueCounts
 
     @classmethod
@@ -39,7 +41,10 @@ class QueueView:
         graph_edges = [Edge(index[e.upstream_id], index[e.downstream_id], e.kind, []) for e in edges]
         steps = [steps[i] for i in topological_order(len(steps), graph_edges)]
         fractions = step_fractions(steps, edges)
-        info = {step.pk: {"fraction": fractions.get(step.pk), "waiting_for": []} for step in steps}
+        info = {step.pk: {"fraction": fractions.get(step.pk), "waiting_for": [], "past_runs": []} for step in steps}
+        if any(step.run > 1 for step in steps):  # a retried step: how its earlier runs went, for the timeline
+            for past in StepRun.objects.filter(step__queue=queue).order_by("step_id", "run").values(*_PAST_RUN):
+                info[past.pop("step_id")]["past_runs"].append(past)
         for edge in edges:
             if not edge_met(edge, edge.upstream, edge.downstream):
                 info[edge.downstream_id]["waiting_for"].append((edge.upstream.name, _wording(edge.kind)))
@@ -56,6 +61,9 @@ class QueueView:
             return ""
         last = max(ended, key=lambda s: s.state_changed_at)
         return f"{last.name}: {last.message}"
+
+
+_PAST_RUN = ("step_id", "run", "state", "launched_at", "started_at", "finished_at", "retried_at")
 
 
 def _wording(kind: str) -> str:
@@ -155,6 +163,8 @@ def _step(step: QueueRequest, info: dict) -> dict:
         "started_at": _when(step.started_at),
         "finished_at": _when(step.finished_at),
         "times": {k: display.when(getattr(step, k)) for k in ("launched_at", "started_at", "finished_at")},
+        # Its ended runs (a retried step), oldest first: the timeline draws them before the current run.
+        "past_runs": [{**past, **{k: _when(past[k]) for k in _PAST_RUN[3:]}} for past in info["past_runs"]],
         "can_stop": step_can_stop(step),
         "cells": {name: str(render(step, info)) for name, render in display.STEP_CELLS.items()},
     }

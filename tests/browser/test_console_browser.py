@@ -111,6 +111,12 @@ def test_it_stops_and_retries_a_queue_from_its_page(page):
     page.click("text=Retry failed/stopped steps")
     page.wait_for_selector(".messagelist >> text=Retrying")
     assert set(queue.steps.values_list("state", flat=True)) == {StepState.WAITING}
+    # Its timeline row: the stopped first run, faded, then the new run waiting from the retry on.
+    row = f'#sf-timeline [data-sf-timeline-row="{first.pk}"]'
+    page.wait_for_selector(f'{row} [data-sf-segment="run 1 stopped"]', state="attached")
+    ended = page.locator(f'{row} [data-sf-segment="run 1 stopped"]')
+    waiting = page.locator(f'{row} [data-sf-segment="waiting"]')
+    assert float(waiting.get_attribute("x")) >= float(ended.get_attribute("x")) + float(ended.get_attribute("width")) - 0.5
 
 
 def test_it_confirms_a_bulk_stop_on_a_page_listing_the_queues(page):

@@ -258,3 +258,30 @@ def test_it_marks_where_the_payload_json_is_broken(client, staff_operator):
     assert "line 3, column 16" in html
     assert '<pre class="sf-json-error" id="sf-json-error">  &quot;requests&quot;: [<mark>o</mark>ops]</pre>' in html
     assert f"var errorAt = {text.index('oops')};" in html
+
+
+def test_the_timeline_shows_a_retried_steps_earlier_runs_not_a_wait(client, staff_operator):
+    """Found in `make run`: after a retry, a step's timeline row was grey ("waiting") from the queue's
+    creation to the new launch — over the minute its first run ran and was stopped. The live JSON now
+    carries each step's ended runs (from their StepRun records) for the timeline to draw, and the
+    current run waits from its retry on; a queue never retried pays no query for it."""
+    queue = make("retried-timeline", "realtime-pipeline")
+    step = queue.steps.get(position=0)
+    run(step)
+    client.force_login(staff_operator)
+    with CaptureQueriesContext(connection) as before:
+        first = live(client, queue)
+    assert all(s["past_runs"] == [] for s in first["steps"])
+    step.refresh_from_db()
+    step.transition(StepState.STOPPED, finished_at=timezone.now())
+    services.queue_refresh_status(queue=queue)
+    assert services.queue_retry(queue=queue) >= 1
+
+    with CaptureQueriesContext(connection) as after:
+        data = live(client, queue)
+    row = next(s for s in data["steps"] if s["id"] == step.pk)
+    assert row["run"] == 2
+    [past] = row["past_runs"]
+    assert past["run"] == 1 and past["state"] == StepState.STOPPED
+    assert past["started_at"] and past["finished_at"] and past["retried_at"] >= past["finished_at"]
+    assert len(after) == len(before) + 1  # the ended runs, in one query for the whole queue

@@ -134,12 +134,22 @@
       var group = el("g", {"data-sf-timeline-row": s.id, "data-sf-state": s.state}, svg);
       var label = el("a", {href: s.url}, group);
       text(label, 4, y + 13, clip(s.name, 28), {"class": "sf-row-label"});
-      var created = Math.max(Date.parse(s.created_at), t0);
+      var since = Math.max(Date.parse(s.created_at), t0), segments = [];
+      // A retried step's ended runs first, faded: the time before its retry was not spent waiting.
+      (s.past_runs || []).forEach(function (p) {
+        var pLaunched = p.launched_at ? Date.parse(p.launched_at) : null;
+        var pStarted = p.started_at ? Date.parse(p.started_at) : null;
+        var pEnd = Date.parse(p.finished_at || p.retried_at), name = "run " + p.run;
+        segments.push([name + " waiting", since, pLaunched || pEnd, "#9ca3af", 0.25]);
+        if (pLaunched) { segments.push([name + " launching", pLaunched, pStarted || pEnd, "#6ea8fe", 0.4]); }
+        if (pStarted) { segments.push([name + " " + p.state, pStarted, pEnd, COLOURS[p.state] || "#6b7280", 0.45]); }
+        since = Math.max(since, Date.parse(p.retried_at));
+      });
       var launched = s.launched_at ? Date.parse(s.launched_at) : null;
       var started = s.started_at ? Date.parse(s.started_at) : null;
       var finished = s.finished_at ? Date.parse(s.finished_at) : null;
       var stop = finished || end;
-      var segments = [["waiting", created, launched || finished || stop, "#9ca3af", 0.5]];
+      segments.push(["waiting", since, launched || finished || stop, "#9ca3af", 0.5]);
       if (launched) { segments.push(["launching", launched, started || finished || stop, "#6ea8fe", 0.9]); }
       if (started) { segments.push([s.state === "running" ? "running" : s.state, started, stop,
         COLOURS[s.state] || "#0d6efd", 1]); }
