@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 
 
 class ConsoleConfig(AppConfig):
@@ -11,3 +12,10 @@ class ConsoleConfig(AppConfig):
 
     name = "console"
     verbose_name = "Console"
+
+
+class ConsoleAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with the console's site (console.site.ConsoleSite) as `admin.site`."""
+
+    default = False  # "console" still means ConsoleConfig; settings name this one by its path
+    default_site = "console.site.ConsoleSite"  # outside console.admin: importing it must not register the ModelAdmins

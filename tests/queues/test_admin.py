@@ -298,3 +298,12 @@ def _page_queries(client, url) -> int:
         assert client.get(url).status_code == 200
     return len(captured)
 
+
+
+def test_the_home_page_lists_the_queues_first(client, admin_user):
+    """The console's home listed its apps alphabetically — mirror, tokens, users, and Queues last: the
+    operator's first stop is the queues (then the mirror, then accounts)."""
+    client.force_login(admin_user)
+    labels = [app["app_label"] for app in client.get(reverse("admin:index")).context["app_list"]]
+    assert labels[0] == "queues", labels
+    assert labels.index("mirror") < labels.index("auth"), labels
