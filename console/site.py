@@ -9,6 +9,16 @@ APP_ORDER = ("queues", "mirror", "authtoken", "auth")
 
 
 class ConsoleSite(AdminSite):
+    def index(self, request, extra_context=None):
+        """Django's home page, with what runs now and how today went above the apps, for who may see queues."""
+        context = dict(extra_context or {})
+        if request.user.has_perm("queues.view_queue"):
+            from console.admin.summary import queue_summary  # the models: not while the site is built
+
+            context["queue_summary"] = queue_summary()
+            context["can_start_queue"] = request.user.has_perm("queues.start_queue")
+        return super().index(request, context)
+
     def get_app_list(self, request, app_label=None):
         apps = super().get_app_list(request, app_label)
         rank = {label: i for i, label in enumerate(APP_ORDER)}

@@ -307,3 +307,35 @@ def test_the_home_page_lists_the_queues_first(client, admin_user):
     labels = [app["app_label"] for app in client.get(reverse("admin:index")).context["app_list"]]
     assert labels[0] == "queues", labels
     assert labels.index("mirror") < labels.index("auth"), labels
+
+
+def test_the_home_page_says_what_runs_now_and_what_ended_today_with_links_to_the_list(client, staff_operator):
+    """The home page was a list of tables: an operator opening the console at 3 a.m. had to open the
+    queue list and filter it to learn what runs and what failed. It now counts the active queues and
+    today's by status (two indexed queries, whatever the history), each a link to the list filtered
+    alike, and offers "Start a queue" to who may start one."""
+    import re
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    running = [make_queue(queue_id=f"home-run-{i}") for i in range(2)]
+    Queue.objects.filter(pk__in=[q.pk for q in running]).update(status=QueueStatus.RUNNING)
+    failed = make_queue(queue_id="home-failed")
+    Queue.objects.filter(pk=failed.pk).update(status=QueueStatus.FAILED)
+    old = make_queue(queue_id="home-old")  # failed last week: not today's
+    Queue.objects.filter(pk=old.pk).update(status=QueueStatus.FAILED, created_at=timezone.now() - timedelta(days=7))
+
+    client.force_login(staff_operator)
+    html = client.get(reverse("admin:index")).content.decode()
+    links = {name: href.replace("&amp;", "&")
+             for href, name in re.findall(r'<a href="([^"]+)" data-sf-summary="([a-z_]+)">', html)}
+    assert re.search(r'data-sf-summary="active_running">\s*2 running', html), html
+    assert re.search(r'data-sf-summary="today_failed">\s*1 failed', html), html
+    assert START_URL in html
+    for name, expected in (("active_running", 2), ("today_failed", 1)):
+        listed = client.get(links[name]).content.decode()
+        assert f"{expected} queue" in listed and "?e=1" not in links[name], (name, links[name])
+
+    client.force_login(UserFactory(is_staff=True))  # no permission on queues: no figures at all
+    assert "data-sf-summary" not in client.get(reverse("admin:index")).content.decode()
