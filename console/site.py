@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from django.contrib.admin import AdminSite
 
+from queues.permissions import START_QUEUE, VIEW_QUEUE
+
 # Queues first (the console's reason to be), then the mirror; accounts and tokens last. Apps not named
 # here follow, alphabetically as Django lists them.
 APP_ORDER = ("queues", "mirror", "authtoken", "auth")
@@ -12,11 +14,11 @@ class ConsoleSite(AdminSite):
     def index(self, request, extra_context=None):
         """Django's home page, with what runs now and how today went above the apps, for who may see queues."""
         context = dict(extra_context or {})
-        if request.user.has_perm("queues.view_queue"):
+        if request.user.has_perm(VIEW_QUEUE):
             from console.admin.summary import queue_summary  # the models: not while the site is built
 
             context["queue_summary"] = queue_summary()
-            context["can_start_queue"] = request.user.has_perm("queues.start_queue")
+            context["can_start_queue"] = request.user.has_perm(START_QUEUE)
         return super().index(request, context)
 
     def get_app_list(self, request, app_label=None):

@@ -63,7 +63,8 @@ class QueueView:
         return f"{last.name}: {last.message}"
 
 
-_PAST_RUN = ("step_id", "run", "state", "launched_at", "started_at", "finished_at", "retried_at")
+_PAST_TIMES = ("launched_at", "started_at", "finished_at", "retried_at")
+_PAST_RUN = ("step_id", "run", "state", *_PAST_TIMES)
 
 
 def _wording(kind: str) -> str:
@@ -164,7 +165,7 @@ def _step(step: QueueRequest, info: dict) -> dict:
         "finished_at": _when(step.finished_at),
         "times": {k: display.when(getattr(step, k)) for k in ("launched_at", "started_at", "finished_at")},
         # Its ended runs (a retried step), oldest first: the timeline draws them before the current run.
-        "past_runs": [{**past, **{k: _when(past[k]) for k in _PAST_RUN[3:]}} for past in info["past_runs"]],
+        "past_runs": [{**past, **{k: _when(past[k]) for k in _PAST_TIMES}} for past in info["past_runs"]],
         "can_stop": step_can_stop(step),
         "cells": {name: str(render(step, info)) for name, render in display.STEP_CELLS.items()},
     }

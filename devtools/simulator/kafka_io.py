@@ -20,6 +20,7 @@ import uuid
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from devtools.simulator import step_run
 from devtools.simulator.data import SimulatedData  # steps that neither load nor consume a data topic
 from kafkabus.connection import connection_config
 
@@ -82,7 +83,7 @@ class KafkaSink:
         self.queue_id = env["QUEUE_ID"]
         self.telemetry_id = env["TELEMETRY_PRODUCER_ID"]
         self.target = env.get("TARGET") or self.telemetry_id.split("__", 1)[0]
-        self.run = int(env["STEP_RUN"]) if env.get("STEP_RUN", "").isdigit() else None
+        self.run = step_run(env)
         self.events_topic = env.get("QUEUE_EVENTS_TOPIC") or env.get("TELEMETRY_TOPIC") or "queue-events"
         self.control_topic = env.get("QUEUE_CONTROL_TOPIC") or env.get("CONTROL_TOPIC") or "queue-control"
         config = client_config(env, self.telemetry_id)

@@ -33,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 
+from devtools.simulator import step_run
 from devtools.simulator.data import SimulatedData
 
 STREAMING_PREFIXES = ("ws_", "realtime_")
@@ -113,7 +114,7 @@ class Worker:
             "finished": status == "finished",
             "timestamp": time.time(),
             "seq": self.seq,
-            **({"run": int(self.env["STEP_RUN"])} if self.env.get("STEP_RUN", "").isdigit() else {}),
+            **({"run": run} if (run := step_run(self.env)) is not None else {}),
             **fields,
         }
         self.sink.send(event)
